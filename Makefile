@@ -1,0 +1,35 @@
+# btxrd: the project's commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DATA ?= data/demo
+DEMO_N ?= 480
+
+.PHONY: help venv test demo demo-data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed  ## create or update .venv with the project and its dev tools
+
+test: venv  ## run the linter and the test suite
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+$(DEMO_DATA)/dataset.xlsx: | venv
+	$(PY) -m btxrd.data synth $(DEMO_DATA) --n $(DEMO_N) --seed 0 --size 192
+
+demo-data: $(DEMO_DATA)/dataset.xlsx  ## generate the synthetic demo dataset (data/demo)
+
+demo: venv demo-data  ## generate and check the demo dataset
+	$(PY) -m btxrd.data check $(DEMO_DATA)
+
+clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)
+	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from btxrd.data.splits import make_split, write_split_csv
+from btxrd.errors import ConfigError
+
+STRATIFIED = {"name": "stratified", "train": 0.7, "val": 0.15, "test": 0.15, "seed": 0, "group_patients": True}
+CENTER = {"name": "center", "train_centers": [1], "test_centers": [2, 3], "val_fraction": 0.15, "seed": 0}
+KFOLD = {"name": "kfold", "k": 4, "fold": 0, "test": 0.15, "seed": 0}
+ALL = (0, 1, 2)
+
+
+def make_table(n_groups: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Groups of 1-4 images, each group one class and centre, like patients of the release."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        label = int(rng.choice(3, p=[0.5, 0.4, 0.1]))
+        center = int(rng.choice([1, 2, 3], p=[0.78, 0.15, 0.07]))
+        rows += [{"image_id": f"IMG{len(rows) + i:06d}.jpeg", "label": label, "center": center, "group": g}
+                 for i in range(int(rng.integers(1, 5)))]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("spec", [STRATIFIED, CENTER, KFOLD], ids=lambda s: s["name"])
+def test_parts_are_disjoint_cover_and_keep_groups_together(spec: dict) -> None:
+    table = make_table()
+    parts = make_split(table, spec, ALL)
+    assert len(parts) == len(table) and parts.notna().all()
+    assert set(parts) <= {"train", "val", "test", "unused"}
+    assert table.assign(part=parts).groupby("group")["part"].nunique().max() == 1
+    assert make_split(table, spec, ALL).equals(parts)  # deterministic
+    assert not make_split(table, {**spec, "seed": 1}, ALL).equals(parts)
+
+
+def test_stratified_fractions_hold_per_class_and_centre() -> None:
+    table = make_table(1500)
+    parts = make_split(table, STRATIFIED, ALL)
+    for (label, center), cell in table.groupby(["label", "center"]):
+        if len(cell) < 60:
+            continue
+        share = parts[cell.index].value_counts(normalize=True)
+        assert share["train"] == pytest.approx(0.7, abs=0.05), (label, center)
+        assert share["test"] == pytest.approx(0.15, abs=0.05), (label, center)
+
+
+def test_without_grouping_images_of_one_patient_are_split() -> None:
+    table = make_table()
+    parts = make_split(table, {**STRATIFIED, "group_patients": False}, ALL)
+    assert table.assign(part=parts).groupby("group")["part"].nunique().max() > 1
+
+
+def test_center_split_tests_on_other_centres() -> None:
+    table = make_table()
+    parts = make_split(table, CENTER, ALL)
+    assert set(table.loc[parts == "test", "center"]) == {2, 3}
+    assert set(table.loc[parts != "test", "center"]) == {1}
+    assert (parts[table["center"] == 1] == "val").mean() == pytest.approx(0.15, abs=0.03)
+    only_2 = make_split(table, {**CENTER, "test_centers": [2]}, ALL)
+    assert set(only_2[table["center"] == 3]) == {"unused"}
+
+
+def test_kfold_folds_partition_the_non_test_part() -> None:
+    table = make_table()
+    splits = [make_split(table, {**KFOLD, "fold": f}, ALL) for f in range(4)]
+    test = splits[0] == "test"
+    assert all((s == "test").equals(test) for s in splits)  # the test part is fixed
+    vals = np.stack([(s == "val").to_numpy() for s in splits])
+    assert (vals.sum(axis=0)[~test.to_numpy()] == 1).all()  # each image validates exactly once
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({**STRATIFIED, "test": 1.2}, r"split.test=1.2 is out of range"),
+        ({**STRATIFIED, "train": 0.8}, r"must sum to 1"),
+        ({**CENTER, "test_centers": [4]}, r"split.test_centers: centre\(s\) \[4\] not in the data"),
+        ({**CENTER, "train_centers": [1, 2]}, r"share centre\(s\) \[2\]"),
+        ({**KFOLD, "fold": 4}, r"split.fold=4 is out of range for split.k=4"),
+        ({"name": "random"}, r"split.name='random' is not a split"),
+    ],
+)
+def test_bad_split_settings_are_named(spec: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_split(make_table(), spec, ALL)
+
+
+def test_part_lacking_a_class_is_an_error() -> None:
+    table = make_table(40)
+    table.loc[table["center"] != 1, "label"] = 0  # no tumour outside centre 1
+    with pytest.raises(ConfigError, match=r"part 'test' has no benign/malignant image"):
+        make_split(table, CENTER, ALL)
+
+
+def test_split_csv(tmp_path) -> None:
+    table = make_table(50)
+    parts = make_split(table, STRATIFIED, ALL)
+    out = pd.read_csv(write_split_csv(table, parts, tmp_path / "split.csv"))
+    assert list(out.columns[:4]) == ["image_id", "part", "label", "center"]
+    assert out["part"].tolist() == parts.tolist()
