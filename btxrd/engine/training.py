@@ -1,0 +1,260 @@
+"""Training loop for classifiers: AdamW, warm-up + cosine, class weights, early stopping.
+
+Knows nothing of Hydra or MLflow: settings come as a dataclass, and per-epoch
+metrics go to any object with ``log_metrics(metrics, step)``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from btxrd.engine.checkpoint import save_checkpoint
+from btxrd.errors import BTXRDError
+from btxrd.metrics import classification_metrics
+
+
+class NonFiniteLossError(BTXRDError):
+    """The loss became NaN or infinite; training stops before any bad weights are saved."""
+
+
+class MetricLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 30
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    patience: int = 7
+    monitor: str = "val_macro_f1"
+    class_weights: bool = True
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    mean: float = 0.449
+    std: float = 0.226
+    amp: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    class_names: Sequence[str] = ("normal", "benign", "malignant")
+    extra_state: dict[str, Any] = field(default_factory=dict)  # stored in checkpoints (e.g. the config)
+
+
+@dataclass
+class FitResult:
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh seeded permutation per epoch, independent of how many epochs ran before (resumable)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights from the training part: n / (K * n_c); absent classes get 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class InputPipeline:
+    """uint8 batches -> normalised float on the device (+ intensity jitter for training)."""
+
+    def __init__(self, device: torch.device, settings: TrainSettings) -> None:
+        self.device = device
+        self.settings = settings
+        self.memory_format = (
+            torch.channels_last if settings.channels_last and device.type == "cuda" else torch.contiguous_format
+        )
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        s = self.settings
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if generator is not None and (s.brightness > 0 or s.contrast > 0):
+            n = x.shape[0]
+            contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * s.contrast
+            brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * s.brightness
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = ((x - mean) * contrast.to(x.device) + mean + brightness.to(x.device)).clamp_(0, 1)
+        x = (x - s.mean) / s.std
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, settings: TrainSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax probabilities, true labels and dataset indices over ``loader`` (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    inputs = InputPipeline(device, settings)
+    probs, labels, indices = [], [], []
+    for images, y, _mask, _has_mask, index in loader:
+        with autocast(device, settings.amp):
+            logits = model(inputs(images))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(y)
+        indices.append(index)
+    model.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    settings: TrainSettings,
+    device: torch.device,
+    out_dir: str | Path,
+    logger: MetricLogger | None = None,
+) -> FitResult:
+    """Train with early stopping on ``settings.monitor``; best and last checkpoints go to ``out_dir``."""
+    out_dir = Path(out_dir)
+    model.to(device)
+    inputs = InputPipeline(device, settings)
+    if inputs.memory_format is torch.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_classes = len(settings.class_names)
+    train_labels = np.asarray(train_loader.dataset.labels)
+    weight = class_weights(train_labels, n_classes).to(device) if settings.class_weights else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = len(train_loader)
+    schedule = warmup_cosine(
+        settings.epochs * steps_per_epoch, round(settings.warmup_epochs * steps_per_epoch), settings.min_lr_ratio
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_scaler = settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    show_bar = sys.stderr.isatty() if settings.progress is None else settings.progress
+
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    best_score, best_epoch, bad_epochs = -math.inf, -1, 0
+    history: list[dict[str, float]] = []
+    stopped_early = False
+    epoch = 0
+    for epoch in range(settings.epochs):
+        for holder in (train_loader.sampler, train_loader.dataset):
+            if hasattr(holder, "set_epoch"):
+                holder.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
+        model.train()
+        start = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not show_bar, leave=False)
+        for step, (images, labels, _mask, _has_mask, _index) in enumerate(bar):
+            x = inputs(images, generator)
+            y = labels.to(device, non_blocking=True)
+            with autocast(device, settings.amp):
+                loss = criterion(model(x).float(), y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                    "no checkpoint was written for this epoch (lower train.lr?)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if settings.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        train_seconds = time.perf_counter() - start
+
+        probs, val_labels, _ = predict(model, val_loader, device, settings)
+        with torch.no_grad():  # CE from probabilities: softmax(log p) = p
+            log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))).to(device)
+            val_loss = float(criterion(log_probs, torch.from_numpy(val_labels).to(device)))
+        val_metrics, _ = classification_metrics(val_labels, probs, settings.class_names, prefix="val_")
+        epoch_seconds = time.perf_counter() - start
+        row = {
+            "train_loss": total_loss / max(1, seen),
+            "val_loss": val_loss,
+            "val_accuracy": val_metrics["val_accuracy"],
+            "val_macro_f1": val_metrics["val_macro_f1"],
+            "val_balanced_accuracy": val_metrics["val_balanced_accuracy"],
+            "val_auroc_macro": val_metrics["val_auroc_macro"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": epoch_seconds,
+            "train_images_per_second": seen / train_seconds,
+        }
+        history.append(row)
+        if logger is not None:
+            logger.log_metrics(row, step=epoch + 1)
+
+        score = row[settings.monitor]
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "metrics": {k: float(v) for k, v in row.items()},
+            "class_names": list(settings.class_names),
+            **settings.extra_state,
+        }
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+            save_checkpoint(state, best_path)
+        else:
+            bad_epochs += 1
+        save_checkpoint(state, last_path)
+        if settings.patience > 0 and bad_epochs >= settings.patience:
+            stopped_early = True
+            break
+    return FitResult(best_path, last_path, best_epoch, best_score, epoch + 1, stopped_early, history)

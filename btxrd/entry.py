@@ -1,0 +1,32 @@
+"""Running a task function under Hydra: user errors end as one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from omegaconf import DictConfig
+
+from btxrd.cli import USER_ERROR_EXIT
+from btxrd.errors import BTXRDError
+
+T = TypeVar("T")
+
+
+def hydra_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Run ``task``; in a single run a ``BTXRDError`` prints one line and exits with code 2.
+
+    In a multirun the error propagates, so Hydra marks the job failed and the
+    other jobs go on (the sweep callback then names the failed jobs).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return task(cfg)
+    except BTXRDError as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)

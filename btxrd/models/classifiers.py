@@ -1,0 +1,100 @@
+"""Registered classifiers: timm EfficientNet-B0/B3 and ResNet-50 with CBAM in every bottleneck."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import timm
+from torch import nn
+
+from btxrd.errors import ConfigError
+from btxrd.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; without this, timm retries for ~45 s before failing."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _pretrained_args(cfg: Mapping[str, Any], timm_name: str) -> dict[str, Any]:
+    """timm arguments for ImageNet weights: from model.weights (a local file) or the hub."""
+    weights = cfg.get("weights")
+    if weights:
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.weights={weights}: file not found")
+        return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
+    if not cfg.get("pretrained", False):
+        return {"pretrained": False}
+    if not _hub_reachable():
+        raise ConfigError(
+            f"model.pretrained=true: cannot download ImageNet weights for {timm_name} (Hugging Face hub "
+            "unreachable); use model.pretrained=false, or model.weights=PATH to a local weights file"
+        )
+    return {"pretrained": True}
+
+
+def _create(timm_name: str, cfg: Mapping[str, Any], **extra: Any) -> nn.Module:
+    kwargs = dict(cfg.get("kwargs") or {})
+    kwargs.update(extra)
+    try:
+        return timm.create_model(
+            timm_name,
+            num_classes=int(cfg.get("num_classes", 3)),
+            in_chans=int(cfg.get("in_chans", 1)),
+            drop_rate=float(cfg.get("dropout", 0.0)),
+            **kwargs,
+        )
+    except (RuntimeError, OSError) as exc:
+        if kwargs.get("pretrained"):
+            raise ConfigError(f"model {cfg['name']}: loading pretrained weights failed: {exc}") from None
+        raise
+
+
+def _efficientnet(timm_name: str) -> Any:
+    def build(cfg: Mapping[str, Any]) -> nn.Module:
+        model = _create(timm_name, cfg, **_pretrained_args(cfg, timm_name))
+        model.cam_target_name = "bn2"  # last BN (+ activation) before global pooling
+        return model
+
+    return build
+
+
+register_model("b0")(_efficientnet("efficientnet_b0"))
+register_model("b3")(_efficientnet("efficientnet_b3"))
+
+
+@register_model("resnet50_cbam")
+def resnet50_cbam(cfg: Mapping[str, Any]) -> nn.Module:
+    """ResNet-50 with CBAM in all 16 bottlenecks; ImageNet weights go into everything else."""
+    model = _create("resnet50", cfg, block_args={"attn_layer": "cbam"})
+    pretrained = _pretrained_args(cfg, "resnet50")
+    if pretrained["pretrained"]:
+        source = _create("resnet50", cfg, **pretrained)
+        result = model.load_state_dict(source.state_dict(), strict=False)
+        cbam_missing = [k for k in result.missing_keys if ".se." in k]
+        other = [k for k in result.missing_keys if ".se." not in k]
+        if other or result.unexpected_keys:
+            raise ConfigError(f"model resnet50_cbam: weights do not fit ResNet-50 (missing {other[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]})")  # fmt: skip
+        log.warning(
+            "resnet50_cbam: loaded ResNet-50 ImageNet weights into all layers except the 16 CBAM modules "
+            "(%d CBAM tensors keep their random initialisation)",
+            len(cbam_missing),
+        )
+    model.cam_target_name = f"layer4.{len(model.layer4) - 1}"
+    return model

@@ -1,0 +1,281 @@
+"""One training job, from a composed config to a finished MLflow run.
+
+Order matters for trust: the MLflow run is opened first, so a job that fails on
+bad data or a bad setting still leaves a FAILED run with its error, never a
+silently missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from btxrd.config import to_dict
+from btxrd.data.cache import cache_images
+from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.reader import load_dataset
+from btxrd.data.schema import CLASS_NAMES
+from btxrd.data.splits import make_split, write_split_csv
+from btxrd.engine.checkpoint import load_checkpoint
+from btxrd.engine.training import EpochShuffle, TrainSettings, fit, predict
+from btxrd.errors import ConfigError
+from btxrd.metrics import classification_metrics, plot_confusion_matrix
+from btxrd.models import build_model
+from btxrd.sweep.context import JobContext, job_context
+from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, flatten
+
+log = logging.getLogger(__name__)
+
+
+def git_commit(root: str | Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def select_device(setting: str, job_num: int) -> torch.device:
+    """``auto``: CUDA if present, jobs spread over GPUs by job number; else CPU."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", job_num % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise ConfigError(f"train.device={setting!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={setting}: CUDA is not available on this machine")
+    return device
+
+
+def threads_per_job(setting: Any, n_jobs: int) -> int:
+    """``auto``: the job's share of the cores, so n_jobs x threads never exceeds them."""
+    if setting == "auto":
+        return max(1, available_cores() // max(1, n_jobs))
+    return max(1, int(setting))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def train_settings(cfg: DictConfig, config_dict: dict[str, Any]) -> TrainSettings:
+    t, d = cfg.train, cfg.data
+    progress = None if t.progress == "auto" else bool(t.progress)
+    if t.monitor not in ("val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro"):
+        raise ConfigError(f"train.monitor={t.monitor!r}: use val_macro_f1, val_accuracy, val_balanced_accuracy "
+                          "or val_auroc_macro")  # fmt: skip
+    if int(t.epochs) < 1:
+        raise ConfigError(f"train.epochs={t.epochs}: must be at least 1")
+    return TrainSettings(
+        epochs=int(t.epochs), lr=float(t.lr), weight_decay=float(t.weight_decay),
+        warmup_epochs=float(t.warmup_epochs), min_lr_ratio=float(t.min_lr_ratio), patience=int(t.patience),
+        monitor=str(t.monitor), class_weights=bool(t.class_weights), label_smoothing=float(t.label_smoothing),
+        grad_clip=float(t.grad_clip), brightness=float(d.brightness), contrast=float(d.contrast),
+        mean=float(d.mean), std=float(d.std), amp=bool(t.amp), channels_last=bool(t.channels_last),
+        seed=int(cfg.seed), progress=progress, class_names=CLASS_NAMES,
+        extra_state={"config": config_dict},
+    )  # fmt: skip
+
+
+def make_loader(dataset: BTXRDImages, batch_size: int, train: bool, workers: int, device: torch.device, seed: int):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffle(len(dataset), seed) if train else None,
+        shuffle=False,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def loader_workers(setting: Any, device: torch.device, threads: int) -> int:
+    """``auto``: on CPU the cached uint8 crops are cheap, so the training process does them
+    (workers would compete with the model for the same cores); on CUDA, up to 8 workers."""
+    if setting == "auto":
+        return 0 if device.type == "cpu" else min(8, max(1, threads))
+    return max(0, int(setting))
+
+
+class _RunLogger:
+    """Adapter: the engine's per-epoch metrics go to this job's MLflow run."""
+
+    def __init__(self, tracker: Tracker | None, run_id: str | None) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.tracker is not None:
+            self.tracker.log_artifact(self.run_id, path, artifact_path)
+
+
+def open_tracker(cfg: DictConfig) -> Tracker | None:
+    if not cfg.tracking.enabled:
+        return None
+    uri = cfg.tracking.uri or os.environ.get("BTXRD_TRACKING_URI") or default_tracking_uri(cfg.paths.root)
+    return Tracker(uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+
+
+def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
+    return {
+        "model": str(cfg.model.name),
+        "split": str(cfg.split.name),
+        "annotations": "on" if cfg.annotations.enabled else "off",
+        "task": str(cfg.task),
+        "sweep_dir": ctx.sweep_dir,
+        "job_num": str(ctx.job_num),
+        "overrides": " ".join(ctx.overrides),
+        "output_dir": str(ctx.output_dir),
+        "mlflow.source.git.commit": git_commit(cfg.paths.root),
+    }
+
+
+def train_task(cfg: DictConfig) -> float:
+    """Run one training job; returns the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    ctx = job_context()
+    tracker = open_tracker(cfg)
+    run_id = None
+    if tracker is not None:
+        run_id = tracker.start_run(ctx.run_name, run_tags(cfg, ctx), parent_id=os.environ.get(PARENT_RUN_ENV))
+    logger = _RunLogger(tracker, run_id)
+    try:
+        result = _train(cfg, ctx, logger)
+    except BaseException as exc:
+        if tracker is not None:
+            message = f"{type(exc).__name__}: {exc}"
+            tracker.set_tags(run_id, {"error": message})
+            error_file = ctx.output_dir / "error.txt"
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(traceback.format_exc())
+            logger.artifact(error_file)
+            tracker.end_run(run_id, "FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        raise
+    if tracker is not None:
+        tracker.end_run(run_id, "FINISHED")
+    return result
+
+
+def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
+    config_dict = to_dict(cfg)
+    out_dir = ctx.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(str(cfg.train.device), ctx.job_num)
+    threads = threads_per_job(cfg.train.num_threads, ctx.n_jobs)
+    torch.set_num_threads(threads)
+    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
+    if logger.tracker is not None:
+        params = flatten(config_dict)
+        params.update({"runtime.device": str(device), "runtime.threads": str(threads)})
+        logger.tracker.log_params(logger.run_id, params)
+    (out_dir / "config.json").write_text(json.dumps(config_dict, indent=2))
+    logger.artifact(out_dir / "config.json")
+
+    # Data: read, split (materialised as CSV), cache once, loaders.
+    use_annotations = bool(cfg.annotations.enabled)
+    table = load_dataset(cfg.data.root, on_bad_image=str(cfg.data.on_bad_image), read_annotations=use_annotations)
+    parts = make_split(table, to_dict(cfg.split), required_classes=range(len(CLASS_NAMES)))
+    split_csv = write_split_csv(table, parts, out_dir / "split.csv")
+    logger.artifact(split_csv)
+    image_size = int(cfg.model.image_size)
+    if image_size < 32:
+        raise ConfigError(f"model.image_size={image_size} is too small: the networks downsample 32x (use >= 32)")
+    canvas = int(round(image_size * float(cfg.data.canvas_scale)))
+    cache = cache_images(table, canvas, cfg.data.cache_dir, preprocess=str(cfg.data.preprocess), workers=threads)
+    crop = CropSettings(float(cfg.data.crop_min_scale), float(cfg.data.crop_max_scale), bool(cfg.data.hflip))
+    rows = {part: table[parts == part].reset_index(drop=True) for part in ("train", "val", "test")}
+    train_set = BTXRDImages(rows["train"], cache, image_size, train=True, crop=crop,
+                            lesion_crops=bool(cfg.annotations.lesion_crops), seed=int(cfg.seed))  # fmt: skip
+    eval_sets = {p: BTXRDImages(rows[p], cache, image_size, train=False) for p in ("val", "test")}
+    workers = loader_workers(cfg.data.num_workers, device, threads)
+    batch = int(cfg.model.batch_size)
+    train_loader = make_loader(train_set, batch, True, workers, device, int(cfg.seed))
+    val_loader = make_loader(eval_sets["val"], int(cfg.train.eval_batch_size), False, workers, device, 0)
+    test_loader = make_loader(eval_sets["test"], int(cfg.train.eval_batch_size), False, workers, device, 0)
+    if logger.tracker is not None:
+        counts = {f"data.n_{p}": len(r) for p, r in rows.items()}
+        logger.tracker.log_params(logger.run_id, {**counts, "data.cache_file": str(cache.path)})
+
+    # Model and training.
+    model = build_model(to_dict(cfg.model))
+    settings = train_settings(cfg, config_dict)
+    result = fit(model, train_loader, val_loader, settings, device, out_dir / "checkpoints", logger)
+    pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
+    logger.artifact(result.best_path, "checkpoints")
+    if cfg.tracking.log_last_checkpoint:
+        logger.artifact(result.last_path, "checkpoints")
+
+    # Test metrics of the best checkpoint.
+    model.load_state_dict(load_checkpoint(result.best_path)["model"])
+    test_metrics, matrix = evaluate_part(model, test_loader, device, settings, rows["test"], out_dir, "test")
+    summary = {
+        **test_metrics,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        f"best_{settings.monitor}": result.best_score,
+    }
+    logger.log_metrics(summary, step=result.epochs_run)
+    plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / "confusion_matrix_test.png", title=ctx.run_name)
+    for name in ("confusion_matrix_test.png", "predictions_test.csv"):
+        logger.artifact(out_dir / name)
+    (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
+    log.info("%s: test macro-F1 %.3f, accuracy %.3f", ctx.run_name, summary["test_macro_f1"], summary["test_accuracy"])
+    monitored = str(cfg.optimized_metric)
+    return float(summary.get(f"best_{monitored}", result.best_score))
+
+
+def evaluate_part(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    settings: TrainSettings,
+    rows: pd.DataFrame,
+    out_dir: Path,
+    part: str,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics on one split part, and a per-image predictions CSV in ``out_dir``."""
+    probs, labels, index = predict(model, loader, device, settings)
+    metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=f"{part}_")
+    metrics[f"{part}_malignant_recall"] = metrics[f"{part}_recall_malignant"]
+    predictions = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].to_numpy()[index],
+            "center": rows["center"].to_numpy()[index],
+            "label": labels,
+            "predicted": probs.argmax(axis=1),
+            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
+        }
+    )
+    predictions.to_csv(out_dir / f"predictions_{part}.csv", index=False)
+    return metrics, matrix

@@ -1,0 +1,76 @@
+"""Hydra callback: one MLflow parent run per multirun, created before any worker starts.
+
+Parallel workers opening a fresh SQLite database corrupt it (table creation
+races), so the launching process creates the database, the experiment and the
+parent run in ``on_multirun_start`` and hands the parent id to the jobs through
+``BTXRD_PARENT_RUN_ID`` (not MLFLOW_RUN_ID, which would override it). Hydra
+skips ``on_multirun_end`` when a job fails, so the parent is also closed from an
+``atexit`` hook: FAILED if any child failed or never closed, else FINISHED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri
+from btxrd.tracking.mlflow_store import TRACKING_URI_ENV, active_statuses
+
+log = logging.getLogger(__name__)
+
+
+class MLflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.parent_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.enabled:
+            return
+        uri = config.tracking.uri or default_tracking_uri(config.paths.root)
+        self.tracker = Tracker(uri, config.tracking.experiment, config.tracking.artifact_root)
+        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        self.parent_id = self.tracker.start_run(
+            f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
+            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
+        )
+        os.environ[PARENT_RUN_ENV] = self.parent_id
+        os.environ[TRACKING_URI_ENV] = uri
+        atexit.register(self.finish)
+        print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """Close the parent run once: FINISHED only if every child finished."""
+        if self.tracker is None or self.parent_id is None:
+            return
+        tracker, parent_id = self.tracker, self.parent_id
+        self.parent_id = None
+        children = tracker.children(parent_id)
+        failed = []
+        for run in children:
+            status = run.info.status
+            if status in active_statuses():  # its process died without closing it
+                tracker.set_tags(run.info.run_id, {"error": "the job ended without closing its run"})
+                tracker.end_run(run.info.run_id, "FAILED")
+                status = "FAILED"
+            if status != "FINISHED":
+                failed.append((run.data.tags.get("overrides", ""), run.data.tags.get("error", status)))
+        tracker.set_tags(parent_id, {"n_jobs": len(children), "n_failed": len(failed)})
+        tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
+        os.environ.pop(PARENT_RUN_ENV, None)
+        if failed:
+            print(f"sweep: {len(failed)} of {len(children)} job(s) failed:", file=sys.stderr)
+            for overrides, error in failed:
+                print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
+        else:
+            print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)

@@ -1,0 +1,150 @@
+"""MLflow tracking through explicit run ids (``MlflowClient``), never the global active run.
+
+Joblib's loky workers are reused between jobs, so MLflow's process-global
+"active run" would leak from one job into the next; every call here names its
+run id instead. SQLite allows one writer at a time: calls are retried when the
+database is locked by another job of the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from btxrd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# MLflow announces database creation and migrations at INFO on stderr; a user error should stay one line.
+for _noisy in ("mlflow.store.db.utils", "alembic"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+# Our own variable: MLFLOW_RUN_ID in the environment would override parent_run_id (DESIGN.md).
+PARENT_RUN_ENV = "BTXRD_PARENT_RUN_ID"
+TRACKING_URI_ENV = "BTXRD_TRACKING_URI"
+_RETRIES = 8
+_PARAM_LIMIT = 6000
+
+
+def default_tracking_uri(project_root: str | Path) -> str:
+    """``sqlite:///<project root>/mlflow.db``, absolute (Hydra jobs run in their own folders)."""
+    return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> {'a.b.c': 'value'}; lists become their string form."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:_PARAM_LIMIT]
+    return out
+
+
+def _retry(call: Callable[[], T]) -> T:
+    for attempt in range(_RETRIES):
+        try:
+            return call()
+        except MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == _RETRIES - 1 or not ("locked" in text or "busy" in text):
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    """One tracking store and experiment; runs are addressed by id."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_name = experiment
+        self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        self._experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._ensure_experiment()
+        return self._experiment_id
+
+    def _ensure_experiment(self) -> str:
+        try:
+            found = _retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
+        except MlflowException as exc:
+            raise ConfigError(f"tracking.uri={self.uri}: cannot reach the tracking store ({exc})") from None
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise ConfigError(
+                    f"tracking.experiment={self.experiment_name!r} is deleted in {self.uri}; restore it or pick another"
+                )
+            return found.experiment_id
+        location = None
+        if self.artifact_root is not None and self.uri.startswith("sqlite:"):
+            location = (self.artifact_root / self.experiment_name).as_uri()
+        try:
+            return _retry(lambda: self.client.create_experiment(self.experiment_name, artifact_location=location))
+        except MlflowException:  # created meanwhile by another process
+            return _retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
+
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
+        all_tags = dict(tags or {})
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            batch = items[i : i + 100]
+            _retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            batch = items[i : i + 500]
+            _retry(lambda batch=batch: self.client.log_batch(run_id, metrics=batch))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            _retry(lambda key=key, value=value: self.client.set_tag(run_id, key, str(value)[:5000]))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def run_status(self, run_id: str) -> str:
+        return _retry(lambda: self.client.get_run(run_id)).info.status
+
+    def children(self, parent_id: str) -> list:
+        query = f"tags.mlflow.parentRunId = '{parent_id}'"
+        return _retry(lambda: self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000))
+
+    def get_run(self, run_id: str):
+        return _retry(lambda: self.client.get_run(run_id))
+
+    def download_artifact(self, run_id: str, path: str, dest: str | Path) -> Path:
+        return Path(_retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
+
+
+def active_statuses() -> tuple[str, ...]:
+    return (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))
+
+
+def parent_from_env() -> str | None:
+    return os.environ.get(PARENT_RUN_ENV) or None

@@ -1,0 +1,45 @@
+"""Helpers shared by tests: compose the real Hydra config, run the real entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from btxrd.config import CONFIG_DIR
+
+from .conftest import PROJECT_ROOT
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+def tiny_overrides(data_root: Path, work: Path, **extra: str) -> list[str]:
+    """Small, fast settings, every output under ``work`` (nothing in the project folder)."""
+    settings = {
+        "experiment": "demo",
+        "data.root": str(data_root),
+        "paths.root": str(work),
+        "model.image_size": "64",
+        "model.batch_size": "16",
+        "train.epochs": "1",
+        "train.progress": "false",
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_"))}
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+    )  # fmt: skip

@@ -1,0 +1,78 @@
+"""Real multiruns through `python train.py -m` in a subprocess, checked in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from .helpers import run_script, tiny_overrides
+
+
+def runs_by_role(work: Path):
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("btxrd")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_multirun_2x2_logs_parent_and_four_finished_children(synth_root: Path, tmp_path: Path) -> None:
+    args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    result = run_script("train.py", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parents, children = runs_by_role(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    names = sorted(c.info.run_name for c in children)
+    assert names == sorted(f"demo | b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["model.name"] == "b0" and "split.name" in child.data.params
+        assert {"model", "split", "annotations", "sweep_dir", "mlflow.source.git.commit"} <= set(child.data.tags)
+        for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "val_macro_f1", "train_loss", "lr"):
+            assert key in child.data.metrics, key
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.json", "split.csv", "confusion_matrix_test.png", "predictions_test.csv"} <= artifacts
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert "sweep: all 4 job(s) finished" in result.stderr
+
+
+def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
+    args = ["-m", *tiny_overrides(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    result = run_script("train.py", args, cwd=tmp_path)
+    assert result.returncode != 0
+    _, parents, children = runs_by_role(tmp_path)
+    assert parents[0].info.status == "FAILED"
+    status = {c.data.tags["overrides"].split("model.weights=")[1].split()[0]: c for c in children}
+    assert status["null"].info.status == "FINISHED" and "test_macro_f1" in status["null"].data.metrics
+    failed = status["/no/such/weights.pt"]
+    assert failed.info.status == "FAILED"
+    assert "model.weights=/no/such/weights.pt: file not found" in failed.data.tags["error"]
+    assert "sweep: 1 of 2 job(s) failed" in result.stderr
+    assert "model.weights=/no/such/weights.pt" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.root=/no/such/dataset", "error: dataset root not found: /no/such/dataset (set data.root)"),
+        ("split.test=1.5", "error: split.test=1.5 is out of range"),
+        ("model.name=vgg", "error: model.name='vgg' is not a registered model; registered: b0, b3, resnet50_cbam"),
+        ("model.image_size=16", "error: model.image_size=16 is too small"),
+    ],
+)
+def test_user_errors_end_in_one_line_and_a_failed_run(synth_root, tmp_path, override: str, message: str) -> None:
+    result = run_script("train.py", [*tiny_overrides(synth_root, tmp_path), override], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btxrd").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert message.removeprefix("error: ")[:30] in runs[0].data.tags["error"]

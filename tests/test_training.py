@@ -1,0 +1,84 @@
+"""A real one-epoch training through the pipeline; its checkpoint reproduces its predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from btxrd.data.cache import cache_images
+from btxrd.data.dataset import BTXRDImages
+from btxrd.data.reader import load_dataset
+from btxrd.engine.checkpoint import load_checkpoint
+from btxrd.engine.training import TrainSettings, class_weights, predict, warmup_cosine
+from btxrd.models import build_model
+from btxrd.pipeline import make_loader, train_task
+
+from .helpers import compose_config, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("train")
+    cfg = compose_config(tiny_overrides(synth_root, work, **{"tracking.enabled": "false", "train.epochs": "2"}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        best = train_task(cfg)
+    out = work / "outputs"
+    return out, {"best": best, "cfg": cfg}
+
+
+def test_outputs_of_a_run(trained) -> None:
+    out, info = trained
+    metrics = json.loads((out / "metrics_test.json").read_text())
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_precision_benign",
+                "test_recall_malignant", "test_f1_normal", "test_auroc_macro", "test_malignant_recall"):  # fmt: skip
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["best_val_macro_f1"] == pytest.approx(info["best"])
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == 2 and history["lr"].iloc[1] < history["lr"].iloc[0]
+    split = pd.read_csv(out / "split.csv")
+    assert set(split["part"]) == {"train", "val", "test"}
+    assert (out / "confusion_matrix_test.png").stat().st_size > 1000
+
+
+def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_root: Path) -> None:
+    out, info = trained
+    state = load_checkpoint(out / "checkpoints" / "best.pt")  # weights_only=True inside
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "class_names"} <= set(state)
+    assert state["config"]["model"]["name"] == "b0"
+    cfg = info["cfg"]
+    model = build_model(state["config"]["model"])
+    model.load_state_dict(state["model"])
+    table = load_dataset(synth_root, read_annotations=False)
+    split = pd.read_csv(out / "split.csv")
+    test_rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
+    canvas = round(cfg.model.image_size * cfg.data.canvas_scale)
+    cache = cache_images(table, canvas, Path(cfg.data.cache_dir))
+    loader = make_loader(BTXRDImages(test_rows, cache, 64, train=False), 16, False, 0, torch.device("cpu"), 0)
+    probs, labels, index = predict(model, loader, torch.device("cpu"), TrainSettings())
+    saved = pd.read_csv(out / "predictions_test.csv")
+    np.testing.assert_array_equal(saved["label"].to_numpy(), labels)
+    np.testing.assert_allclose(saved[["p_normal", "p_benign", "p_malignant"]].to_numpy(), probs, atol=1e-6)
+
+
+def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trained, monkeypatch) -> None:
+    out, _ = trained
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"tracking.enabled": "false", "train.epochs": "2"}))
+    monkeypatch.chdir(tmp_path)
+    train_task(cfg)
+    a = pd.read_csv(out / "predictions_test.csv")
+    b = pd.read_csv(tmp_path / "outputs" / "predictions_test.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_class_weights_and_schedule() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1, 1, 2]), 3)
+    np.testing.assert_allclose(weights.numpy(), [6 / 9, 1.0, 2.0])
+    factor = warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.01)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.505, abs=0.01) and factor(100) == pytest.approx(0.01)

@@ -1,0 +1,19 @@
+"""Train one model, or a grid with -m:  python train.py -m model=b0,b3 split=stratified,center"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from btxrd.config import CONFIG_DIR
+from btxrd.entry import hydra_task
+from btxrd.pipeline import train_task
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    return hydra_task(train_task, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
