@@ -28,8 +28,13 @@ $(DEMO_DATA)/dataset.xlsx: | venv
 
 demo-data: $(DEMO_DATA)/dataset.xlsx  ## generate the synthetic demo dataset (data/demo)
 
-demo: venv demo-data  ## generate and check the demo dataset
+demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run grid into MLflow
 	$(PY) -m btxrd.data check $(DEMO_DATA)
+	$(PY) train.py -m experiment=demo data.root=$(abspath $(DEMO_DATA)) \
+	  model=b0,b3,resnet50_cbam split=stratified,center annotations=on,off
+	@echo
+	@echo "Done. See the runs side by side:  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000"
+	@echo "then open http://127.0.0.1:5000 (experiment 'btxrd'; the sweep is one parent run with 12 children)."
 
 clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

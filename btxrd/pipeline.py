@@ -22,17 +22,19 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from btxrd.cam.explain import explain_loader, score_and_draw
 from btxrd.config import to_dict
-from btxrd.data.cache import cache_images
-from btxrd.data.dataset import BTXRDImages, CropSettings
-from btxrd.data.reader import load_dataset
+from btxrd.data.cache import cache_images, canvas_size
+from btxrd.data.dataset import BTXRDImages, CropSettings, lesions_in_input
+from btxrd.data.reader import load_dataset, with_annotations
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import make_split, write_split_csv
 from btxrd.engine.checkpoint import load_checkpoint
 from btxrd.engine.training import EpochShuffle, TrainSettings, fit, predict
 from btxrd.errors import ConfigError
+from btxrd.evaluation import evaluate_checkpoint
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
-from btxrd.models import build_model
+from btxrd.models import build_model, cam_target
 from btxrd.sweep.context import JobContext, job_context
 from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, flatten
 
@@ -211,12 +213,14 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     image_size = int(cfg.model.image_size)
     if image_size < 32:
         raise ConfigError(f"model.image_size={image_size} is too small: the networks downsample 32x (use >= 32)")
-    canvas = int(round(image_size * float(cfg.data.canvas_scale)))
+    canvas = canvas_size(image_size, float(cfg.data.canvas_scale))
     cache = cache_images(table, canvas, cfg.data.cache_dir, preprocess=str(cfg.data.preprocess), workers=threads)
     crop = CropSettings(float(cfg.data.crop_min_scale), float(cfg.data.crop_max_scale), bool(cfg.data.hflip))
     rows = {part: table[parts == part].reset_index(drop=True) for part in ("train", "val", "test")}
+    cam_loss_weight = float(cfg.annotations.cam_loss_weight) if use_annotations else 0.0
     train_set = BTXRDImages(rows["train"], cache, image_size, train=True, crop=crop,
-                            lesion_crops=bool(cfg.annotations.lesion_crops), seed=int(cfg.seed))  # fmt: skip
+                            lesion_crops=bool(cfg.annotations.lesion_crops), with_masks=cam_loss_weight > 0,
+                            seed=int(cfg.seed))  # fmt: skip
     eval_sets = {p: BTXRDImages(rows[p], cache, image_size, train=False) for p in ("val", "test")}
     workers = loader_workers(cfg.data.num_workers, device, threads)
     batch = int(cfg.model.batch_size)
@@ -230,6 +234,9 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     # Model and training.
     model = build_model(to_dict(cfg.model))
     settings = train_settings(cfg, config_dict)
+    settings.cam_loss_weight = cam_loss_weight
+    settings.mask_dilation = round(float(cfg.annotations.mask_dilation) * image_size)
+    settings.cam_target_name = model.cam_target_name
     result = fit(model, train_loader, val_loader, settings, device, out_dir / "checkpoints", logger)
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
     logger.artifact(result.best_path, "checkpoints")
@@ -239,8 +246,11 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     # Test metrics of the best checkpoint.
     model.load_state_dict(load_checkpoint(result.best_path)["model"])
     test_metrics, matrix = evaluate_part(model, test_loader, device, settings, rows["test"], out_dir, "test")
+    cam_metrics = explain_part(model, test_loader, device, settings, rows["test"], cfg.data.root, cache, out_dir,
+                               ctx.run_name, logger)  # fmt: skip
     summary = {
         **test_metrics,
+        **cam_metrics,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         f"best_{settings.monitor}": result.best_score,
@@ -253,6 +263,34 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     log.info("%s: test macro-F1 %.3f, accuracy %.3f", ctx.run_name, summary["test_macro_f1"], summary["test_accuracy"])
     monitored = str(cfg.optimized_metric)
     return float(summary.get(f"best_{monitored}", result.best_score))
+
+
+def explain_part(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    settings: TrainSettings,
+    rows: pd.DataFrame,
+    data_root: str,
+    cache,
+    out_dir: Path,
+    title: str,
+    logger: _RunLogger,
+    part: str = "test",
+) -> dict[str, float]:
+    """Grad-CAM on one part: localisation scores against the lesions, overlay grids as artifacts.
+
+    The annotations are read here, after training and prediction, only to score the maps.
+    """
+    image_size = loader.dataset.image_size
+    boxes, masks = lesions_in_input(with_annotations(rows, data_root), cache, image_size)
+    explanation = explain_loader(model, loader, device, settings, cam_target(model))
+    metrics, grids = score_and_draw(
+        explanation, boxes, masks, CLASS_NAMES, image_size, out_dir / "gradcam", title, prefix=f"{part}_"
+    )
+    for grid in grids:
+        logger.artifact(grid, "gradcam")
+    return metrics
 
 
 def evaluate_part(
@@ -279,3 +317,61 @@ def evaluate_part(
     )
     predictions.to_csv(out_dir / f"predictions_{part}.csv", index=False)
     return metrics, matrix
+
+
+def evaluate_task(cfg: DictConfig) -> dict[str, float]:
+    """Re-score ``cfg.run_id``'s best checkpoint (or ``cfg.checkpoint``); log a nested evaluation run."""
+    if bool(cfg.run_id) == bool(cfg.checkpoint):
+        raise ConfigError("give exactly one of run_id=<mlflow run id> or checkpoint=PATH")
+    ctx = job_context()
+    out_dir = ctx.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = open_tracker(cfg)
+    expected_split = None
+    trained_run = None
+    if cfg.run_id:
+        if tracker is None:
+            raise ConfigError("run_id=... needs tracking.enabled=true (use checkpoint=PATH without tracking)")
+        trained_run = tracker.find_run(str(cfg.run_id))
+        if trained_run is None:
+            raise ConfigError(f"run_id={cfg.run_id}: no such run in {tracker.uri}")
+        if "checkpoints/best.pt" not in tracker.artifact_paths(cfg.run_id, "checkpoints"):
+            raise ConfigError(f"run_id={cfg.run_id}: the run has no checkpoint artifact (checkpoints/best.pt)")
+        checkpoint = tracker.download_artifact(cfg.run_id, "checkpoints/best.pt", out_dir)
+        if "split.csv" in tracker.artifact_paths(cfg.run_id):
+            expected_split = pd.read_csv(tracker.download_artifact(cfg.run_id, "split.csv", out_dir))
+    else:
+        checkpoint = Path(str(cfg.checkpoint)).expanduser()
+    device = select_device(str(cfg.device), 0)
+    threads = threads_per_job(cfg.num_threads, 1)
+    torch.set_num_threads(threads)
+
+    run_id = None
+    if tracker is not None:
+        name = (
+            f"eval {cfg.part} | {trained_run.info.run_name}" if trained_run else f"eval {cfg.part} | {checkpoint.name}"
+        )
+        tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(cfg.data.root or "")}
+        run_id = tracker.start_run(name, tags, parent_id=str(cfg.run_id) if cfg.run_id else None)
+    try:
+        result = evaluate_checkpoint(
+            checkpoint, out_dir, device, part=str(cfg.part), data_root=cfg.data.root, cache_dir=cfg.data.cache_dir,
+            expected_split=expected_split, threads=threads,
+        )  # fmt: skip
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
+            tracker.end_run(run_id, "FAILED")
+        raise
+    if tracker is not None:
+        tracker.log_params(run_id, {"part": result.part, "data_root": result.data_root, "n_images": result.n_images,
+                                    "checkpoint": str(checkpoint)})  # fmt: skip
+        tracker.log_metrics(run_id, result.metrics)
+        for path in result.artifacts:
+            tracker.log_artifact(run_id, path, "gradcam" if path.parent.name == "gradcam" else None)
+        tracker.end_run(run_id, "FINISHED")
+    print(f"evaluated {checkpoint} on {result.part} of {result.data_root} ({result.n_images} images):")
+    for key, value in result.metrics.items():
+        print(f"  {key:32s} {value:.4f}")
+    print(f"outputs: {out_dir}" + (f"; MLflow run {run_id}" if run_id else ""))
+    return result.metrics

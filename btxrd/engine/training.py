@@ -10,6 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from btxrd.cam.gradcam import capture_activation
 from btxrd.engine.checkpoint import save_checkpoint
 from btxrd.errors import BTXRDError
 from btxrd.metrics import classification_metrics
@@ -54,6 +56,10 @@ class TrainSettings:
     seed: int = 0
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     class_names: Sequence[str] = ("normal", "benign", "malignant")
+    # Attention loss (annotations=on): weight x (1 - CAM mass share inside the dilated lesion mask)
+    cam_loss_weight: float = 0.0
+    mask_dilation: int = 0  # pixels at the input resolution
+    cam_target_name: str = ""
     extra_state: dict[str, Any] = field(default_factory=dict)  # stored in checkpoints (e.g. the config)
 
 
@@ -125,6 +131,25 @@ class InputPipeline:
         return x.contiguous(memory_format=self.memory_format)
 
 
+def attention_loss(
+    features: torch.Tensor, classifier_weight: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, dilation: int
+) -> torch.Tensor:
+    """Per image: 1 - share of the true class's CAM mass inside the (dilated) lesion mask.
+
+    CAM = classifier weights of the true class x final feature map (exact for GAP + linear heads),
+    rectified; the mask is dilated at input resolution, then max-pooled to the feature grid.
+    Returns (B,) losses, 0 where the CAM has no positive mass inside or out.
+    """
+    cams = torch.relu(torch.einsum("bc,bchw->bhw", classifier_weight[labels].to(features.dtype), features)).float()
+    m = masks.float()
+    if dilation > 0:
+        m = torch.nn.functional.max_pool2d(m, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+    m = torch.nn.functional.adaptive_max_pool2d(m, cams.shape[-2:])[:, 0]
+    total = cams.sum(dim=(1, 2))
+    inside = (cams * m).sum(dim=(1, 2))
+    return torch.where(total > 0, 1 - inside / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
 def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -179,6 +204,9 @@ def fit(
     use_scaler = settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     show_bar = sys.stderr.isatty() if settings.progress is None else settings.progress
+    use_cam_loss = settings.cam_loss_weight > 0
+    if use_cam_loss:
+        target, head = model.get_submodule(settings.cam_target_name), model.get_classifier()
 
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     best_score, best_epoch, bad_epochs = -math.inf, -1, 0
@@ -192,13 +220,23 @@ def fit(
         generator = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
         model.train()
         start = time.perf_counter()
-        total_loss, seen = 0.0, 0
+        total_loss, total_cam_loss, seen, cam_seen = 0.0, 0.0, 0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not show_bar, leave=False)
-        for step, (images, labels, _mask, _has_mask, _index) in enumerate(bar):
+        for step, (images, labels, masks, has_mask, _index) in enumerate(bar):
             x = inputs(images, generator)
             y = labels.to(device, non_blocking=True)
-            with autocast(device, settings.amp):
+            with autocast(device, settings.amp), capture_activation(target) if use_cam_loss else nullcontext() as store:
                 loss = criterion(model(x).float(), y)
+                if use_cam_loss and bool(has_mask.any()):
+                    # Same forward, same backward: the CAM comes from the captured final features.
+                    chosen = has_mask.to(device)
+                    per_image = attention_loss(
+                        store["value"][chosen], head.weight, y[chosen], masks.to(device)[chosen], settings.mask_dilation
+                    )
+                    cam_loss = per_image.mean()
+                    loss = loss + settings.cam_loss_weight * cam_loss
+                    total_cam_loss += cam_loss.item() * int(chosen.sum())
+                    cam_seen += int(chosen.sum())
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
@@ -225,6 +263,7 @@ def fit(
         epoch_seconds = time.perf_counter() - start
         row = {
             "train_loss": total_loss / max(1, seen),
+            **({"train_cam_loss": total_cam_loss / max(1, cam_seen)} if use_cam_loss else {}),
             "val_loss": val_loss,
             "val_accuracy": val_metrics["val_accuracy"],
             "val_macro_f1": val_metrics["val_macro_f1"],

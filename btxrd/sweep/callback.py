@@ -20,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from btxrd.report import write_report
 from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri
 from btxrd.tracking.mlflow_store import TRACKING_URI_ENV, active_statuses
 
@@ -30,13 +31,14 @@ class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.tracker: Tracker | None = None
         self.parent_id: str | None = None
+        self.sweep_dir: str = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
         uri = config.tracking.uri or default_tracking_uri(config.paths.root)
         self.tracker = Tracker(uri, config.tracking.experiment, config.tracking.artifact_root)
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
@@ -66,6 +68,11 @@ class MLflowSweepCallback(Callback):
             if status != "FINISHED":
                 failed.append((run.data.tags.get("overrides", ""), run.data.tags.get("error", status)))
         tracker.set_tags(parent_id, {"n_jobs": len(children), "n_failed": len(failed)})
+        try:
+            write_report(tracker, parent_id, self.sweep_dir)
+            print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
+        except Exception as exc:  # the report must never keep the parent run open
+            print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
         os.environ.pop(PARENT_RUN_ENV, None)
         if failed:

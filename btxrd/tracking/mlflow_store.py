@@ -23,6 +23,7 @@ from btxrd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs and test output
 # MLflow announces database creation and migrations at INFO on stderr; a user error should stay one line.
 for _noisy in ("mlflow.store.db.utils", "alembic"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -137,6 +138,16 @@ class Tracker:
 
     def get_run(self, run_id: str):
         return _retry(lambda: self.client.get_run(run_id))
+
+    def find_run(self, run_id: str):
+        """The run, or None if this store has no run with that id."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def artifact_paths(self, run_id: str, folder: str | None = None) -> list[str]:
+        return [a.path for a in _retry(lambda: self.client.list_artifacts(run_id, folder))]
 
     def download_artifact(self, run_id: str, path: str, dest: str | Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))

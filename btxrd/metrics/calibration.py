@@ -1,0 +1,75 @@
+"""Calibration: expected calibration error and ROC / reliability plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """Top-label confidence bins: mean confidence, accuracy and count per bin (equal width)."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins).astype(float)
+    conf_sum = np.bincount(which, weights=confidence, minlength=n_bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"edges": edges, "confidence": conf_sum / count, "accuracy": acc_sum / count, "count": count}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
+    """ECE (Guo et al., 2017): sum over bins of |accuracy - confidence| weighted by the bin's share.
+
+    scikit-learn has no multi-class ECE (its calibration_curve is binary), hence these few lines.
+    """
+    bins = reliability_bins(labels, probs, n_bins)
+    filled = bins["count"] > 0
+    weights = bins["count"][filled] / bins["count"].sum()
+    return float(np.sum(weights * np.abs(bins["accuracy"][filled] - bins["confidence"][filled])))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
+    """One-vs-rest ROC curve per class (scikit-learn's RocCurveDisplay)."""
+    from sklearn.metrics import RocCurveDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=120)
+    for k, name in enumerate(class_names):
+        if 0 < (labels == k).sum() < len(labels):
+            RocCurveDisplay.from_predictions(labels == k, probs[:, k], name=name, ax=ax)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set_title("ROC, one vs rest")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str | Path, n_bins: int = 10) -> Path:
+    plt = _pyplot()
+    bins = reliability_bins(labels, probs, n_bins)
+    centres = (bins["edges"][:-1] + bins["edges"][1:]) / 2
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ax.bar(centres, np.nan_to_num(bins["accuracy"]), width=1 / n_bins, edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, ECE = {expected_calibration_error(labels, probs, n_bins):.3f}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

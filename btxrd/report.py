@@ -1,0 +1,165 @@
+"""Sweep report: one row per job of a multirun, as CSV, Markdown and a bar chart.
+
+Written when a multirun ends (by the sweep callback) and on demand:
+
+    python -m btxrd.report multirun/2026-11-22/10-00-00     # a sweep folder
+    python -m btxrd.report <parent run id> [--tracking-uri URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from btxrd.cli import run_cli
+from btxrd.errors import ConfigError
+from btxrd.tracking import Tracker
+
+CLASSIFY_COLUMNS = {
+    "test_accuracy": "accuracy",
+    "test_balanced_accuracy": "bal. acc.",
+    "test_macro_f1": "macro-F1",
+    "test_malignant_recall": "malig. recall",
+    "test_auroc_macro": "AUROC",
+    "test_cam_pointing": "CAM pointing",
+    "test_cam_energy": "CAM energy",
+    "test_cam_energy_baseline": "energy baseline",
+}
+RECONSTRUCT_COLUMNS = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM"}
+PUBLISHED = """\
+Published on the real BTXRD (not measured here; different protocols):
+- Yao et al. 2025, YOLOv8s-cls 600 px, random 80/20 split: precision normal/benign/malignant
+  91.3/88.1/73.4, recall 89.8/87.5/83.9.
+- A reproduction of that baseline: accuracy 0.886, macro-F1 0.856, macro AUROC 0.945.
+- EfficientNet-B0 224 px: accuracy 67.9% (stratified split), 47.2% trained on centre 1 and
+  tested on centres 2+3.
+"""
+
+
+def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
+    rows = []
+    for run in tracker.children(parent_id):
+        metrics, tags = run.data.metrics, run.data.tags
+        end = run.info.end_time or run.info.start_time
+        row = {
+            "job": int(tags.get("job_num", -1)),
+            "run": run.info.run_name,
+            "model": tags.get("model", ""),
+            "split": tags.get("split", ""),
+            "annotations": tags.get("annotations", ""),
+            "task": tags.get("task", "classify"),
+            "status": run.info.status,
+        }
+        for key in (*CLASSIFY_COLUMNS, *RECONSTRUCT_COLUMNS):
+            row[key] = metrics.get(key, math.nan)
+        row["epochs"] = metrics.get("epochs_run", math.nan)
+        row["minutes"] = round((end - run.info.start_time) / 60000, 2)
+        row["error"] = tags.get("error", "").splitlines()[0][:200] if tags.get("error") else ""
+        row["run_id"] = run.info.run_id
+        rows.append(row)
+    columns = ["job", "run", "model", "split", "annotations", "task", "status", *CLASSIFY_COLUMNS,
+               *RECONSTRUCT_COLUMNS, "epochs", "minutes", "error", "run_id"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns).sort_values("job").reset_index(drop=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A Markdown table of the report (metric columns that are empty for every job are left out)."""
+    metric_names = {**CLASSIFY_COLUMNS, **RECONSTRUCT_COLUMNS}
+    shown = [c for c in metric_names if c in table and table[c].notna().any()]
+    headers = ["job", "run", "status", *[metric_names[c] for c in shown], "epochs", "minutes", "error"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for _, row in table.iterrows():
+        cells = [str(row["job"]), row["run"], row["status"]]
+        cells += ["" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in shown]
+        cells += ["" if pd.isna(row["epochs"]) else str(int(row["epochs"])), f"{row['minutes']:.1f}", row["error"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(table: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reconstruct = table["test_psnr"].notna().any() and not table["test_macro_f1"].notna().any()
+    metrics = ["test_psnr"] if reconstruct else ["test_macro_f1", "test_auroc_macro", "test_cam_pointing"]
+    labels = [f"{j}: {r}" for j, r in zip(table["job"], table["run"], strict=True)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table) + 3), 4.5), dpi=110)
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        values = table[metric].fillna(0).to_numpy()
+        ax.bar([i + k * width for i in range(len(table))], values, width=width, label=metric.removeprefix("test_"))
+    for i, status in enumerate(table["status"]):
+        if status != "FINISHED":
+            ax.text(i, 0.02, status, rotation=90, color="red", fontsize=8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(table))])
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("dB" if reconstruct else "test score")
+    ax.legend(fontsize=8)
+    ax.set_title("sweep report")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path) -> pd.DataFrame:
+    """Write sweep_report.{csv,md,png} to ``out_dir`` and log them to the parent run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = report_rows(tracker, parent_id)
+    table.to_csv(out_dir / "sweep_report.csv", index=False)
+    markdown = to_markdown(table)
+    if table["task"].eq("classify").any():
+        markdown += "\n" + PUBLISHED
+    (out_dir / "sweep_report.md").write_text(markdown)
+    paths = [out_dir / "sweep_report.csv", out_dir / "sweep_report.md"]
+    if len(table):
+        paths.append(plot_report(table, out_dir / "sweep_report.png"))
+    for path in paths:
+        tracker.log_artifact(parent_id, path, "report")
+    return table
+
+
+def find_parent(tracker: Tracker, target: str) -> tuple[str, Path]:
+    """(parent run id, folder for the report) from a sweep folder or a parent run id."""
+    folder = Path(target).expanduser()
+    if folder.is_dir():
+        sweep_dir = str(folder.resolve())
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id], filter_string=f"tags.sweep = 'parent' and tags.sweep_dir = '{sweep_dir}'"
+        )
+        if not runs:
+            raise ConfigError(f"no parent run for sweep folder {sweep_dir} in {tracker.uri}")
+        return runs[0].info.run_id, folder
+    run = tracker.find_run(target)
+    if run is None:
+        raise ConfigError(f"{target} is neither a sweep folder nor a run id in {tracker.uri}")
+    return target, Path(run.data.tags.get("sweep_dir") or ".")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from btxrd.config import project_root
+    from btxrd.tracking import default_tracking_uri
+
+    parser = argparse.ArgumentParser(prog="python -m btxrd.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("target", help="sweep folder (multirun/DATE/TIME) or parent run id")
+    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///<project root>/mlflow.db")
+    parser.add_argument("--experiment", default="btxrd")
+    args = parser.parse_args(argv)
+    tracker = Tracker(args.tracking_uri or default_tracking_uri(project_root()), args.experiment)
+    parent_id, folder = find_parent(tracker, args.target)
+    write_report(tracker, parent_id, folder)
+    print((folder / "sweep_report.md").read_text())
+    print(f"written to {folder}/sweep_report.{{csv,md,png}} and logged to run {parent_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,19 @@
+"""Re-score a checkpoint:  python evaluate.py run_id=<mlflow run id>  |  checkpoint=PATH"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from btxrd.config import CONFIG_DIR
+from btxrd.entry import hydra_task
+from btxrd.pipeline import evaluate_task
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    hydra_task(evaluate_task, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
