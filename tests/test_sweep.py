@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,6 +42,37 @@ def test_multirun_2x2_logs_parent_and_four_finished_children(synth_root: Path, t
         assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert "sweep: all 4 job(s) finished" in result.stderr
 
+    # The sweep report: one row per job, written to the sweep folder and logged to the parent.
+    sweep_dir = Path(parents[0].data.tags["sweep_dir"])
+    report = pd.read_csv(sweep_dir / "sweep_report.csv")
+    assert len(report) == 4 and set(report["status"]) == {"FINISHED"}
+    by_run = {c.info.run_id: c for c in children}
+    for _, row in report.iterrows():
+        assert row["test_macro_f1"] == pytest.approx(by_run[row["run_id"]].data.metrics["test_macro_f1"])
+        assert 0 <= row["test_cam_pointing"] <= 1 and 0 <= row["test_cam_energy"] <= 1
+    assert "| macro-F1 |" in (sweep_dir / "sweep_report.md").read_text().replace("macro-F1 | malig", "macro-F1 |")
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
+        "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png"}  # fmt: skip
+
+    # evaluate.py re-scores a child's checkpoint as a nested run with the same test metrics.
+    child = children[0]
+    result = run_script("evaluate.py", [f"run_id={child.info.run_id}", f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, nested = runs_by_role(tmp_path)
+    evaluation = [r for r in nested if r.data.tags["mlflow.parentRunId"] == child.info.run_id]
+    assert len(evaluation) == 1 and evaluation[0].info.status == "FINISHED"
+    for key in ("test_accuracy", "test_macro_f1", "test_auroc_macro", "test_cam_pointing", "test_cam_energy"):
+        assert evaluation[0].data.metrics[key] == pytest.approx(child.data.metrics[key], abs=1e-9), key
+    assert "test_ece" in evaluation[0].data.metrics
+    eval_artifacts = {a.path for a in client.list_artifacts(evaluation[0].info.run_id)}
+    assert {"roc_test.png", "reliability_test.png", "confusion_matrix_test.png", "gradcam"} <= eval_artifacts
+
+    missing = run_script("evaluate.py", ["run_id=0123456789abcdef", f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip() == f"error: run_id=0123456789abcdef: no such run in sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+
 
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
     args = ["-m", *tiny_overrides(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
@@ -56,6 +88,9 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     assert "model.weights=/no/such/weights.pt: file not found" in failed.data.tags["error"]
     assert "sweep: 1 of 2 job(s) failed" in result.stderr
     assert "model.weights=/no/such/weights.pt" in result.stderr
+    report = pd.read_csv(Path(parents[0].data.tags["sweep_dir"]) / "sweep_report.csv")
+    assert sorted(report["status"]) == ["FAILED", "FINISHED"]
+    assert "file not found" in report.loc[report["status"] == "FAILED", "error"].iloc[0]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from btxrd.data.dataset import BTXRDImages
 from btxrd.data.reader import load_dataset
 from btxrd.engine.checkpoint import load_checkpoint
 from btxrd.engine.training import TrainSettings, class_weights, predict, warmup_cosine
+from btxrd.errors import DataError
 from btxrd.models import build_model
 from btxrd.pipeline import make_loader, train_task
 
@@ -82,3 +83,41 @@ def test_class_weights_and_schedule() -> None:
     factor = warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.01)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.505, abs=0.01) and factor(100) == pytest.approx(0.01)
+
+
+def test_annotations_on_trains_with_the_attention_loss(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"tracking.enabled": "false", "annotations": "on"}))
+    monkeypatch.chdir(tmp_path)
+    train_task(cfg)
+    history = pd.read_csv(tmp_path / "outputs" / "history.csv")
+    assert 0 < history["train_cam_loss"].iloc[0] <= 1
+    metrics = json.loads((tmp_path / "outputs" / "metrics_test.json").read_text())
+    assert metrics["test_cam_n"] > 0 and 0 <= metrics["test_cam_energy_baseline"] < 0.5
+    grids = sorted(p.name for p in (tmp_path / "outputs" / "gradcam").glob("*.png"))
+    assert grids == ["gradcam_benign.png", "gradcam_malignant.png", "gradcam_normal.png"]
+
+
+def test_evaluate_checkpoint_reproduces_the_run(trained, tmp_path: Path) -> None:
+    from .helpers import run_script
+
+    out, info = trained
+    result = run_script("evaluate.py", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", "tracking.enabled=false",
+                                        f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained_metrics = json.loads((out / "metrics_test.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "test_auroc_macro", "test_recall_malignant", "test_cam_energy"):
+        assert evaluated[key] == trained_metrics[key], key
+    assert 0 <= evaluated["test_ece"] <= 1
+    assert "test_macro_f1" in result.stdout
+
+
+def test_crafted_checkpoint_with_code_is_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this code ran",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(DataError, match=r"refusing to load .*evil.pt: it is not a plain weights checkpoint"):
+        load_checkpoint(path)
