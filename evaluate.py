@@ -7,11 +7,12 @@ from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
 from btxrd.entry import hydra_task
-from btxrd.pipeline import evaluate_task
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    from btxrd.pipeline import evaluate_task  # heavy (torch, timm, mlflow): not needed for --cfg or --help
+
     hydra_task(evaluate_task, cfg)
 
 

@@ -7,11 +7,12 @@ from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
 from btxrd.entry import hydra_task
-from btxrd.pipeline import train_task
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    from btxrd.pipeline import train_task  # heavy (torch, timm, mlflow): not needed for --cfg or --help
+
     return hydra_task(train_task, cfg)
 
 

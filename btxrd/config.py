@@ -34,3 +34,28 @@ def to_dict(cfg: DictConfig) -> dict[str, Any]:
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 register_resolvers()
+
+
+# Settings that change where or how fast a job runs, not what it computes.
+_NOT_IDENTITY = {
+    "paths": None,
+    "tracking": None,
+    "sweep": None,
+    "data": {"cache_dir", "num_workers"},
+    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir"},
+}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable id of what a run computes (data, model, split, annotations, training, seed)."""
+    import hashlib
+    import json
+
+    identity = {}
+    for key, value in config.items():
+        if key in _NOT_IDENTITY and _NOT_IDENTITY[key] is None:
+            continue
+        if isinstance(value, dict) and key in _NOT_IDENTITY:
+            value = {k: v for k, v in value.items() if k not in _NOT_IDENTITY[key]}
+        identity[key] = value
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from btxrd.cam.explain import explain_loader, score_and_draw
-from btxrd.config import to_dict
+from btxrd.config import config_hash, to_dict
 from btxrd.data.cache import cache_images, canvas_size
 from btxrd.data.dataset import BTXRDImages, CropSettings, lesions_in_input
 from btxrd.data.reader import load_dataset, with_annotations
@@ -164,40 +165,101 @@ def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
     }
 
 
+def find_resume(setting: Any, checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The last checkpoint to continue from, per ``train.resume`` (auto | true | false)."""
+    last = checkpoint_dir / "last.pt"
+    mode = str(setting).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"train.resume={setting!r}: use auto, true or false")
+    if mode == "false":
+        return None
+    if not last.is_file():
+        if mode == "true":
+            raise ConfigError(f"train.resume=true: no last checkpoint of this configuration at {last}")
+        return None
+    return load_checkpoint(last)
+
+
 def train_task(cfg: DictConfig) -> float:
-    """Run one training job; returns the best value of ``cfg.optimized_metric`` (for sweepers)."""
+    """Run one training job; returns the best value of ``cfg.optimized_metric`` (for sweepers).
+
+    A job is identified by its config hash: with ``sweep.skip_finished`` an earlier FINISHED run
+    of the same configuration is reused; an interrupted one is resumed from its last checkpoint
+    (``train.resume``), in the same MLflow run.
+    """
     ctx = job_context()
     tracker = open_tracker(cfg)
-    run_id = None
-    if tracker is not None:
-        run_id = tracker.start_run(ctx.run_name, run_tags(cfg, ctx), parent_id=os.environ.get(PARENT_RUN_ENV))
-    logger = _RunLogger(tracker, run_id)
-    try:
-        result = _train(cfg, ctx, logger)
-    except BaseException as exc:
-        if tracker is not None:
-            message = f"{type(exc).__name__}: {exc}"
-            tracker.set_tags(run_id, {"error": message})
-            error_file = ctx.output_dir / "error.txt"
-            error_file.parent.mkdir(parents=True, exist_ok=True)
-            error_file.write_text(traceback.format_exc())
-            logger.artifact(error_file)
-            tracker.end_run(run_id, "FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
-        raise
-    if tracker is not None:
-        tracker.end_run(run_id, "FINISHED")
-    return result
-
-
-def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     config_dict = to_dict(cfg)
+    identity = config_hash(config_dict)
+    parent_id = os.environ.get(PARENT_RUN_ENV)
+    tags = {**run_tags(cfg, ctx), "config_hash": identity}
+    if tracker is not None and cfg.sweep.skip_finished:
+        earlier = tracker.finished_run_with_tag("config_hash", identity)
+        if earlier is not None:
+            return _record_skip(cfg, ctx, tracker, earlier, tags, parent_id)
+    checkpoint_dir = Path(cfg.train.checkpoint_dir) / identity
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(checkpoint_dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"another job is training this same configuration right now ({checkpoint_dir})") from None
+    try:
+        resume = find_resume(cfg.train.resume, checkpoint_dir)
+        run_id = None
+        if tracker is not None:
+            earlier_id = (resume or {}).get("mlflow_run_id")
+            if earlier_id and tracker.find_run(earlier_id) is not None:
+                run_id = earlier_id
+                tracker.reopen(run_id, {"resumed_from_epoch": resume["epoch"], "output_dir": str(ctx.output_dir)})
+            else:
+                run_id = tracker.start_run(ctx.run_name, tags, parent_id=parent_id)
+        logger = _RunLogger(tracker, run_id)
+        try:
+            result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume)
+        except BaseException as exc:
+            if tracker is not None:
+                tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
+                error_file = ctx.output_dir / "error.txt"
+                error_file.parent.mkdir(parents=True, exist_ok=True)
+                error_file.write_text(traceback.format_exc())
+                logger.artifact(error_file)
+                tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        if tracker is not None:
+            tracker.end_run(run_id, "FINISHED")
+        (checkpoint_dir / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
+        return result
+    finally:
+        lock.release()
+
+
+def _record_skip(cfg: DictConfig, ctx: JobContext, tracker: Tracker, earlier, tags: dict, parent_id: str | None):
+    """A FINISHED child that points at the earlier run and carries its final metrics."""
+    run_id = tracker.start_run(ctx.run_name, {**tags, "skipped": "true", "skipped_for": earlier.info.run_id},
+                               parent_id=parent_id)  # fmt: skip
+    tracker.log_metrics(run_id, earlier.data.metrics)
+    tracker.end_run(run_id, "FINISHED")
+    log.info("%s: skipped, finished earlier as run %s", ctx.run_name, earlier.info.run_id)
+    monitored = f"best_{cfg.optimized_metric}"
+    return float(earlier.data.metrics.get(monitored, float("nan")))
+
+
+def _train(
+    cfg: DictConfig,
+    ctx: JobContext,
+    logger: _RunLogger,
+    config_dict: dict[str, Any],
+    checkpoint_dir: Path,
+    resume: dict[str, Any] | None,
+) -> float:
     out_dir = ctx.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(str(cfg.train.device), ctx.job_num)
     threads = threads_per_job(cfg.train.num_threads, ctx.n_jobs)
     torch.set_num_threads(threads)
     seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
-    if logger.tracker is not None:
+    if logger.tracker is not None and resume is None:
         params = flatten(config_dict)
         params.update({"runtime.device": str(device), "runtime.threads": str(threads)})
         logger.tracker.log_params(logger.run_id, params)
@@ -227,7 +289,7 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     train_loader = make_loader(train_set, batch, True, workers, device, int(cfg.seed))
     val_loader = make_loader(eval_sets["val"], int(cfg.train.eval_batch_size), False, workers, device, 0)
     test_loader = make_loader(eval_sets["test"], int(cfg.train.eval_batch_size), False, workers, device, 0)
-    if logger.tracker is not None:
+    if logger.tracker is not None and resume is None:
         counts = {f"data.n_{p}": len(r) for p, r in rows.items()}
         logger.tracker.log_params(logger.run_id, {**counts, "data.cache_file": str(cache.path)})
 
@@ -237,7 +299,10 @@ def _train(cfg: DictConfig, ctx: JobContext, logger: _RunLogger) -> float:
     settings.cam_loss_weight = cam_loss_weight
     settings.mask_dilation = round(float(cfg.annotations.mask_dilation) * image_size)
     settings.cam_target_name = model.cam_target_name
-    result = fit(model, train_loader, val_loader, settings, device, out_dir / "checkpoints", logger)
+    settings.extra_state["mlflow_run_id"] = logger.run_id or ""
+    if resume is not None:
+        log.info("%s: resuming after epoch %d from %s", ctx.run_name, resume["epoch"], checkpoint_dir)
+    result = fit(model, train_loader, val_loader, settings, device, checkpoint_dir, logger, resume=resume)
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
     logger.artifact(result.best_path, "checkpoints")
     if cfg.tracking.log_last_checkpoint:

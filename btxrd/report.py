@@ -52,13 +52,15 @@ def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
             "split": tags.get("split", ""),
             "annotations": tags.get("annotations", ""),
             "task": tags.get("task", "classify"),
-            "status": run.info.status,
+            "status": "SKIPPED" if tags.get("skipped") == "true" else run.info.status,
         }
         for key in (*CLASSIFY_COLUMNS, *RECONSTRUCT_COLUMNS):
             row[key] = metrics.get(key, math.nan)
         row["epochs"] = metrics.get("epochs_run", math.nan)
         row["minutes"] = round((end - run.info.start_time) / 60000, 2)
         row["error"] = tags.get("error", "").splitlines()[0][:200] if tags.get("error") else ""
+        if tags.get("skipped_for"):
+            row["error"] = f"finished earlier as run {tags['skipped_for']}"
         row["run_id"] = run.info.run_id
         rows.append(row)
     columns = ["job", "run", "model", "split", "annotations", "task", "status", *CLASSIFY_COLUMNS,
@@ -95,7 +97,7 @@ def plot_report(table: pd.DataFrame, path: Path) -> Path:
         values = table[metric].fillna(0).to_numpy()
         ax.bar([i + k * width for i in range(len(table))], values, width=width, label=metric.removeprefix("test_"))
     for i, status in enumerate(table["status"]):
-        if status != "FINISHED":
+        if status not in ("FINISHED", "SKIPPED"):
             ax.text(i, 0.02, status, rotation=90, color="red", fontsize=8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(table))])
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)

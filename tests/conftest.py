@@ -27,3 +27,9 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "BTXRD"
     shutil.copytree(synth_root, dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Library calls outside Hydra write to ./outputs: keep every test out of the project folder."""
+    monkeypatch.chdir(tmp_path)

@@ -92,14 +92,26 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     assert sorted(report["status"]) == ["FAILED", "FINISHED"]
     assert "file not found" in report.loc[report["status"] == "FAILED", "error"].iloc[0]
 
+    # The same command with sweep.skip_finished=true skips the finished job and reruns the failed one.
+    again = run_script("train.py", [*args, "sweep.skip_finished=true"], cwd=tmp_path)
+    assert again.returncode != 0
+    _, parents, children = runs_by_role(tmp_path)
+    newest = max(parents, key=lambda r: r.info.start_time)
+    second = [c for c in children if c.data.tags["mlflow.parentRunId"] == newest.info.run_id]
+    skipped = [c for c in second if c.data.tags.get("skipped") == "true"]
+    assert len(second) == 2 and len(skipped) == 1
+    assert skipped[0].data.tags["skipped_for"] == status["null"].info.run_id
+    assert skipped[0].data.metrics["test_macro_f1"] == status["null"].data.metrics["test_macro_f1"]
+    assert "model.weights" not in skipped[0].data.params  # nothing was trained again
+    report = pd.read_csv(Path(newest.data.tags["sweep_dir"]) / "sweep_report.csv")
+    assert sorted(report["status"]) == ["FAILED", "SKIPPED"]
+
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("data.root=/no/such/dataset", "error: dataset root not found: /no/such/dataset (set data.root)"),
-        ("split.test=1.5", "error: split.test=1.5 is out of range"),
         ("model.name=vgg", "error: model.name='vgg' is not a registered model; registered: b0, b3, resnet50_cbam"),
-        ("model.image_size=16", "error: model.image_size=16 is too small"),
     ],
 )
 def test_user_errors_end_in_one_line_and_a_failed_run(synth_root, tmp_path, override: str, message: str) -> None:

@@ -30,7 +30,8 @@ def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
         mp.chdir(work)
         best = train_task(cfg)
     out = work / "outputs"
-    return out, {"best": best, "cfg": cfg}
+    [checkpoint] = (work / "checkpoints").glob("*/best.pt")
+    return out, {"best": best, "cfg": cfg, "checkpoint": checkpoint}
 
 
 def test_outputs_of_a_run(trained) -> None:
@@ -49,7 +50,7 @@ def test_outputs_of_a_run(trained) -> None:
 
 def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_root: Path) -> None:
     out, info = trained
-    state = load_checkpoint(out / "checkpoints" / "best.pt")  # weights_only=True inside
+    state = load_checkpoint(info["checkpoint"])  # weights_only=True inside
     assert {"model", "optimizer", "scheduler", "epoch", "config", "class_names"} <= set(state)
     assert state["config"]["model"]["name"] == "b0"
     cfg = info["cfg"]
@@ -101,7 +102,7 @@ def test_evaluate_checkpoint_reproduces_the_run(trained, tmp_path: Path) -> None
     from .helpers import run_script
 
     out, info = trained
-    result = run_script("evaluate.py", [f"checkpoint={out / 'checkpoints' / 'best.pt'}", "tracking.enabled=false",
+    result = run_script("evaluate.py", [f"checkpoint={info['checkpoint']}", "tracking.enabled=false",
                                         f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     trained_metrics = json.loads((out / "metrics_test.json").read_text())

@@ -184,8 +184,14 @@ def fit(
     device: torch.device,
     out_dir: str | Path,
     logger: MetricLogger | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train with early stopping on ``settings.monitor``; best and last checkpoints go to ``out_dir``."""
+    """Train with early stopping on ``settings.monitor``; best and last checkpoints go to ``out_dir``.
+
+    ``resume``: a last checkpoint of this same run; training continues after its epoch with
+    the model, optimiser, schedule, early-stopping state and RNG state it holds, so on CPU the
+    result equals an uninterrupted run (data order and augmentation are seeded per epoch).
+    """
     out_dir = Path(out_dir)
     model.to(device)
     inputs = InputPipeline(device, settings)
@@ -212,8 +218,19 @@ def fit(
     best_score, best_epoch, bad_epochs = -math.inf, -1, 0
     history: list[dict[str, float]] = []
     stopped_early = False
-    epoch = 0
-    for epoch in range(settings.epochs):
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng_state"])
+        start_epoch = int(resume["epoch"])
+        best_score, best_epoch = float(resume["best_score"]), int(resume["best_epoch"])
+        bad_epochs = int(resume["bad_epochs"])
+        history = [dict(row) for row in resume["history"]]
+        stopped_early = settings.patience > 0 and bad_epochs >= settings.patience
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, settings.epochs if not stopped_early else start_epoch):
         for holder in (train_loader.sampler, train_loader.dataset):
             if hasattr(holder, "set_epoch"):
                 holder.set_epoch(epoch)
@@ -278,6 +295,11 @@ def fit(
             logger.log_metrics(row, step=epoch + 1)
 
         score = row[settings.monitor]
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+        else:
+            bad_epochs += 1
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -285,14 +307,16 @@ def fit(
             "epoch": epoch + 1,
             "metrics": {k: float(v) for k, v in row.items()},
             "class_names": list(settings.class_names),
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "history": history,
+            "rng_state": torch.get_rng_state(),
             **settings.extra_state,
         }
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+        if improved:
             save_checkpoint(state, best_path)
-        else:
-            bad_epochs += 1
-        save_checkpoint(state, last_path)
+        save_checkpoint(state, last_path)  # after best: a kill in between only repeats this epoch
         if settings.patience > 0 and bad_epochs >= settings.patience:
             stopped_early = True
             break

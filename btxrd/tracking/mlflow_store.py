@@ -146,6 +146,18 @@ class Tracker:
         except MlflowException:
             return None
 
+    def finished_run_with_tag(self, key: str, value: str):
+        """The newest FINISHED run of the experiment whose tag ``key`` equals ``value``, or None."""
+        query = f"tags.{key} = '{value}' and attributes.status = 'FINISHED'"
+        order = ["attributes.start_time DESC"]
+        runs = _retry(lambda: self.client.search_runs([self.experiment_id], query, order_by=order, max_results=1))
+        return runs[0] if runs else None
+
+    def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
+        """Mark an interrupted run RUNNING again (a resumed job continues in it)."""
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self.set_tags(run_id, tags or {})
+
     def artifact_paths(self, run_id: str, folder: str | None = None) -> list[str]:
         return [a.path for a in _retry(lambda: self.client.list_artifacts(run_id, folder))]
 

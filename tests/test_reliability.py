@@ -1,0 +1,139 @@
+"""A sweep never loses a run: non-finite loss, resume after SIGKILL, skip finished jobs, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from btxrd.engine.training import NonFiniteLossError, TrainSettings, fit
+from btxrd.errors import BTXRDError
+from btxrd.pipeline import train_task
+
+from .conftest import PROJECT_ROOT
+from .helpers import compose_config, tiny_overrides
+
+
+class _Labelled(TensorDataset):
+    @property
+    def labels(self) -> np.ndarray:
+        return self.tensors[1].numpy()
+
+
+def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
+    class Exploding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            out = self.linear(x.flatten(1)[:, :4])
+            return out * float("nan") if self.calls == 3 else out
+
+    n = 12
+    data = _Labelled(
+        torch.randint(0, 255, (n, 1, 2, 2), dtype=torch.uint8),
+        torch.arange(n) % 3,
+        torch.zeros(n, 1, 2, 2, dtype=torch.uint8),
+        torch.zeros(n, dtype=torch.bool),
+        torch.arange(n),
+    )
+    loader = DataLoader(data, batch_size=4)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at epoch 1, step 3"):
+        fit(Exploding(), loader, loader, TrainSettings(epochs=2), torch.device("cpu"), tmp_path)
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def _runs(work: Path):
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("btxrd")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path) -> None:
+    small = {"train.epochs": "3", "model.image_size": "32"}
+    # Uninterrupted reference, in its own project folder (in-process: same code, no start-up cost).
+    train_task(compose_config(tiny_overrides(synth_root, tmp_path / "a", **small)))
+    expected = _runs(tmp_path / "a")[0].data.metrics
+
+    args = tiny_overrides(synth_root, tmp_path / "b", **small)
+    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 180
+    last = None
+    while time.time() < deadline and last is None:
+        found = list((tmp_path / "b" / "checkpoints").glob("*/last.pt"))
+        if found and torch.load(found[0], weights_only=True)["epoch"] >= 1:
+            last = found[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last is not None, "no epoch finished before the deadline"
+    killed_at = torch.load(last, weights_only=True)["epoch"]
+    assert killed_at < 3
+    [interrupted] = _runs(tmp_path / "b")
+    assert interrupted.info.status == "RUNNING"  # killed: nobody closed it
+
+    train_task(compose_config(args))  # started again with the same overrides: resumes automatically
+    [run] = _runs(tmp_path / "b")
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resumed_from_epoch"] == str(killed_at)
+    for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "best_val_macro_f1", "val_loss"):
+        assert run.data.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert not last.exists()  # finished: nothing left to resume
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.root": "{tmp}/empty"}, r"images folder not found"),
+        ({"data.root": "{tmp}/nowhere"}, r"dataset root not found: .*nowhere"),
+        ({"split": "center", "split.test_centers": "[4]"}, r"split.test_centers: centre\(s\) \[4\] not in the data"),
+        ({"split.val": "0"}, r"split.val=0.0 is out of range"),
+        ({"split": "kfold", "split.fold": "7"}, r"split.fold=7 is out of range"),
+        ({"model.name": "vgg"}, r"model.name='vgg' is not a registered model"),
+        ({"model.image_size": "16"}, r"model.image_size=16 is too small"),
+        ({"model.weights": "/no/such/file.pt"}, r"model.weights=/no/such/file.pt: file not found"),
+        ({"train.device": "tpu"}, r"train.device='tpu' is not a device"),
+        ({"data.on_bad_image": "ignore"}, r"data.on_bad_image must be one of"),
+        ({"train.resume": "true"}, r"train.resume=true: no last checkpoint"),
+        ({"train.monitor": "val_fun"}, r"train.monitor='val_fun'"),
+    ],
+)
+def test_bad_input_is_named_and_leaves_a_failed_run(synth_root: Path, tmp_path: Path, overrides, message) -> None:
+    (tmp_path / "empty").mkdir()
+    settings = {k: v.format(tmp=tmp_path) for k, v in overrides.items()}
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **settings))
+    with pytest.raises(BTXRDError, match=message):
+        train_task(cfg)
+    runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] in ([], ["FAILED"])
+    assert all(not r.info.status == "RUNNING" for r in runs)
+
+
+def test_documented_servers_bind_to_loopback() -> None:
+    texts = [(PROJECT_ROOT / name).read_text() for name in ("README.md", "Makefile")]
+    commands = [line for text in texts for line in text.splitlines() if "mlflow ui" in line or "mlflow server" in line]
+    commands = [c for c in commands if ".venv/bin/mlflow" in c or c.strip().startswith(("mlflow", "$(VENV)"))]
+    assert commands and all("--host 127.0.0.1" in c for c in commands), commands
+
+
+def test_checkpoints_logged_by_default_are_best_only(synth_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path))
+    train_task(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = _runs(tmp_path)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert json.loads(json.dumps(run.data.tags))["config_hash"]
