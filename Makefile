@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 DEMO_N ?= 480
 
-.PHONY: help venv test demo demo-data clean
+.PHONY: help venv test demo demo-data clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,4 +37,9 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 	@echo "then open http://127.0.0.1:5000 (experiment 'btxrd'; the sweep is one parent run with 12 children)."
 
 clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)
-	rm -rf outputs multirun .cache .pytest_cache .ruff_cache
+	rm -rf outputs multirun checkpoints .cache .pytest_cache .ruff_cache
+
+clean-all: clean  ## also delete the MLflow store (mlflow.db, mlruns/); asks first on a terminal
+	@if [ -t 0 ]; then read -r -p "Delete mlflow.db and mlruns/ (all tracked runs)? [y/N] " answer; \
+	  [ "$$answer" = y ] || [ "$$answer" = Y ] || { echo "kept"; exit 1; }; fi
+	rm -rf mlflow.db mlflow.db-* mlruns

@@ -20,9 +20,9 @@ def runs_by_role(work: Path):
     return client, parents, children
 
 
-def test_multirun_2x2_logs_parent_and_four_finished_children(synth_root: Path, tmp_path: Path) -> None:
+def test_multirun_2x2_with_4_parallel_jobs_logs_parent_and_four_finished_children(synth_root: Path, tmp_path: Path) -> None:
     args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
-            "hydra.launcher.n_jobs=2"]  # fmt: skip
+            "hydra.launcher.n_jobs=4"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parents, children = runs_by_role(tmp_path)
