@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 DEMO_N ?= 480
 
-.PHONY: help venv test demo demo-data clean clean-all
+.PHONY: help venv test demo demo-data bench clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 	@echo
 	@echo "Done. See the runs side by side:  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000"
 	@echo "then open http://127.0.0.1:5000 (experiment 'btxrd'; the sweep is one parent run with 12 children)."
+
+bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
+	$(PY) -m btxrd.bench
 
 clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)
 	rm -rf outputs multirun checkpoints .cache .pytest_cache .ruff_cache

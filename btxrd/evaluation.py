@@ -23,6 +23,7 @@ from btxrd.data.reader import load_dataset
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import make_split
 from btxrd.engine.checkpoint import load_checkpoint
+from btxrd.engine.reconstruction import reconstruct, save_reconstruction_grid
 from btxrd.engine.training import TrainSettings, predict
 from btxrd.errors import ConfigError, DataError
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
@@ -104,8 +105,20 @@ def evaluate_checkpoint(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    probs, labels, index = predict(model, loader, device, settings)
     prefix = f"{part}_"
+    if config.get("task") == "reconstruct":  # an autoencoder: PSNR / SSIM / MSE and a picture
+        settings.mean, settings.std = 0.0, 1.0
+        scores = reconstruct(model, loader, device, settings, keep=8)
+        metrics = {f"{prefix}{k}": float(scores[k]) for k in ("psnr", "ssim", "mse")}
+        grid = save_reconstruction_grid(
+            scores["originals"],
+            scores["reconstructions"],
+            out_dir / f"reconstructions_{part}.png",
+            f"{Path(checkpoint).name} on {part}",
+        )
+        (out_dir / f"metrics_{part}.json").write_text(json.dumps(metrics, indent=2))
+        return EvaluationResult(metrics, [grid, out_dir / f"metrics_{part}.json"], part, root, len(rows))
+    probs, labels, index = predict(model, loader, device, settings)
     metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
     metrics[f"{prefix}malignant_recall"] = metrics[f"{prefix}recall_malignant"]
     metrics[f"{prefix}ece"] = expected_calibration_error(labels, probs)

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import subprocess
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ from btxrd.data.reader import load_dataset, with_annotations
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import make_split, write_split_csv
 from btxrd.engine.checkpoint import load_checkpoint
-from btxrd.engine.training import EpochShuffle, TrainSettings, fit, predict
+from btxrd.engine.reconstruction import ReconstructionObjective, reconstruct, save_reconstruction_grid
+from btxrd.engine.training import ClassificationObjective, EpochShuffle, TrainSettings, fit, predict
 from btxrd.errors import ConfigError
 from btxrd.evaluation import evaluate_checkpoint
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
-from btxrd.models import build_model, cam_target
+from btxrd.models import build_model, cam_target, list_models, model_task
+from btxrd.models.memory import autoencoder_params
 from btxrd.sweep.context import JobContext, job_context
 from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, flatten
 
@@ -50,6 +53,19 @@ def git_commit(root: str | Path) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def process_start_time() -> float:
+    """Wall-clock start of this process (Linux /proc; elsewhere the import time of this module)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
 
 
 def available_cores() -> int:
@@ -92,9 +108,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def train_settings(cfg: DictConfig, config_dict: dict[str, Any]) -> TrainSettings:
     t, d = cfg.train, cfg.data
     progress = None if t.progress == "auto" else bool(t.progress)
-    if t.monitor not in ("val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro"):
-        raise ConfigError(f"train.monitor={t.monitor!r}: use val_macro_f1, val_accuracy, val_balanced_accuracy "
-                          "or val_auroc_macro")  # fmt: skip
+    monitors = ("auto", "val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro", "val_psnr",
+                "val_ssim")  # fmt: skip
+    if t.monitor not in monitors:
+        raise ConfigError(f"train.monitor={t.monitor!r}: use one of {', '.join(monitors)}")
     if int(t.epochs) < 1:
         raise ConfigError(f"train.epochs={t.epochs}: must be at least 1")
     return TrainSettings(
@@ -187,7 +204,8 @@ def train_task(cfg: DictConfig) -> float:
     of the same configuration is reused; an interrupted one is resumed from its last checkpoint
     (``train.resume``), in the same MLflow run.
     """
-    ctx = job_context()
+    job_start = time.time()
+    ctx = job_context(str(cfg.task))
     tracker = open_tracker(cfg)
     config_dict = to_dict(cfg)
     identity = config_hash(config_dict)
@@ -216,7 +234,7 @@ def train_task(cfg: DictConfig) -> float:
                 run_id = tracker.start_run(ctx.run_name, tags, parent_id=parent_id)
         logger = _RunLogger(tracker, run_id)
         try:
-            result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume)
+            result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume, job_start)
         except BaseException as exc:
             if tracker is not None:
                 tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
@@ -245,6 +263,16 @@ def _record_skip(cfg: DictConfig, ctx: JobContext, tracker: Tracker, earlier, ta
     return float(earlier.data.metrics.get(monitored, float("nan")))
 
 
+TASKS = ("classify", "reconstruct")
+
+
+def task_monitor(cfg: DictConfig) -> str:
+    """The validation metric early stopping and checkpoint selection use (``auto``: per task)."""
+    if cfg.train.monitor != "auto":
+        return str(cfg.train.monitor)
+    return "val_psnr" if cfg.task == "reconstruct" else "val_macro_f1"
+
+
 def _train(
     cfg: DictConfig,
     ctx: JobContext,
@@ -252,7 +280,14 @@ def _train(
     config_dict: dict[str, Any],
     checkpoint_dir: Path,
     resume: dict[str, Any] | None,
+    job_start: float,
 ) -> float:
+    task = str(cfg.task)
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r}: choose one of {', '.join(TASKS)}")
+    if model_task(str(cfg.model.name)) != task:
+        raise ConfigError(f"model={cfg.model.name} is a {model_task(str(cfg.model.name))} model but task={task}; "
+                          f"choose one of {', '.join(list_models(task=task))}")  # fmt: skip
     out_dir = ctx.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(str(cfg.train.device), ctx.job_num)
@@ -267,9 +302,11 @@ def _train(
     logger.artifact(out_dir / "config.json")
 
     # Data: read, split (materialised as CSV), cache once, loaders.
-    use_annotations = bool(cfg.annotations.enabled)
-    table = load_dataset(cfg.data.root, on_bad_image=str(cfg.data.on_bad_image), read_annotations=use_annotations)
-    parts = make_split(table, to_dict(cfg.split), required_classes=range(len(CLASS_NAMES)))
+    use_annotations = bool(cfg.annotations.enabled) and task == "classify"
+    table = load_dataset(cfg.data.root, on_bad_image=str(cfg.data.on_bad_image), read_annotations=use_annotations,
+                         memo_dir=cfg.data.cache_dir)  # fmt: skip
+    needed = range(len(CLASS_NAMES)) if task == "classify" else ()
+    parts = make_split(table, to_dict(cfg.split), required_classes=needed)
     split_csv = write_split_csv(table, parts, out_dir / "split.csv")
     logger.artifact(split_csv)
     image_size = int(cfg.model.image_size)
@@ -279,10 +316,13 @@ def _train(
     cache = cache_images(table, canvas, cfg.data.cache_dir, preprocess=str(cfg.data.preprocess), workers=threads)
     crop = CropSettings(float(cfg.data.crop_min_scale), float(cfg.data.crop_max_scale), bool(cfg.data.hflip))
     rows = {part: table[parts == part].reset_index(drop=True) for part in ("train", "val", "test")}
+    if task == "reconstruct" and cfg.reconstruct.normal_only:
+        for part in ("train", "val"):
+            rows[part] = rows[part][rows[part]["label"] == 0].reset_index(drop=True)
     cam_loss_weight = float(cfg.annotations.cam_loss_weight) if use_annotations else 0.0
     train_set = BTXRDImages(rows["train"], cache, image_size, train=True, crop=crop,
-                            lesion_crops=bool(cfg.annotations.lesion_crops), with_masks=cam_loss_weight > 0,
-                            seed=int(cfg.seed))  # fmt: skip
+                            lesion_crops=use_annotations and bool(cfg.annotations.lesion_crops),
+                            with_masks=cam_loss_weight > 0, seed=int(cfg.seed))  # fmt: skip
     eval_sets = {p: BTXRDImages(rows[p], cache, image_size, train=False) for p in ("val", "test")}
     workers = loader_workers(cfg.data.num_workers, device, threads)
     batch = int(cfg.model.batch_size)
@@ -296,13 +336,22 @@ def _train(
     # Model and training.
     model = build_model(to_dict(cfg.model))
     settings = train_settings(cfg, config_dict)
-    settings.cam_loss_weight = cam_loss_weight
-    settings.mask_dilation = round(float(cfg.annotations.mask_dilation) * image_size)
-    settings.cam_target_name = model.cam_target_name
+    settings.monitor = task_monitor(cfg)
     settings.extra_state["mlflow_run_id"] = logger.run_id or ""
+    if task == "classify":
+        settings.cam_loss_weight = cam_loss_weight
+        settings.mask_dilation = round(float(cfg.annotations.mask_dilation) * image_size)
+        settings.cam_target_name = model.cam_target_name
+        objective = ClassificationObjective(settings)
+    else:
+        # Autoencoders see the images in [0, 1] and must give them back: no normalisation, no jitter.
+        settings.mean, settings.std, settings.brightness, settings.contrast = 0.0, 1.0, 0.0, 0.0
+        objective = ReconstructionObjective(settings, float(cfg.reconstruct.ssim_weight))
+        if logger.tracker is not None and resume is None:
+            logger.tracker.log_params(logger.run_id, autoencoder_params(model, image_size, device))
     if resume is not None:
         log.info("%s: resuming after epoch %d from %s", ctx.run_name, resume["epoch"], checkpoint_dir)
-    result = fit(model, train_loader, val_loader, settings, device, checkpoint_dir, logger, resume=resume)
+    result = fit(model, train_loader, val_loader, settings, device, checkpoint_dir, logger, resume, objective)
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
     logger.artifact(result.best_path, "checkpoints")
     if cfg.tracking.log_last_checkpoint:
@@ -310,24 +359,54 @@ def _train(
 
     # Test metrics of the best checkpoint.
     model.load_state_dict(load_checkpoint(result.best_path)["model"])
-    test_metrics, matrix = evaluate_part(model, test_loader, device, settings, rows["test"], out_dir, "test")
-    cam_metrics = explain_part(model, test_loader, device, settings, rows["test"], cfg.data.root, cache, out_dir,
-                               ctx.run_name, logger)  # fmt: skip
+    if task == "classify":
+        test_metrics = _test_classifier(cfg, ctx, model, test_loader, device, settings, rows["test"], cache, logger)
+    else:
+        test_metrics = _test_autoencoder(ctx, model, rows["test"], cache, image_size, device, settings, logger)
     summary = {
         **test_metrics,
-        **cam_metrics,
+        # job start (task function entered) to the first optimiser step: data, split, cache, model
+        "startup_seconds": result.first_step_at - job_start,
+        "process_startup_seconds": result.first_step_at - process_start_time(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         f"best_{settings.monitor}": result.best_score,
     }
     logger.log_metrics(summary, step=result.epochs_run)
+    (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
+    headline = ("test_macro_f1", "test_accuracy") if task == "classify" else ("test_psnr", "test_ssim")
+    log.info("%s: %s %.3f, %s %.3f", ctx.run_name, headline[0], summary[headline[0]], headline[1], summary[headline[1]])
+    optimized = task_monitor(cfg) if cfg.optimized_metric == "auto" else str(cfg.optimized_metric)
+    return float(summary.get(f"best_{optimized}", result.best_score))
+
+
+def _test_classifier(cfg, ctx, model, test_loader, device, settings, rows, cache, logger) -> dict[str, float]:
+    out_dir = ctx.output_dir
+    test_metrics, matrix = evaluate_part(model, test_loader, device, settings, rows, out_dir, "test")
+    cam_metrics = explain_part(model, test_loader, device, settings, rows, cfg.data.root, cache, out_dir,
+                               ctx.run_name, logger)  # fmt: skip
     plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / "confusion_matrix_test.png", title=ctx.run_name)
     for name in ("confusion_matrix_test.png", "predictions_test.csv"):
         logger.artifact(out_dir / name)
-    (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
-    log.info("%s: test macro-F1 %.3f, accuracy %.3f", ctx.run_name, summary["test_macro_f1"], summary["test_accuracy"])
-    monitored = str(cfg.optimized_metric)
-    return float(summary.get(f"best_{monitored}", result.best_score))
+    return {**test_metrics, **cam_metrics}
+
+
+def _test_autoencoder(ctx, model, rows, cache, image_size, device, settings, logger) -> dict[str, float]:
+    """PSNR/SSIM on the test part, overall and per class, and a picture of reconstructions."""
+    metrics: dict[str, float] = {}
+    for name, subset in [("", rows)] + [(f"_{c}", rows[rows["label"] == k]) for k, c in enumerate(CLASS_NAMES)]:
+        if len(subset) == 0:
+            continue
+        loader = make_loader(BTXRDImages(subset.reset_index(drop=True), cache, image_size, train=False), 32,
+                             False, 0, device, 0)  # fmt: skip
+        scores = reconstruct(model, loader, device, settings, keep=8 if not name else 0)
+        metrics.update({f"test_psnr{name}": scores["psnr"], f"test_ssim{name}": scores["ssim"],
+                        f"test_mse{name}": scores["mse"]})  # fmt: skip
+        if not name:
+            grid = save_reconstruction_grid(scores["originals"], scores["reconstructions"],
+                                            ctx.output_dir / "reconstructions_test.png", ctx.run_name)  # fmt: skip
+            logger.artifact(grid)
+    return metrics
 
 
 def explain_part(

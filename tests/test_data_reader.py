@@ -177,3 +177,19 @@ def test_generator_is_deterministic_and_follows_release_proportions(tmp_path: Pa
     shares = label.value_counts(normalize=True).sort_index().to_numpy()
     np.testing.assert_allclose(shares, [1879 / 3746, 1525 / 3746, 342 / 3746], atol=0.01)
     assert (a["center"] == 1).mean() == pytest.approx(2938 / 3746, abs=0.01)
+
+
+def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    from btxrd.data import reader
+
+    load_dataset(synth_copy, memo_dir=tmp_path)
+    probed: list[int] = []
+    real_probe = reader._probe_all
+    monkeypatch.setattr(reader, "_probe_all", lambda paths: probed.append(len(paths)) or real_probe(paths))
+    load_dataset(synth_copy, memo_dir=tmp_path)
+    assert probed == [0]  # every image known and unchanged
+    corrupt = synth_copy / "images" / "IMG000007.jpeg"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"IMG000007.jpeg \(unreadable"):
+        load_dataset(synth_copy, memo_dir=tmp_path)
+    assert probed[-1] == 1  # only the changed file was decoded again

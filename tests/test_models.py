@@ -16,7 +16,7 @@ def config(name: str, **extra) -> dict:
 
 
 def test_registry_lists_entries_with_wildcards() -> None:
-    assert list_models() == ["b0", "b3", "resnet50_cbam"]
+    assert list_models() == ["ae_attention", "ae_residual", "b0", "b3", "resnet50_cbam"]
     assert list_models("b*") == ["b0", "b3"]
 
 
@@ -46,7 +46,9 @@ def test_extra_kwargs_pass_through() -> None:
 
 def test_unknown_name_lists_registered_models() -> None:
     with pytest.raises(
-        ConfigError, match=r"model.name='vgg' is not a registered model; registered: b0, b3, resnet50_cbam"
+        ConfigError,
+        match=r"model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0, b3, "
+        r"resnet50_cbam$",
     ):
         build_model(config("vgg"))
 

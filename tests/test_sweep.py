@@ -20,7 +20,7 @@ def runs_by_role(work: Path):
     return client, parents, children
 
 
-def test_multirun_2x2_with_4_parallel_jobs_logs_parent_and_four_finished_children(synth_root: Path, tmp_path: Path) -> None:
+def test_multirun_2x2_with_4_jobs_at_once_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
     args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
             "hydra.launcher.n_jobs=4"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
@@ -111,7 +111,11 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     ("override", "message"),
     [
         ("data.root=/no/such/dataset", "error: dataset root not found: /no/such/dataset (set data.root)"),
-        ("model.name=vgg", "error: model.name='vgg' is not a registered model; registered: b0, b3, resnet50_cbam"),
+        (
+            "model.name=vgg",
+            "error: model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0, b3, "
+            "resnet50_cbam",
+        ),
     ],
 )
 def test_user_errors_end_in_one_line_and_a_failed_run(synth_root, tmp_path, override: str, message: str) -> None:

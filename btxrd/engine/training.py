@@ -72,6 +72,7 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     history: list[dict[str, float]]
+    first_step_at: float = float("nan")  # wall-clock time (time.time()) after the first optimiser step
 
 
 class EpochShuffle(Sampler[int]):
@@ -176,6 +177,57 @@ def predict(
     return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
 
 
+class ClassificationObjective:
+    """Class-weighted cross-entropy (+ the attention loss on annotated tumour images); val metrics."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.settings = settings
+
+    def setup(self, model: nn.Module, device: torch.device, train_labels: np.ndarray) -> None:
+        s = self.settings
+        weight = class_weights(train_labels, len(s.class_names)).to(device) if s.class_weights else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=s.label_smoothing)
+        self.use_cam_loss = s.cam_loss_weight > 0
+        if self.use_cam_loss:
+            self.target, self.head = model.get_submodule(s.cam_target_name), model.get_classifier()
+
+    def loss(self, model, x, y, masks, has_mask) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+        """The batch loss and extra running terms {name: (sum, count)}."""
+        s = self.settings
+        with capture_activation(self.target) if self.use_cam_loss else nullcontext() as store:
+            loss = self.criterion(model(x).float(), y)
+        extras: dict[str, tuple[float, int]] = {}
+        if self.use_cam_loss:
+            chosen = has_mask.to(x.device)
+            cam_loss = torch.zeros((), device=x.device)
+            if bool(chosen.any()):
+                # Same forward, same backward: the CAM comes from the captured final features.
+                per_image = attention_loss(
+                    store["value"][chosen], self.head.weight, y[chosen], masks.to(x.device)[chosen], s.mask_dilation
+                )
+                cam_loss = per_image.mean()
+                loss = loss + s.cam_loss_weight * cam_loss
+            extras["train_cam_loss"] = (cam_loss.item() * int(chosen.sum()), int(chosen.sum()))
+        return loss, extras
+
+    def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        probs, labels, _ = predict(model, loader, device, self.settings)
+        with torch.no_grad():  # CE from probabilities: softmax(log p) = p
+            log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))).to(device)
+            val_loss = float(self.criterion(log_probs, torch.from_numpy(labels).to(device)))
+        metrics, _ = classification_metrics(labels, probs, self.settings.class_names, prefix="val_")
+        keep = ("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_auroc_macro")
+        return {"val_loss": val_loss, **{k: metrics[k] for k in keep}}
+
+
+class Objective(Protocol):
+    def setup(self, model: nn.Module, device: torch.device, train_labels: np.ndarray) -> None: ...
+
+    def loss(self, model, x, y, masks, has_mask) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]: ...
+
+    def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]: ...
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -185,22 +237,22 @@ def fit(
     out_dir: str | Path,
     logger: MetricLogger | None = None,
     resume: dict[str, Any] | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train with early stopping on ``settings.monitor``; best and last checkpoints go to ``out_dir``.
 
+    ``objective``: what the batches are trained for (default: classification).
     ``resume``: a last checkpoint of this same run; training continues after its epoch with
     the model, optimiser, schedule, early-stopping state and RNG state it holds, so on CPU the
     result equals an uninterrupted run (data order and augmentation are seeded per epoch).
     """
     out_dir = Path(out_dir)
+    objective = objective or ClassificationObjective(settings)
     model.to(device)
     inputs = InputPipeline(device, settings)
     if inputs.memory_format is torch.channels_last:
         model.to(memory_format=torch.channels_last)
-    n_classes = len(settings.class_names)
-    train_labels = np.asarray(train_loader.dataset.labels)
-    weight = class_weights(train_labels, n_classes).to(device) if settings.class_weights else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
+    objective.setup(model, device, np.asarray(train_loader.dataset.labels))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(train_loader)
     schedule = warmup_cosine(
@@ -210,9 +262,6 @@ def fit(
     use_scaler = settings.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     show_bar = sys.stderr.isatty() if settings.progress is None else settings.progress
-    use_cam_loss = settings.cam_loss_weight > 0
-    if use_cam_loss:
-        target, head = model.get_submodule(settings.cam_target_name), model.get_classifier()
 
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     best_score, best_epoch, bad_epochs = -math.inf, -1, 0
@@ -230,6 +279,7 @@ def fit(
         history = [dict(row) for row in resume["history"]]
         stopped_early = settings.patience > 0 and bad_epochs >= settings.patience
     epoch = start_epoch - 1
+    first_step_at = float("nan")
     for epoch in range(start_epoch, settings.epochs if not stopped_early else start_epoch):
         for holder in (train_loader.sampler, train_loader.dataset):
             if hasattr(holder, "set_epoch"):
@@ -237,23 +287,14 @@ def fit(
         generator = torch.Generator().manual_seed(settings.seed * 7919 + epoch)
         model.train()
         start = time.perf_counter()
-        total_loss, total_cam_loss, seen, cam_seen = 0.0, 0.0, 0, 0
+        total_loss, seen = 0.0, 0
+        extra_sums: dict[str, list[float]] = {}
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{settings.epochs}", disable=not show_bar, leave=False)
         for step, (images, labels, masks, has_mask, _index) in enumerate(bar):
             x = inputs(images, generator)
             y = labels.to(device, non_blocking=True)
-            with autocast(device, settings.amp), capture_activation(target) if use_cam_loss else nullcontext() as store:
-                loss = criterion(model(x).float(), y)
-                if use_cam_loss and bool(has_mask.any()):
-                    # Same forward, same backward: the CAM comes from the captured final features.
-                    chosen = has_mask.to(device)
-                    per_image = attention_loss(
-                        store["value"][chosen], head.weight, y[chosen], masks.to(device)[chosen], settings.mask_dilation
-                    )
-                    cam_loss = per_image.mean()
-                    loss = loss + settings.cam_loss_weight * cam_loss
-                    total_cam_loss += cam_loss.item() * int(chosen.sum())
-                    cam_seen += int(chosen.sum())
+            with autocast(device, settings.amp):
+                loss, extras = objective.loss(model, x, y, masks, has_mask)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
@@ -266,28 +307,25 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if first_step_at != first_step_at:  # NaN: not set yet
+                first_step_at = time.time()
             scheduler.step()
             total_loss += loss.item() * len(y)
             seen += len(y)
+            for name, (value, count) in extras.items():
+                acc = extra_sums.setdefault(name, [0.0, 0])
+                acc[0] += value
+                acc[1] += count
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         train_seconds = time.perf_counter() - start
 
-        probs, val_labels, _ = predict(model, val_loader, device, settings)
-        with torch.no_grad():  # CE from probabilities: softmax(log p) = p
-            log_probs = torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))).to(device)
-            val_loss = float(criterion(log_probs, torch.from_numpy(val_labels).to(device)))
-        val_metrics, _ = classification_metrics(val_labels, probs, settings.class_names, prefix="val_")
-        epoch_seconds = time.perf_counter() - start
+        val_row = objective.validate(model, val_loader, device)
         row = {
             "train_loss": total_loss / max(1, seen),
-            **({"train_cam_loss": total_cam_loss / max(1, cam_seen)} if use_cam_loss else {}),
-            "val_loss": val_loss,
-            "val_accuracy": val_metrics["val_accuracy"],
-            "val_macro_f1": val_metrics["val_macro_f1"],
-            "val_balanced_accuracy": val_metrics["val_balanced_accuracy"],
-            "val_auroc_macro": val_metrics["val_auroc_macro"],
+            **{name: value / max(1, count) for name, (value, count) in extra_sums.items()},
+            **val_row,
             "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": epoch_seconds,
+            "epoch_seconds": time.perf_counter() - start,
             "train_images_per_second": seen / train_seconds,
         }
         history.append(row)
@@ -320,4 +358,4 @@ def fit(
         if settings.patience > 0 and bad_epochs >= settings.patience:
             stopped_early = True
             break
-    return FitResult(best_path, last_path, best_epoch, best_score, epoch + 1, stopped_early, history)
+    return FitResult(best_path, last_path, best_epoch, best_score, epoch + 1, stopped_early, history, first_step_at)

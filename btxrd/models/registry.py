@@ -66,4 +66,4 @@ def cam_target(model: nn.Module) -> nn.Module:
 
 def _load_entries() -> None:
     # Importing the entry modules runs their @register_model decorators.
-    from btxrd.models import classifiers  # noqa: F401
+    from btxrd.models import autoencoders, classifiers  # noqa: F401

@@ -17,23 +17,25 @@ class JobContext:
     n_jobs: int = 1  # jobs the launcher runs at once
     multirun: bool = False
 
+    task: str = "classify"
+
     @property
     def run_name(self) -> str:
-        """e.g. 'b0 | center | ann-on' (plus any experiment preset)."""
+        """e.g. 'b0 | center | ann-on' or 'ae_attention | stratified | reconstruct' (plus any experiment)."""
         parts = [self.choices.get("model", "?"), self.choices.get("split", "?")]
-        parts.append(f"ann-{self.choices.get('annotations', '?')}")
+        parts.append(f"ann-{self.choices.get('annotations', '?')}" if self.task == "classify" else self.task)
         if self.choices.get("experiment"):
             parts.insert(0, self.choices["experiment"])
         return " | ".join(parts)
 
 
-def job_context() -> JobContext:
+def job_context(task: str = "classify") -> JobContext:
     """The running Hydra job's context; defaults when called outside Hydra (tests, notebooks)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return JobContext(output_dir=Path.cwd() / "outputs")
+        return JobContext(output_dir=Path.cwd() / "outputs", task=task)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     n_jobs = 1
@@ -50,4 +52,5 @@ def job_context() -> JobContext:
         job_num=int(hc.job.num) if multirun else 0,
         n_jobs=n_jobs,
         multirun=multirun,
+        task=task,
     )

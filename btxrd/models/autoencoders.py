@@ -1,0 +1,113 @@
+"""Residual autoencoder (variant B) and the same with CBAM after every block (variant C).
+
+256 x 256 x 1 -> latent 16 x 16 x 16 (16x compression) -> 256 x 256 x 1 in [0, 1].
+Encoder: stem Conv7x7/1-BN-ReLU, four stages of two blocks (the first of each stride 2):
+base -> 2base -> 4base -> 8base, then a 1x1 conv to the latent channels. Decoder mirrors it:
+each stage starts with bilinear x2 upsampling + 1x1 conv, then two blocks; a final Conv7x7 to
+one channel and a sigmoid. Variant C puts CBAM after every block: 8 + 8 = 16 modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from btxrd.models.blocks import PreActResidualBlock, ResidualBlockWithCBAM
+from btxrd.models.registry import register_model
+
+
+def _stage(block: type[nn.Module], in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(block(in_channels, out_channels, stride), block(out_channels, out_channels, 1))
+
+
+class ResidualAutoencoder(nn.Module):
+    block: type[nn.Module] = PreActResidualBlock
+
+    def __init__(
+        self, in_channels: int = 1, base_channels: int = 64, latent_channels: int = 16, image_size: int = 256
+    ) -> None:
+        super().__init__()
+        widths = [base_channels * m for m in (1, 2, 4, 8)]
+        self.in_channels, self.latent_channels, self.image_size = in_channels, latent_channels, image_size
+        stages: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(in_channels, base_channels, 7, padding=3, bias=False),
+                          nn.BatchNorm2d(base_channels), nn.ReLU(inplace=False))
+        ]  # fmt: skip
+        previous = base_channels
+        for width in widths:
+            stages.append(_stage(self.block, previous, width, stride=2))
+            previous = width
+        stages.append(nn.Conv2d(previous, latent_channels, 1))
+        self.encoder = nn.Sequential(*stages)
+        decoder: list[nn.Module] = []
+        previous = latent_channels
+        for width in reversed(widths):
+            decoder.append(nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(previous, width, 1),
+                self.block(width, width, 1),
+                self.block(width, width, 1),
+            ))  # fmt: skip
+            previous = width
+        decoder += [nn.Conv2d(previous, in_channels, 7, padding=3), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*decoder)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        return self.decode(z), z
+
+    def get_latent_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the latent for this model's image size."""
+        side = self.image_size // 16
+        return (self.latent_channels, side, side)
+
+    def get_compression_ratio(self) -> float:
+        c, h, w = self.get_latent_size()
+        return self.in_channels * self.image_size**2 / (c * h * w)
+
+    def count_parameters(self) -> dict[str, int]:
+        encoder = sum(p.numel() for p in self.encoder.parameters())
+        decoder = sum(p.numel() for p in self.decoder.parameters())
+        return {"total": encoder + decoder, "encoder": encoder, "decoder": decoder}
+
+
+class AttentionAutoencoder(ResidualAutoencoder):
+    """Variant C: CBAM after every residual block (16 modules)."""
+
+    block = ResidualBlockWithCBAM
+
+
+def _build(cls: type[ResidualAutoencoder]):
+    def build(cfg: Mapping[str, Any]) -> nn.Module:
+        return cls(
+            in_channels=int(cfg.get("in_chans", 1)),
+            base_channels=int(cfg.get("base_channels", 64)),
+            latent_channels=int(cfg.get("latent_channels", 16)),
+            image_size=int(cfg.get("image_size", 256)),
+        )
+
+    return build
+
+
+register_model("ae_residual", task="reconstruct")(_build(ResidualAutoencoder))
+register_model("ae_attention", task="reconstruct")(_build(AttentionAutoencoder))

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from btxrd.data.cache import cache_images, canvas_size
+from btxrd.data.dataset import BTXRDImages
+from btxrd.data.reader import load_dataset
+from btxrd.engine.reconstruction import reconstruct
+from btxrd.engine.training import TrainSettings
+from btxrd.errors import ConfigError
+from btxrd.metrics.reconstruction import psnr, ssim
+from btxrd.models import build_model, list_models
+from btxrd.models.autoencoders import AttentionAutoencoder, ResidualAutoencoder
+from btxrd.models.blocks import CBAM, PreActResidualBlock, ResidualBlockWithCBAM
+from btxrd.models.memory import autoencoder_params, saved_activation_bytes
+from btxrd.pipeline import make_loader, train_task
+
+from .helpers import compose_config, tiny_overrides
+
+
+def n_cbam(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, CBAM) for m in model.modules())
+
+
+@pytest.mark.parametrize("cls", [ResidualAutoencoder, AttentionAutoencoder])
+def test_full_size_shapes_bounds_and_compression(cls) -> None:
+    torch.manual_seed(0)
+    model = cls().eval()  # base 64, latent 16, 256 px
+    with torch.no_grad():
+        x_hat, z = model(torch.rand(1, 1, 256, 256))
+    assert z.shape == (1, 16, 16, 16) and x_hat.shape == (1, 1, 256, 256)
+    assert 0 <= float(x_hat.min()) and float(x_hat.max()) <= 1
+    assert model.get_compression_ratio() == 16.0 and model.get_latent_size() == (16, 16, 16)
+    counts = model.count_parameters()
+    assert counts["total"] == counts["encoder"] + counts["decoder"] == sum(p.numel() for p in model.parameters())
+    assert n_cbam(model) == (16 if cls is AttentionAutoencoder else 0)
+    torch.testing.assert_close(
+        model.decode(model.encode(torch.zeros(1, 1, 256, 256))), model(torch.zeros(1, 1, 256, 256))[0]
+    )
+
+
+def test_blocks() -> None:
+    block = PreActResidualBlock(8, 16, stride=2)
+    assert isinstance(block.shortcut, torch.nn.Conv2d)
+    assert isinstance(PreActResidualBlock(8, 8).shortcut, torch.nn.Identity)
+    assert block(torch.randn(2, 8, 32, 32)).shape == (2, 16, 16, 16)
+    attention = CBAM(32, reduction=16, kernel_size=7)
+    assert attention.spatial.kernel_size == (7, 7) and attention.mlp[0].out_channels == 2
+    x = torch.randn(2, 32, 8, 8)
+    assert attention(x).shape == x.shape
+    combined = ResidualBlockWithCBAM(8, 8)
+    assert list(dict(combined.named_children())) == ["block", "cbam"]  # CBAM after the block
+    torch.testing.assert_close(combined(x[:, :8]), combined.cbam(combined.block(x[:, :8])))
+
+
+def test_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = AttentionAutoencoder(base_channels=8, image_size=64)
+    x = torch.rand(2, 1, 64, 64)
+    x_hat, _ = model(x)
+    torch.nn.functional.mse_loss(x_hat, x).backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert any(".cbam." in name for name, _ in model.named_parameters())
+
+
+def test_registry_and_task_switch() -> None:
+    assert list_models(task="reconstruct") == ["ae_attention", "ae_residual"]
+    assert list_models(task="classify") == ["b0", "b3", "resnet50_cbam"]
+    model = build_model({"name": "ae_attention", "base_channels": 8, "latent_channels": 4, "image_size": 64})
+    assert isinstance(model, AttentionAutoencoder) and model.get_latent_size() == (4, 4, 4)
+
+
+def test_psnr_and_ssim() -> None:
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(ssim(x, x), torch.ones(2))
+    noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    assert float(ssim(noisy, x).max()) < 0.9
+    assert torch.allclose(psnr(torch.zeros(1, 1, 8, 8), torch.full((1, 1, 8, 8), 0.1)), torch.tensor([20.0]))
+
+
+def test_activation_memory_is_measured_and_linear() -> None:
+    model = ResidualAutoencoder(base_channels=8, image_size=64)
+    one = saved_activation_bytes(model, 1, 64, torch.device("cpu"))
+    two = saved_activation_bytes(model, 2, 64, torch.device("cpu"))
+    four = saved_activation_bytes(model, 4, 64, torch.device("cpu"))
+    assert one > 64 * 64 * 4 * 8  # at least the stem's output
+    assert four - two == pytest.approx(2 * (two - one), rel=0.01)
+    params = autoencoder_params(model, 64, torch.device("cpu"))
+    assert params["model.compression_ratio"] == "16.0" and int(params["memory.activation_mb_batch64"]) > 0
+
+
+def test_classifier_with_reconstruct_task_is_refused(synth_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"task": "reconstruct", "tracking.enabled": "false"}))
+    with pytest.raises(ConfigError, match=r"model=b0 is a classify model but task=reconstruct; choose one of"):
+        train_task(cfg)
+
+
+def test_one_epoch_of_reconstruction_improves_psnr(synth_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(synth_root, tmp_path, **{"task": "reconstruct", "model": "ae_residual",
+                                                        "model.base_channels": "8", "model.batch_size": "8",
+                                                        "tracking.enabled": "false"})  # fmt: skip
+    cfg = compose_config(overrides)
+    train_task(cfg)
+    metrics = json.loads((tmp_path / "outputs" / "metrics_test.json").read_text())
+    # The untrained model (same seed, same initialisation) on the same test images.
+    torch.manual_seed(0)
+    untrained = build_model({"name": "ae_residual", "base_channels": 8, "image_size": 64})
+    table = load_dataset(synth_root, read_annotations=False)
+    split = pd.read_csv(tmp_path / "outputs" / "split.csv")
+    rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
+    cache = cache_images(table, canvas_size(64, 1.15), cfg.data.cache_dir)
+    loader = make_loader(BTXRDImages(rows, cache, 64, train=False), 32, False, 0, torch.device("cpu"), 0)
+    before = reconstruct(untrained, loader, torch.device("cpu"), TrainSettings(mean=0.0, std=1.0))
+    assert metrics["test_psnr"] > before["psnr"] + 1.0
+    assert (tmp_path / "outputs" / "reconstructions_test.png").stat().st_size > 5000
+    assert metrics["epochs_run"] == 1 and "test_psnr_malignant" in metrics
