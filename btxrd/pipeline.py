@@ -259,8 +259,7 @@ def _record_skip(cfg: DictConfig, ctx: JobContext, tracker: Tracker, earlier, ta
     tracker.log_metrics(run_id, earlier.data.metrics)
     tracker.end_run(run_id, "FINISHED")
     log.info("%s: skipped, finished earlier as run %s", ctx.run_name, earlier.info.run_id)
-    monitored = f"best_{cfg.optimized_metric}"
-    return float(earlier.data.metrics.get(monitored, float("nan")))
+    return float(earlier.data.metrics.get(f"best_{optimized_metric(cfg)}", float("nan")))
 
 
 TASKS = ("classify", "reconstruct")
@@ -271,6 +270,11 @@ def task_monitor(cfg: DictConfig) -> str:
     if cfg.train.monitor != "auto":
         return str(cfg.train.monitor)
     return "val_psnr" if cfg.task == "reconstruct" else "val_macro_f1"
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """The metric whose best value the task function returns (``auto``: the monitored one)."""
+    return task_monitor(cfg) if cfg.optimized_metric == "auto" else str(cfg.optimized_metric)
 
 
 def _train(
@@ -376,8 +380,7 @@ def _train(
     (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
     headline = ("test_macro_f1", "test_accuracy") if task == "classify" else ("test_psnr", "test_ssim")
     log.info("%s: %s %.3f, %s %.3f", ctx.run_name, headline[0], summary[headline[0]], headline[1], summary[headline[1]])
-    optimized = task_monitor(cfg) if cfg.optimized_metric == "auto" else str(cfg.optimized_metric)
-    return float(summary.get(f"best_{optimized}", result.best_score))
+    return float(summary.get(f"best_{optimized_metric(cfg)}", result.best_score))
 
 
 def _test_classifier(cfg, ctx, model, test_loader, device, settings, rows, cache, logger) -> dict[str, float]:

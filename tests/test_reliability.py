@@ -137,3 +137,10 @@ def test_checkpoints_logged_by_default_are_best_only(synth_root: Path, tmp_path:
     [run] = _runs(tmp_path)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert json.loads(json.dumps(run.data.tags))["config_hash"]
+
+
+def test_a_skipped_job_returns_the_earlier_best_value(synth_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"sweep.skip_finished": "true"}))
+    first = train_task(cfg)
+    assert train_task(cfg) == first  # the value Hydra sweepers optimise, not NaN
+    assert [r.data.tags.get("skipped") for r in _runs(tmp_path)].count("true") == 1
