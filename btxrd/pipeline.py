@@ -40,7 +40,7 @@ from btxrd.metrics import classification_metrics, plot_confusion_matrix
 from btxrd.models import build_model, cam_target, list_models, model_task
 from btxrd.models.memory import autoencoder_params
 from btxrd.sweep.context import JobContext, job_context
-from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, flatten
+from btxrd.tracking import PARENT_RUN_ENV, Tracker, flatten, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +162,7 @@ class _RunLogger:
 
 
 def open_tracker(cfg: DictConfig) -> Tracker | None:
-    if not cfg.tracking.enabled:
-        return None
-    uri = cfg.tracking.uri or os.environ.get("BTXRD_TRACKING_URI") or default_tracking_uri(cfg.paths.root)
-    return Tracker(uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    return tracker_for(cfg.tracking, cfg.paths.root)
 
 
 def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:

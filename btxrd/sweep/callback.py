@@ -21,8 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from btxrd.report import write_report
-from btxrd.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri
-from btxrd.tracking.mlflow_store import TRACKING_URI_ENV, active_statuses
+from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, tracker_for
+from btxrd.tracking.mlflow_store import active_statuses
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ class MLflowSweepCallback(Callback):
         self.sweep_dir: str = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.tracking.enabled:
+        self.tracker = tracker_for(config.tracking, config.paths.root)
+        if self.tracker is None:
             return
-        uri = config.tracking.uri or default_tracking_uri(config.paths.root)
-        self.tracker = Tracker(uri, config.tracking.experiment, config.tracking.artifact_root)
+        uri = self.tracker.uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
@@ -75,6 +75,7 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
         os.environ.pop(PARENT_RUN_ENV, None)
+        os.environ.pop(TRACKING_URI_ENV, None)
         if failed:
             print(f"sweep: {len(failed)} of {len(children)} job(s) failed:", file=sys.stderr)
             for overrides, error in failed:
