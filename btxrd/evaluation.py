@@ -13,22 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
-from btxrd.cam.explain import explain_loader, score_and_draw
+from btxrd.cam.explain import explain_rows
 from btxrd.data.cache import cache_images, canvas_size
-from btxrd.data.dataset import BTXRDImages, lesions_in_input
+from btxrd.data.dataset import BTXRDImages
 from btxrd.data.reader import load_dataset
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import make_split
 from btxrd.engine.checkpoint import load_checkpoint
-from btxrd.engine.reconstruction import reconstruct, save_reconstruction_grid
+from btxrd.engine.reconstruction import reconstruct, save_reconstruction_grid, use_raw_inputs
 from btxrd.engine.training import TrainSettings, predict
 from btxrd.errors import ConfigError, DataError
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
 from btxrd.metrics.calibration import expected_calibration_error, plot_reliability, plot_roc_curves
-from btxrd.models import build_model, cam_target
+from btxrd.models import build_model
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "val", "test", "all")
@@ -47,6 +49,33 @@ def eval_settings(config: dict[str, Any]) -> TrainSettings:
     data = config["data"]
     return TrainSettings(mean=float(data["mean"]), std=float(data["std"]), amp=bool(config["train"]["amp"]),
                          channels_last=bool(config["train"]["channels_last"]), class_names=CLASS_NAMES)  # fmt: skip
+
+
+def score_classifier(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    settings: TrainSettings,
+    rows: pd.DataFrame,
+    out_dir: Path,
+    part: str,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+    """Metrics on one part, a per-image predictions CSV in ``out_dir``; also the confusion matrix,
+    the probabilities and the true labels (in loader order)."""
+    probs, labels, index = predict(model, loader, device, settings)
+    metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=f"{part}_")
+    metrics[f"{part}_malignant_recall"] = metrics[f"{part}_recall_malignant"]
+    predictions = pd.DataFrame(
+        {
+            "image_id": rows["image_id"].to_numpy()[index],
+            "center": rows["center"].to_numpy()[index],
+            "label": labels,
+            "predicted": probs.argmax(axis=1),
+            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
+        }
+    )
+    predictions.to_csv(out_dir / f"predictions_{part}.csv", index=False)
+    return metrics, matrix, probs, labels
 
 
 def evaluate_checkpoint(
@@ -106,39 +135,24 @@ def evaluate_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"{part}_"
+    title = f"{Path(checkpoint).name} on {part}"
     if config.get("task") == "reconstruct":  # an autoencoder: PSNR / SSIM / MSE and a picture
-        settings.mean, settings.std = 0.0, 1.0
-        scores = reconstruct(model, loader, device, settings, keep=8)
+        scores = reconstruct(model, loader, device, use_raw_inputs(settings), keep=8)
         metrics = {f"{prefix}{k}": float(scores[k]) for k in ("psnr", "ssim", "mse")}
-        grid = save_reconstruction_grid(
-            scores["originals"],
-            scores["reconstructions"],
-            out_dir / f"reconstructions_{part}.png",
-            f"{Path(checkpoint).name} on {part}",
-        )
-        (out_dir / f"metrics_{part}.json").write_text(json.dumps(metrics, indent=2))
-        return EvaluationResult(metrics, [grid, out_dir / f"metrics_{part}.json"], part, root, len(rows))
-    probs, labels, index = predict(model, loader, device, settings)
-    metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
-    metrics[f"{prefix}malignant_recall"] = metrics[f"{prefix}recall_malignant"]
-    metrics[f"{prefix}ece"] = expected_calibration_error(labels, probs)
-    predictions = pd.DataFrame({"image_id": rows["image_id"].to_numpy()[index], "label": labels,
-                                "predicted": probs.argmax(axis=1),
-                                **{f"p_{n}": probs[:, k] for k, n in enumerate(CLASS_NAMES)}})  # fmt: skip
-    artifacts = [
-        plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / f"confusion_matrix_{part}.png", f"confusion ({part})"),
-        plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part}.png"),
-        plot_reliability(labels, probs, out_dir / f"reliability_{part}.png"),
-    ]
-    predictions.to_csv(out_dir / f"predictions_{part}.csv", index=False)
-    artifacts.append(out_dir / f"predictions_{part}.csv")
-
-    boxes, masks = lesions_in_input(rows, cache, image_size)
-    explanation = explain_loader(model, loader, device, settings, cam_target(model))
-    cam_metrics, grids = score_and_draw(explanation, boxes, masks, CLASS_NAMES, image_size, out_dir / "gradcam",
-                                        f"{Path(checkpoint).name} on {part}", prefix=prefix)  # fmt: skip
-    metrics.update(cam_metrics)
-    artifacts.extend(grids)
+        artifacts = [save_reconstruction_grid(scores["originals"], scores["reconstructions"],
+                                              out_dir / f"reconstructions_{part}.png", title)]  # fmt: skip
+    else:
+        metrics, matrix, probs, labels = score_classifier(model, loader, device, settings, rows, out_dir, part)
+        metrics[f"{prefix}ece"] = expected_calibration_error(labels, probs)
+        cam_metrics, grids = explain_rows(model, loader, device, settings, rows, cache, out_dir, title, prefix)
+        metrics.update(cam_metrics)
+        artifacts = [
+            plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / f"confusion_matrix_{part}.png", f"confusion ({part})"),
+            plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part}.png"),
+            plot_reliability(labels, probs, out_dir / f"reliability_{part}.png"),
+            out_dir / f"predictions_{part}.csv",
+            *grids,
+        ]
     (out_dir / f"metrics_{part}.json").write_text(json.dumps(metrics, indent=2))
     artifacts.append(out_dir / f"metrics_{part}.json")
     return EvaluationResult(metrics, artifacts, part, root, len(rows))

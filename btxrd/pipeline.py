@@ -24,20 +24,25 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from btxrd.cam.explain import explain_loader, score_and_draw
+from btxrd.cam.explain import explain_rows
 from btxrd.config import config_hash, to_dict
 from btxrd.data.cache import cache_images, canvas_size
-from btxrd.data.dataset import BTXRDImages, CropSettings, lesions_in_input
+from btxrd.data.dataset import BTXRDImages, CropSettings
 from btxrd.data.reader import load_dataset, with_annotations
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import make_split, write_split_csv
 from btxrd.engine.checkpoint import load_checkpoint
-from btxrd.engine.reconstruction import ReconstructionObjective, reconstruct, save_reconstruction_grid
-from btxrd.engine.training import ClassificationObjective, EpochShuffle, TrainSettings, fit, predict
+from btxrd.engine.reconstruction import (
+    ReconstructionObjective,
+    reconstruct,
+    save_reconstruction_grid,
+    use_raw_inputs,
+)
+from btxrd.engine.training import ClassificationObjective, EpochShuffle, TrainSettings, fit
 from btxrd.errors import ConfigError
-from btxrd.evaluation import evaluate_checkpoint
-from btxrd.metrics import classification_metrics, plot_confusion_matrix
-from btxrd.models import build_model, cam_target, list_models, model_task
+from btxrd.evaluation import evaluate_checkpoint, score_classifier
+from btxrd.metrics import plot_confusion_matrix
+from btxrd.models import build_model, list_models, model_task
 from btxrd.models.memory import autoencoder_params
 from btxrd.sweep.context import JobContext, job_context
 from btxrd.tracking import PARENT_RUN_ENV, Tracker, flatten, tracker_for
@@ -345,9 +350,7 @@ def _train(
         settings.cam_target_name = model.cam_target_name
         objective = ClassificationObjective(settings)
     else:
-        # Autoencoders see the images in [0, 1] and must give them back: no normalisation, no jitter.
-        settings.mean, settings.std, settings.brightness, settings.contrast = 0.0, 1.0, 0.0, 0.0
-        objective = ReconstructionObjective(settings, float(cfg.reconstruct.ssim_weight))
+        objective = ReconstructionObjective(use_raw_inputs(settings), float(cfg.reconstruct.ssim_weight))
         if logger.tracker is not None and resume is None:
             logger.tracker.log_params(logger.run_id, autoencoder_params(model, image_size, device))
     if resume is not None:
@@ -382,9 +385,12 @@ def _train(
 
 def _test_classifier(cfg, ctx, model, test_loader, device, settings, rows, cache, logger) -> dict[str, float]:
     out_dir = ctx.output_dir
-    test_metrics, matrix = evaluate_part(model, test_loader, device, settings, rows, out_dir, "test")
-    cam_metrics = explain_part(model, test_loader, device, settings, rows, cfg.data.root, cache, out_dir,
-                               ctx.run_name, logger)  # fmt: skip
+    test_metrics, matrix, _, _ = score_classifier(model, test_loader, device, settings, rows, out_dir, "test")
+    # The test part's annotations are read here, after training and prediction, only to score the maps.
+    cam_metrics, grids = explain_rows(model, test_loader, device, settings, with_annotations(rows, cfg.data.root),
+                                      cache, out_dir, ctx.run_name, "test_")  # fmt: skip
+    for grid in grids:
+        logger.artifact(grid, "gradcam")
     plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / "confusion_matrix_test.png", title=ctx.run_name)
     for name in ("confusion_matrix_test.png", "predictions_test.csv"):
         logger.artifact(out_dir / name)
@@ -407,60 +413,6 @@ def _test_autoencoder(ctx, model, rows, cache, image_size, device, settings, log
                                             ctx.output_dir / "reconstructions_test.png", ctx.run_name)  # fmt: skip
             logger.artifact(grid)
     return metrics
-
-
-def explain_part(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    settings: TrainSettings,
-    rows: pd.DataFrame,
-    data_root: str,
-    cache,
-    out_dir: Path,
-    title: str,
-    logger: _RunLogger,
-    part: str = "test",
-) -> dict[str, float]:
-    """Grad-CAM on one part: localisation scores against the lesions, overlay grids as artifacts.
-
-    The annotations are read here, after training and prediction, only to score the maps.
-    """
-    image_size = loader.dataset.image_size
-    boxes, masks = lesions_in_input(with_annotations(rows, data_root), cache, image_size)
-    explanation = explain_loader(model, loader, device, settings, cam_target(model))
-    metrics, grids = score_and_draw(
-        explanation, boxes, masks, CLASS_NAMES, image_size, out_dir / "gradcam", title, prefix=f"{part}_"
-    )
-    for grid in grids:
-        logger.artifact(grid, "gradcam")
-    return metrics
-
-
-def evaluate_part(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    settings: TrainSettings,
-    rows: pd.DataFrame,
-    out_dir: Path,
-    part: str,
-) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics on one split part, and a per-image predictions CSV in ``out_dir``."""
-    probs, labels, index = predict(model, loader, device, settings)
-    metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=f"{part}_")
-    metrics[f"{part}_malignant_recall"] = metrics[f"{part}_recall_malignant"]
-    predictions = pd.DataFrame(
-        {
-            "image_id": rows["image_id"].to_numpy()[index],
-            "center": rows["center"].to_numpy()[index],
-            "label": labels,
-            "predicted": probs.argmax(axis=1),
-            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
-        }
-    )
-    predictions.to_csv(out_dir / f"predictions_{part}.csv", index=False)
-    return metrics, matrix
 
 
 def evaluate_task(cfg: DictConfig) -> dict[str, float]:

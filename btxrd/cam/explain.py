@@ -13,8 +13,11 @@ from torch.utils.data import DataLoader
 from btxrd.cam.gradcam import grad_cam, upsample
 from btxrd.cam.overlay import save_cam_grid
 from btxrd.data.annotations import Box
+from btxrd.data.dataset import lesions_in_input
+from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine.training import InputPipeline, TrainSettings, autocast
 from btxrd.metrics.localization import localization_scores
+from btxrd.models import cam_target
 
 
 @dataclass
@@ -83,3 +86,22 @@ def score_and_draw(
         if path is not None:
             paths.append(path)
     return {f"{prefix}{k}": v for k, v in scores.items()}, paths
+
+
+def explain_rows(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    settings: TrainSettings,
+    rows,
+    cache,
+    out_dir: Path,
+    title: str,
+    prefix: str,
+) -> tuple[dict[str, float], list[Path]]:
+    """Grad-CAM over ``loader`` (built on ``rows``, which carry their lesion shapes), localisation
+    scores against those lesions in the input frame, and the per-class overlay grids."""
+    image_size = loader.dataset.image_size
+    boxes, masks = lesions_in_input(rows, cache, image_size)
+    explanation = explain_loader(model, loader, device, settings, cam_target(model))
+    return score_and_draw(explanation, boxes, masks, CLASS_NAMES, image_size, out_dir / "gradcam", title, prefix)

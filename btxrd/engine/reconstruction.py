@@ -14,6 +14,12 @@ from btxrd.engine.training import InputPipeline, TrainSettings, autocast
 from btxrd.metrics.reconstruction import psnr, ssim
 
 
+def use_raw_inputs(settings: TrainSettings) -> TrainSettings:
+    """Autoencoders see the images in [0, 1] and must give them back: no normalisation, no jitter."""
+    settings.mean, settings.std, settings.brightness, settings.contrast = 0.0, 1.0, 0.0, 0.0
+    return settings
+
+
 class ReconstructionObjective:
     """Loss: MSE + ssim_weight x (1 - SSIM); inputs are the images in [0, 1] (no normalisation)."""
 
