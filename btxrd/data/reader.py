@@ -1,0 +1,382 @@
+"""Read an unpacked BTXRD release into one table row per image.
+
+``inspect_dataset`` collects every problem it finds (for ``btxrd.data check``);
+``load_dataset`` uses it and raises a one-line ``DataError`` on the first kind
+of error, so training never runs on silently broken data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from btxrd.data.annotations import Annotation, read_annotation
+from btxrd.data.schema import (
+    ANATOMY_COLUMNS,
+    ANNOTATIONS_DIR,
+    CLASS_NAMES,
+    FLAG_COLUMNS,
+    IMAGES_DIR,
+    REGION_COLUMNS,
+    SHEET_COLUMNS,
+    SHEET_NAME,
+    SUBTYPE_COLUMNS,
+    VIEW_COLUMNS,
+)
+from btxrd.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Rows whose patient-proxy key matches the previous row join its group (see DESIGN.md:
+# consecutive views of one patient share these values; the release has no patient id).
+GROUP_KEY_COLUMNS: tuple[str, ...] = (
+    ("center", "age", "gender") + ANATOMY_COLUMNS + REGION_COLUMNS + ("tumor", "benign", "malignant")
+)
+ON_BAD_IMAGE = ("error", "skip")
+
+
+@dataclass
+class Problem:
+    severity: str  # "error" makes the dataset unusable; "warning" does not
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.message}"
+
+
+@dataclass
+class Inspection:
+    table: pd.DataFrame | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def usable(self) -> bool:
+        return self.table is not None and not self.errors and len(self.table) > 0
+
+
+def _names(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def read_sheet(path: Path) -> pd.DataFrame:
+    """Read dataset.xlsx and check its columns and label flags."""
+    if not path.is_file():
+        raise DataError(f"metadata sheet not found: {path}")
+    try:
+        sheet = pd.read_excel(path, engine="openpyxl")
+    except Exception as exc:  # openpyxl raises many types for a damaged workbook
+        raise DataError(f"cannot read metadata sheet {path}: {exc}") from None
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {_names([repr(c) for c in missing])}")
+    if len(sheet) == 0:
+        raise DataError(f"{path}: the sheet has no rows")
+    sheet["image_id"] = sheet["image_id"].astype(str).str.strip()
+    duplicated = sheet.loc[sheet["image_id"].duplicated(), "image_id"].tolist()
+    if duplicated:
+        raise DataError(f"{path}: duplicated image_id {_names(duplicated)}")
+    for col in ("center", "age", *FLAG_COLUMNS):
+        values = pd.to_numeric(sheet[col], errors="coerce")
+        bad = sheet.loc[values.isna(), "image_id"].tolist()
+        if bad:
+            raise DataError(f"{path}: column {col!r} is empty or not a number for {_names(bad)}")
+        sheet[col] = values.astype(np.int64)
+    not_flag = [c for c in FLAG_COLUMNS if not sheet[c].isin((0, 1)).all()]
+    if not_flag:
+        raise DataError(f"{path}: flag column(s) {_names(not_flag)} hold values other than 0/1")
+    return sheet
+
+
+def _labels(sheet: pd.DataFrame, path: Path) -> pd.Series:
+    tumor, benign, malignant = sheet["tumor"], sheet["benign"], sheet["malignant"]
+    contradictory = ((tumor == 1) & (benign + malignant != 1)) | ((tumor == 0) & (benign + malignant > 0))
+    if contradictory.any():
+        rows = [
+            f"{iid} (row {i + 2})"
+            for i, iid in zip(
+                np.flatnonzero(contradictory), sheet.loc[contradictory, "image_id"], strict=True
+            )
+        ]
+        raise DataError(f"{path}: contradictory label flags (tumor/benign/malignant) in {_names(rows)}")
+    return (benign + 2 * malignant).astype(np.int64)
+
+
+def _flag_names(sheet: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    flags = sheet[list(columns)].to_numpy(dtype=bool)
+    return pd.Series(
+        [";".join(c for c, on in zip(columns, row, strict=True) if on) for row in flags],
+        index=sheet.index,
+        dtype=object,
+    )
+
+
+def patient_groups(sheet: pd.DataFrame) -> np.ndarray:
+    """Patient-proxy group id per row: consecutive rows with an identical key share a group."""
+    key = sheet[list(GROUP_KEY_COLUMNS)].astype(str).agg("|".join, axis=1)
+    return ((key != key.shift()).cumsum() - 1).to_numpy(dtype=np.int64)
+
+
+def _probe_image(path: str) -> tuple[int, int]:
+    """Width and height of an image, after decoding it at reduced scale.
+
+    JPEG draft mode decodes at 1/8 scale (a few ms for a full-size radiograph)
+    but still reads the whole entropy-coded stream, so a truncated or corrupt
+    file fails here, before any split or training is made from it.
+    """
+    with Image.open(path) as img:
+        size = img.size
+        img.draft("L", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        img.load()
+    return size
+
+
+def _probe_all(paths: list[str]) -> list[tuple[int, int] | str]:
+    """Probe images in threads (Pillow releases the GIL while decoding)."""
+
+    def probe(path: str) -> tuple[int, int] | str:
+        try:
+            return _probe_image(path)
+        except FileNotFoundError:
+            return f"{path} (missing)"
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            return f"{path} (unreadable: {exc})"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(probe, paths, chunksize=64))
+
+
+def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[tuple[int, int] | str]:
+    """``_probe_all`` with a memo of decodable images keyed by (path, file size, mtime).
+
+    Probing reads every JPEG's entropy-coded stream (~10 ms for a full-size radiograph, JPEG
+    scaling does not skip it): 3,746 images would cost every job of a sweep ~20 s. Failures are
+    never memoised, so a broken file is reported again until it is fixed.
+    """
+    if memo_dir is None:
+        return _probe_all(paths)
+    memo_path = Path(memo_dir) / "probe_memo.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    keys = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            keys.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
+        except OSError:
+            keys.append("")
+    todo = [i for i, key in enumerate(keys) if key not in memo]
+    results: list[tuple[int, int] | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
+    for i, result in zip(todo, _probe_all([paths[i] for i in todo]), strict=True):
+        results[i] = result
+        if not isinstance(result, str) and keys[i]:
+            memo[keys[i]] = list(result)
+    if todo:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    return results
+
+
+def inspect_dataset(
+    root: str | Path, on_bad_image: str = "error", read_annotations: bool = True, memo_dir: str | Path | None = None
+) -> Inspection:
+    """Read the release at ``root`` and list every problem found.
+
+    Errors: missing root/sheet/images folder, missing columns, contradictory labels,
+    missing or unreadable images (unless ``on_bad_image='skip'``), malformed
+    annotation files. Warnings: clipped annotation points, annotations with no
+    row, tumour images without annotation, annotation sizes that disagree with
+    the image (coordinates are rescaled), skipped images.
+    """
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise DataError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+    root = Path(root).expanduser()
+    problems: list[Problem] = []
+    if not root.is_dir():
+        return Inspection(None, [Problem("error", f"dataset root not found: {root} (set data.root)")])
+    images_dir = root / IMAGES_DIR
+    if not images_dir.is_dir():
+        return Inspection(None, [Problem("error", f"images folder not found: {images_dir}")])
+    try:
+        sheet = read_sheet(root / SHEET_NAME)
+        labels = _labels(sheet, root / SHEET_NAME)
+    except DataError as exc:
+        return Inspection(None, [Problem("error", str(exc))])
+
+    table = pd.DataFrame(
+        {
+            "image_id": sheet["image_id"],
+            "stem": sheet["image_id"].str.replace(r"\.[^.]+$", "", regex=True),
+            "path": [str(images_dir / iid) for iid in sheet["image_id"]],
+            "label": labels,
+            "label_name": [CLASS_NAMES[i] for i in labels],
+            "center": sheet["center"],
+            "subtype": _flag_names(sheet, SUBTYPE_COLUMNS),
+            "site": _flag_names(sheet, ANATOMY_COLUMNS),
+            "region": _flag_names(sheet, REGION_COLUMNS),
+            "view": _flag_names(sheet, VIEW_COLUMNS),
+            "age": sheet["age"],
+            "gender": sheet["gender"].astype(str).str.strip(),
+            "group": patient_groups(sheet),
+        }
+    )
+
+    # Images: present and decodable.
+    widths, heights, bad = [], [], []
+    for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None):
+        if isinstance(result, str):
+            bad.append(result)
+            result = (0, 0)
+        widths.append(result[0])
+        heights.append(result[1])
+    table["width"], table["height"] = widths, heights
+    if bad:
+        if on_bad_image == "error":
+            problems.append(
+                Problem(
+                    "error",
+                    f"{len(bad)} image(s) missing or unreadable: {_names(bad)}"
+                    " (data.on_bad_image=skip drops them)",
+                )
+            )
+        else:
+            problems.append(
+                Problem("warning", f"skipped {len(bad)} missing or unreadable image(s): {_names(bad)}")
+            )
+            table = table[table["width"] > 0].reset_index(drop=True)
+
+    if read_annotations:
+        _attach_annotations(table, root / ANNOTATIONS_DIR, problems)
+    else:  # annotations=off: not a byte of them is read
+        table["annotation_path"] = ""
+        table["boxes"] = [()] * len(table)
+        table["polygons"] = [()] * len(table)
+        table["n_lesions"] = 0
+    return Inspection(table, problems)
+
+
+def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Problem]) -> None:
+    by_stem = {p.stem: p for p in ann_dir.glob("*.json")} if ann_dir.is_dir() else {}
+    if not ann_dir.is_dir() and (table["label"] > 0).any():
+        problems.append(Problem("warning", f"annotations folder not found: {ann_dir}"))
+    known = set(table["stem"])
+    orphans = sorted(s for s in by_stem if s not in known)
+    if orphans:
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(orphans)} annotation file(s) with no row in the "
+                f"sheet: {_names([by_stem[s].name for s in orphans])}",
+            )
+        )
+    boxes, polygons, ann_paths = [], [], []
+    n_clipped = 0
+    malformed, unannotated, resized, on_normal = [], [], [], []
+    for stem, label, width, height in zip(
+        table["stem"], table["label"], table["width"], table["height"], strict=True
+    ):
+        path = by_stem.get(stem)
+        ann: Annotation | None = None
+        if path is not None:
+            try:
+                ann = read_annotation(path)
+            except DataError as exc:
+                malformed.append(str(exc))
+        if ann is None:
+            boxes.append(())
+            polygons.append(())
+            ann_paths.append("")
+            if label > 0 and path is None:
+                unannotated.append(stem)
+            continue
+        if label == 0:
+            on_normal.append(path.name)
+        n_clipped += ann.n_clipped_points
+        sx, sy = 1.0, 1.0
+        if (ann.width, ann.height) != (width, height) and width > 0:
+            resized.append(path.name)
+            sx, sy = width / ann.width, height / ann.height
+        boxes.append(tuple((x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in ann.boxes))
+        polygons.append(tuple(tuple((x * sx, y * sy) for x, y in p) for p in ann.polygons))
+        ann_paths.append(str(path))
+    if malformed:
+        problems.append(
+            Problem(
+                "error",
+                malformed[0]
+                + (f" (+{len(malformed) - 1} more malformed annotation files)" if len(malformed) > 1 else ""),
+            )
+        )
+    if n_clipped:
+        problems.append(
+            Problem("warning", f"clipped {n_clipped} annotation point(s) lying outside their image")
+        )
+    if unannotated:
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(unannotated)} tumour image(s) without annotation file: {_names(unannotated)}",
+            )
+        )
+    if resized:
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(resized)} annotation file(s) whose imageWidth/"
+                f"imageHeight differ from the image; coordinates rescaled: {_names(resized)}",
+            )
+        )
+    if on_normal:
+        problems.append(
+            Problem("warning", f"{len(on_normal)} annotation file(s) for normal images: {_names(on_normal)}")
+        )
+    table["annotation_path"] = ann_paths
+    table["boxes"] = boxes
+    table["polygons"] = polygons
+    table["n_lesions"] = [max(len(b), len(p)) for b, p in zip(boxes, polygons, strict=True)]
+
+
+def with_annotations(table: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+    """A copy of ``table`` with its lesion shapes read from ``root``/Annotations (for scoring CAMs)."""
+    out = table.drop(columns=["annotation_path", "boxes", "polygons", "n_lesions"], errors="ignore").copy()
+    problems: list[Problem] = []
+    _attach_annotations(out, Path(root).expanduser() / ANNOTATIONS_DIR, problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise DataError(errors[0].message)
+    return out
+
+
+def load_dataset(
+    root: str | Path, on_bad_image: str = "error", read_annotations: bool = True, memo_dir: str | Path | None = None
+) -> pd.DataFrame:
+    """The dataset table; raises DataError (one line) if the dataset is not usable.
+
+    ``memo_dir``: where to remember which image files (by size and mtime) decoded fine.
+    """
+    inspection = inspect_dataset(root, on_bad_image=on_bad_image, read_annotations=read_annotations,
+                                 memo_dir=memo_dir)  # fmt: skip
+    if inspection.errors:
+        raise DataError(inspection.errors[0].message)
+    if inspection.table is None or len(inspection.table) == 0:
+        raise DataError(f"dataset at {root} holds no usable image")
+    for problem in inspection.problems:
+        log.warning(problem.message)
+    return inspection.table
