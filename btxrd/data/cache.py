@@ -98,7 +98,6 @@ def _build(table: pd.DataFrame, size: int, data_path: Path, meta_path: Path, wor
         tmp_data.unlink(missing_ok=True)
         raise DataError(f"cannot decode {len(failures)} image(s): {', '.join(failures[:5])}")
     pixels.flush()
-    del pixels
     os.replace(tmp_data, data_path)
     meta = {"image_ids": table["image_id"].tolist(), "scale": scale.tolist(), "offset": offset.tolist(), "size": size}
     tmp_meta = meta_path.with_suffix(".json.tmp")

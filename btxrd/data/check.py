@@ -33,8 +33,7 @@ def summarise(root: str | Path, on_bad_image: str = "error") -> dict[str, Any]:
     centers = sorted(set(CENTERS) | set(table["center"].tolist()))
     summary["by_center"] = {
         str(c): {
-            name: int(((table["center"] == c) & (table["label"] == i)).sum())
-            for i, name in enumerate(CLASS_NAMES)
+            name: int(((table["center"] == c) & (table["label"] == i)).sum()) for i, name in enumerate(CLASS_NAMES)
         }
         for c in centers
     }
@@ -51,13 +50,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     header = f"{'centre':>8}" + "".join(f"{n:>11}" for n in CLASS_NAMES) + f"{'total':>9}"
     lines.append(header)
     for center, row in summary["by_center"].items():
-        lines.append(
-            f"{center:>8}" + "".join(f"{row[n]:>11}" for n in CLASS_NAMES) + f"{sum(row.values()):>9}"
-        )
+        lines.append(f"{center:>8}" + "".join(f"{row[n]:>11}" for n in CLASS_NAMES) + f"{sum(row.values()):>9}")
     by_class = summary["by_class"]
-    lines.append(
-        f"{'all':>8}" + "".join(f"{by_class[n]:>11}" for n in CLASS_NAMES) + f"{summary['n_images']:>9}"
-    )
+    lines.append(f"{'all':>8}" + "".join(f"{by_class[n]:>11}" for n in CLASS_NAMES) + f"{summary['n_images']:>9}")
     lines.append("")
     lines.append(f"annotated images: {summary['n_annotated']}, lesions: {summary['n_lesions']}")
     lines.append(f"patient-proxy groups: {summary['n_patient_groups']}")

@@ -59,7 +59,11 @@ def crop_window(
     side = max(8, round(canvas * rng.uniform(crop.min_scale, crop.max_scale)))
     if lesion is None:
         return int(rng.integers(0, canvas - side + 1)), int(rng.integers(0, canvas - side + 1)), side
-    return _crop_start(rng, canvas, side, lesion[0], lesion[2]), _crop_start(rng, canvas, side, lesion[1], lesion[3]), side
+    return (
+        _crop_start(rng, canvas, side, lesion[0], lesion[2]),
+        _crop_start(rng, canvas, side, lesion[1], lesion[3]),
+        side,
+    )
 
 
 class BTXRDImages(Dataset):
@@ -137,7 +141,9 @@ def lesions_in_input(rows: pd.DataFrame, cache: ImageCache, image_size: int) -> 
     row_of = cache.row_of()
     factor = image_size / cache.size
     boxes, masks = [], np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
-    for i, (image_id, image_boxes, polygons) in enumerate(zip(rows["image_id"], rows["boxes"], rows["polygons"], strict=True)):
+    for i, (image_id, image_boxes, polygons) in enumerate(
+        zip(rows["image_id"], rows["boxes"], rows["polygons"], strict=True)
+    ):
         r = row_of[image_id]
         scale = (cache.scale[r][0] * factor, cache.scale[r][1] * factor)
         offset = (cache.offset[r][0] * factor, cache.offset[r][1] * factor)

@@ -107,9 +107,7 @@ def _labels(sheet: pd.DataFrame, path: Path) -> pd.Series:
     if contradictory.any():
         rows = [
             f"{iid} (row {i + 2})"
-            for i, iid in zip(
-                np.flatnonzero(contradictory), sheet.loc[contradictory, "image_id"], strict=True
-            )
+            for i, iid in zip(np.flatnonzero(contradictory), sheet.loc[contradictory, "image_id"], strict=True)
         ]
         raise DataError(f"{path}: contradictory label flags (tumor/benign/malignant) in {_names(rows)}")
     return (benign + 2 * malignant).astype(np.int64)
@@ -252,14 +250,11 @@ def inspect_dataset(
             problems.append(
                 Problem(
                     "error",
-                    f"{len(bad)} image(s) missing or unreadable: {_names(bad)}"
-                    " (data.on_bad_image=skip drops them)",
+                    f"{len(bad)} image(s) missing or unreadable: {_names(bad)} (data.on_bad_image=skip drops them)",
                 )
             )
         else:
-            problems.append(
-                Problem("warning", f"skipped {len(bad)} missing or unreadable image(s): {_names(bad)}")
-            )
+            problems.append(Problem("warning", f"skipped {len(bad)} missing or unreadable image(s): {_names(bad)}"))
             table = table[table["width"] > 0].reset_index(drop=True)
 
     if read_annotations:
@@ -289,9 +284,7 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
     boxes, polygons, ann_paths = [], [], []
     n_clipped = 0
     malformed, unannotated, resized, on_normal = [], [], [], []
-    for stem, label, width, height in zip(
-        table["stem"], table["label"], table["width"], table["height"], strict=True
-    ):
+    for stem, label, width, height in zip(table["stem"], table["label"], table["width"], table["height"], strict=True):
         path = by_stem.get(stem)
         ann: Annotation | None = None
         if path is not None:
@@ -325,9 +318,7 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
             )
         )
     if n_clipped:
-        problems.append(
-            Problem("warning", f"clipped {n_clipped} annotation point(s) lying outside their image")
-        )
+        problems.append(Problem("warning", f"clipped {n_clipped} annotation point(s) lying outside their image"))
     if unannotated:
         problems.append(
             Problem(

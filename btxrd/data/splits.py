@@ -64,9 +64,7 @@ def _assign_groups(
     return out
 
 
-def make_split(
-    table: pd.DataFrame, spec: Mapping[str, Any], required_classes: Sequence[int] = ()
-) -> pd.Series:
+def make_split(table: pd.DataFrame, spec: Mapping[str, Any], required_classes: Sequence[int] = ()) -> pd.Series:
     """One part name per row of ``table`` for the split described by ``spec`` (cfg.split as a dict)."""
     name = spec.get("name")
     if name not in SPLIT_NAMES:
@@ -125,9 +123,7 @@ def _check_parts(parts: pd.Series, table: pd.DataFrame, name: str, required_clas
     for part in PARTS:
         labels = set(table.loc[parts == part, "label"].tolist())
         if not labels:
-            raise ConfigError(
-                f"split={name}: part '{part}' would be empty (dataset too small for this split?)"
-            )
+            raise ConfigError(f"split={name}: part '{part}' would be empty (dataset too small for this split?)")
         missing = [CLASS_NAMES[c] for c in required_classes if c not in labels]
         if missing:
             raise ConfigError(

@@ -278,9 +278,7 @@ def generate(
         n_lesions = 0
         if meta["label"] > 0:
             n_lesions = 2 if meta["subtype"] == "multiple osteochondromas" and rng.random() < 0.5 else 1
-        pixels, polygons = render_radiograph(
-            rng, width, height, meta["label"], n_lesions, ACQUISITION[meta["center"]]
-        )
+        pixels, polygons = render_radiograph(rng, width, height, meta["label"], n_lesions, ACQUISITION[meta["center"]])
         Image.fromarray(pixels).save(out / IMAGES_DIR / image_id, quality=90)
         if meta["label"] > 0:
             (out / ANNOTATIONS_DIR / f"{image_id.rsplit('.', 1)[0]}.json").write_bytes(
