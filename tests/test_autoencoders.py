@@ -44,6 +44,17 @@ def test_full_size_shapes_bounds_and_compression(cls) -> None:
     )
 
 
+@pytest.mark.parametrize("cls", [ResidualAutoencoder, AttentionAutoencoder])
+def test_untrained_output_is_not_saturated(cls) -> None:
+    """Un-normalised pre-activation sums once drove B's sigmoid 99% into saturation: no gradient."""
+    torch.manual_seed(0)
+    model = cls(base_channels=16, image_size=128).train()
+    with torch.no_grad():
+        x_hat, z = model(torch.rand(4, 1, 128, 128))
+    assert float((x_hat - 0.5).abs().gt(0.49).float().mean()) < 0.05
+    assert float(z.std()) < 10
+
+
 def test_blocks() -> None:
     block = PreActResidualBlock(8, 16, stride=2)
     assert isinstance(block.shortcut, torch.nn.Conv2d)

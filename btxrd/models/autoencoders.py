@@ -2,9 +2,9 @@
 
 256 x 256 x 1 -> latent 16 x 16 x 16 (16x compression) -> 256 x 256 x 1 in [0, 1].
 Encoder: stem Conv7x7/1-BN-ReLU, four stages of two blocks (the first of each stride 2):
-base -> 2base -> 4base -> 8base, then a 1x1 conv to the latent channels. Decoder mirrors it:
-each stage starts with bilinear x2 upsampling + 1x1 conv, then two blocks; a final Conv7x7 to
-one channel and a sigmoid. Variant C puts CBAM after every block: 8 + 8 = 16 modules.
+base -> 2base -> 4base -> 8base, then BN-ReLU and a 1x1 conv to the latent channels. Decoder
+mirrors it: each stage starts with bilinear x2 upsampling + 1x1 conv, then two blocks; BN-ReLU,
+a final Conv7x7 to one channel and a sigmoid. Variant C puts CBAM after every block: 8 + 8 = 16 modules.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ class ResidualAutoencoder(nn.Module):
         for width in widths:
             stages.append(_stage(self.block, previous, width, stride=2))
             previous = width
-        stages.append(nn.Conv2d(previous, latent_channels, 1))
+        # Pre-activation blocks leave their sum un-normalised (its variance grows block by block):
+        # BN-ReLU before each projection, as pre-activation ResNets end with, keeps the latent and
+        # the output in range (without it the sigmoid starts 99% saturated and variant B barely learns).
+        stages += [nn.BatchNorm2d(previous), nn.ReLU(inplace=False), nn.Conv2d(previous, latent_channels, 1)]
         self.encoder = nn.Sequential(*stages)
         decoder: list[nn.Module] = []
         previous = latent_channels
@@ -52,7 +55,8 @@ class ResidualAutoencoder(nn.Module):
                 self.block(width, width, 1),
             ))  # fmt: skip
             previous = width
-        decoder += [nn.Conv2d(previous, in_channels, 7, padding=3), nn.Sigmoid()]
+        decoder += [nn.BatchNorm2d(previous), nn.ReLU(inplace=False), nn.Conv2d(previous, in_channels, 7, padding=3),
+                    nn.Sigmoid()]  # fmt: skip
         self.decoder = nn.Sequential(*decoder)
         self._init_weights()
 
@@ -65,6 +69,8 @@ class ResidualAutoencoder(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        # The output conv feeds a sigmoid, not a ReLU: unit-gain fan-in init keeps it unsaturated.
+        nn.init.kaiming_normal_(self.decoder[-2].weight, mode="fan_in", nonlinearity="linear")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
