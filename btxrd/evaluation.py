@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from btxrd.cam.explain import explain_rows
-from btxrd.data.cache import cache_images, canvas_size
+from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages
 from btxrd.data.reader import load_dataset
 from btxrd.data.schema import CLASS_NAMES
@@ -126,9 +126,7 @@ def evaluate_checkpoint(
     model.to(device)
     settings = eval_settings(config)
     image_size = int(config["model"]["image_size"])
-    canvas = canvas_size(image_size, float(config["data"]["canvas_scale"]))
-    cache = cache_images(table, canvas, cache_dir or config["data"]["cache_dir"],
-                         preprocess=config["data"]["preprocess"], workers=threads)  # fmt: skip
+    cache = cache_for(table, image_size, config["data"], cache_dir, workers=threads)
     dataset = BTXRDImages(rows, cache, image_size, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=int(config["train"]["eval_batch_size"]), shuffle=False)
 

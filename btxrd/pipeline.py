@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from btxrd.cam.explain import explain_rows
 from btxrd.config import config_hash, to_dict
-from btxrd.data.cache import cache_images, canvas_size
+from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
 from btxrd.data.reader import load_dataset, with_annotations
 from btxrd.data.schema import CLASS_NAMES
@@ -95,9 +95,12 @@ def select_device(setting: str, job_num: int) -> torch.device:
     return device
 
 
-def threads_per_job(setting: Any, n_jobs: int) -> int:
-    """``auto``: the job's share of the cores, so n_jobs x threads never exceeds them."""
+def threads_per_job(setting: Any, n_jobs: int, cpus_per_job: int | None = None) -> int:
+    """``auto``: the job's share of the cores, so n_jobs x threads never exceeds them
+    (or the CPUs the launcher gave the job, when it says)."""
     if setting == "auto":
+        if cpus_per_job:
+            return max(1, min(cpus_per_job, available_cores()))
         return max(1, available_cores() // max(1, n_jobs))
     return max(1, int(setting))
 
@@ -179,6 +182,7 @@ def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
         "sweep_dir": ctx.sweep_dir,
         "job_num": str(ctx.job_num),
         "overrides": " ".join(ctx.overrides),
+        "trial_params": " ".join(f"{k}={v}" for k, v in ctx.trial_params.items()),
         "output_dir": str(ctx.output_dir),
         "mlflow.source.git.commit": git_commit(cfg.paths.root),
     }
@@ -297,7 +301,7 @@ def _train(
     out_dir = ctx.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(str(cfg.train.device), ctx.job_num)
-    threads = threads_per_job(cfg.train.num_threads, ctx.n_jobs)
+    threads = threads_per_job(cfg.train.num_threads, ctx.n_jobs, ctx.cpus_per_job)
     torch.set_num_threads(threads)
     seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
     if logger.tracker is not None and resume is None:
@@ -318,8 +322,7 @@ def _train(
     image_size = int(cfg.model.image_size)
     if image_size < 32:
         raise ConfigError(f"model.image_size={image_size} is too small: the networks downsample 32x (use >= 32)")
-    canvas = canvas_size(image_size, float(cfg.data.canvas_scale))
-    cache = cache_images(table, canvas, cfg.data.cache_dir, preprocess=str(cfg.data.preprocess), workers=threads)
+    cache = cache_for(table, image_size, cfg.data, workers=threads)
     crop = CropSettings(float(cfg.data.crop_min_scale), float(cfg.data.crop_max_scale), bool(cfg.data.hflip))
     rows = {part: table[parts == part].reset_index(drop=True) for part in ("train", "val", "test")}
     if task == "reconstruct" and cfg.reconstruct.normal_only:

@@ -7,20 +7,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from btxrd.data import cache as cache_module
 from btxrd.data.annotations import rasterise
-from btxrd.data.cache import cache_images, letterbox
+from btxrd.data.cache import Preprocess, cache_for, cache_images, letterbox
 from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window, lesions_in_input
 from btxrd.data.reader import load_dataset
+from btxrd.errors import DataError
 
 from .conftest import PROJECT_ROOT
+from .helpers import compose_config
 
 
-def test_cached_image_equals_a_fresh_decode(synth_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source_size", [None, 144], ids=["decoded", "resized-from-source"])
+def test_cached_image_equals_a_fresh_decode(synth_root: Path, tmp_path: Path, source_size: int | None) -> None:
     table = load_dataset(synth_root)
-    cache = cache_images(table, 96, tmp_path)
+    cache = cache_images(table, 96, tmp_path, source_size=source_size)
     for i in (0, 50, len(table) - 1):  # includes a .jpg image
         with Image.open(table["path"].iat[i]) as img:
             w, h = img.size
@@ -28,18 +33,20 @@ def test_cached_image_equals_a_fresh_decode(synth_root: Path, tmp_path: Path) ->
             fresh = np.asarray(img.convert("L").resize((round(w * f), round(h * f)), Image.Resampling.BILINEAR))
         ox, oy = (int(v) for v in cache.offset[i])
         stored = cache.pixels[i, oy : oy + fresh.shape[0], ox : ox + fresh.shape[1]].astype(int)
+        assert tuple(cache.extent[i]) == (fresh.shape[1], fresh.shape[0])
         assert np.abs(stored - fresh).mean() < 3.0  # JPEG draft decoding differs only slightly
         assert cache.pixels[i].sum() == stored.sum()  # letterbox borders stay black
 
 
-def test_lesion_boxes_land_on_the_same_pixels(synth_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("source_size", [None, 192], ids=["decoded", "resized-from-source"])
+def test_lesion_boxes_land_on_the_same_pixels(synth_root: Path, tmp_path: Path, source_size: int | None) -> None:
     table = load_dataset(synth_root)
     tumours = table[table["label"] > 0].head(5).reset_index(drop=True)
-    cache = cache_images(table, 128, tmp_path)
+    cache = cache_images(table, 128, tmp_path, source_size=source_size)
     boxes, masks = lesions_in_input(tumours, cache, 128)
     for i, row in tumours.iterrows():
         full = rasterise(row["boxes"], row["polygons"], (row["width"], row["height"]))
-        canvas, scale, offset = letterbox(row["path"], 128)
+        canvas, scale, offset, _ = letterbox(row["path"], 128)
         warped = np.asarray(Image.fromarray(full * 255).resize((round(row["width"] * scale[0]),
                                                                  round(row["height"] * scale[1]))))  # fmt: skip
         expected = np.zeros((128, 128), dtype=bool)
@@ -72,8 +79,50 @@ def test_two_processes_build_the_cache_once(synth_root: Path, tmp_path: Path) ->
                               text=True, cwd=PROJECT_ROOT) for _ in range(2)]  # fmt: skip
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all("rows 160" in out for out in outputs), outputs
-    assert sum("building image cache" in out for out in outputs) == 1
-    assert len(list(tmp_path.glob("*.npy"))) == 1
+    # Two files (the decoded source and the 112 px canvas resized from it), each built once.
+    assert sum(out.count("building image cache") for out in outputs) == 2
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_a_sweep_over_input_sizes_decodes_each_image_once(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = load_dataset(synth_root)
+    decoded = []
+    real_letterbox = cache_module.letterbox
+    monkeypatch.setattr(cache_module, "letterbox", lambda path, *a: decoded.append(path) or real_letterbox(path, *a))
+    caches = [cache_images(table, size, tmp_path, source_size=160) for size in (74, 96, 128, 96)]
+    assert len(decoded) == len(table) and set(decoded) == set(table["path"])
+    assert [c.size for c in caches] == [74, 96, 128, 96] and caches[1].path == caches[3].path
+    assert all("_from160" in c.path.name for c in caches)
+    cache_images(table, 192, tmp_path, source_size=160)  # larger than the source: decoded at its own size
+    assert len(decoded) == 2 * len(table)
+
+
+def test_clahe_is_applied_once_to_the_image_not_the_border(synth_root: Path, tmp_path: Path) -> None:
+    import cv2
+
+    table = load_dataset(synth_root)
+    plain = cache_images(table, 128, tmp_path, source_size=None)
+    enhanced = cache_images(table, 128, tmp_path, Preprocess("clahe", clip_limit=3.0, tiles=4), source_size=None)
+    assert enhanced.path != plain.path and "clahe3x4" in enhanced.path.name
+    for i in (0, 7):
+        canvas, scale, offset, (w, h) = letterbox(table["path"].iat[i], 128)
+        ox, oy = int(offset[0]), int(offset[1])
+        region = canvas[oy : oy + h, ox : ox + w]
+        expected = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(4, 4)).apply(region)
+        assert np.array_equal(enhanced.pixels[i, oy : oy + h, ox : ox + w], expected)
+        assert enhanced.pixels[i].sum() == expected.astype(int).sum()  # the black border is left alone
+    assert enhanced.pixels[:20].std() > plain.pixels[:20].std()
+
+
+def test_preprocessing_comes_from_the_data_config(synth_root: Path, tmp_path: Path) -> None:
+    cfg = compose_config([f"data.cache_dir={tmp_path}", "data.preprocess=clahe", "data.clahe.tiles=2"])
+    cache = cache_for(load_dataset(synth_root), 64, cfg.data, workers=1)
+    assert cache.size == round(64 * cfg.data.canvas_scale)
+    assert cache.path.name.endswith(f"_clahe2x2_from{cfg.data.cache_source_size}.npy")
+    with pytest.raises(DataError, match=r"data.preprocess='gamma' is not supported; choose one of \('none', 'clahe'\)"):
+        Preprocess("gamma")
 
 
 def test_lesion_crops_keep_the_lesion_and_share_the_scale_distribution() -> None:

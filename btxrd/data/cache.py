@@ -3,12 +3,16 @@
 Decoding a full-size radiograph costs ~25 ms per core; an epoch of BTXRD would
 spend most of its time in JPEG decoding. Here each image is decoded once (JPEG
 draft mode to the smallest DCT scale still larger than needed, grayscale),
-resized keeping its aspect ratio and centred on a square canvas, and stored in
-``<cache_dir>/<fingerprint>_<size>_<preprocess>.u8``. The fingerprint covers the
-image files (name, size, mtime), so a changed dataset gets a new cache. A file
-lock makes concurrent jobs of a sweep build it once: one builds, the others wait
-and reuse. Writing it ourselves rather than using a generic cache library keeps
-the whole data set as one mmap that every loader worker shares without copies.
+resized keeping its aspect ratio, optionally contrast-enhanced (CLAHE, OpenCV),
+and centred on a square canvas of the *source* size (``data.cache_source_size``).
+Every smaller canvas any run asks for is resized from that source file, so a sweep
+over several input sizes decodes each JPEG once in total; a larger one is decoded
+directly. Files: ``<cache_dir>/<fingerprint>_<size>_<preprocess>[_from<source>].npy``
+plus a JSON of geometry. The fingerprint covers the image files (name, size, mtime),
+so a changed dataset gets a new cache. A file lock makes concurrent jobs of a sweep
+build each file once: one builds, the others wait and reuse. Written here rather
+than with a generic cache library because the whole data set stays one mmap that
+every loader worker shares without copies.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,8 +36,35 @@ from btxrd.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
-PREPROCESS = ("none",)
+CACHE_VERSION = 2
+PREPROCESS = ("none", "clahe")
+DEFAULT_SOURCE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Contrast enhancement applied once, when an image is decoded into the cache."""
+
+    name: str = "none"  # none | clahe
+    clip_limit: float = 2.0  # CLAHE: contrast limit per tile (OpenCV's clipLimit)
+    tiles: int = 8  # CLAHE: the image is split into tiles x tiles regions
+
+    def __post_init__(self) -> None:
+        if self.name not in PREPROCESS:
+            raise DataError(f"data.preprocess={self.name!r} is not supported; choose one of {PREPROCESS}")
+        if self.name == "clahe" and (self.clip_limit <= 0 or self.tiles < 1):
+            raise DataError(f"data.clahe: clip_limit must be > 0 and tiles >= 1 (got {self.clip_limit}, {self.tiles})")
+
+    @property
+    def key(self) -> str:
+        return "none" if self.name == "none" else f"clahe{self.clip_limit:g}x{self.tiles}"
+
+    def __call__(self, gray: np.ndarray) -> np.ndarray:
+        if self.name == "none":
+            return gray
+        import cv2  # OpenCV's CLAHE, the field's reference implementation; imported only when used
+
+        return cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tiles, self.tiles)).apply(gray)
 
 
 @dataclass(frozen=True)
@@ -42,6 +75,7 @@ class ImageCache:
     image_ids: tuple[str, ...]
     scale: np.ndarray  # (N, 2): x, y scale from original pixels to canvas
     offset: np.ndarray  # (N, 2): x, y offset of the image on the canvas
+    extent: np.ndarray  # (N, 2): width, height of the image on the canvas (pixels)
     size: int
     path: Path
 
@@ -63,70 +97,140 @@ def fingerprint(table: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def letterbox(path: str | Path, size: int) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+# canvas, (x, y) scale and (x, y) offset from original pixels to the canvas, (width, height) on it
+Geometry = tuple[np.ndarray, tuple[float, float], tuple[float, float], tuple[int, int]]
+
+
+def _fitted(width: float, height: float, size: int) -> tuple[int, int]:
+    factor = size / max(width, height)
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def _placed(image: np.ndarray, size: int, original: tuple[float, float]) -> Geometry:
+    """``image`` centred on a black ``size`` square, with the geometry from the original pixels."""
+    new_h, new_w = image.shape
+    canvas = np.zeros((size, size), dtype=np.uint8)
+    ox, oy = (size - new_w) // 2, (size - new_h) // 2
+    canvas[oy : oy + new_h, ox : ox + new_w] = image
+    return canvas, (new_w / original[0], new_h / original[1]), (float(ox), float(oy)), (new_w, new_h)
+
+
+def letterbox(path: str | Path, size: int, preprocess: Preprocess = Preprocess()) -> Geometry:
     """Decode one image to grayscale and fit it, aspect kept, centred on a ``size`` square."""
     with Image.open(path) as img:
         width, height = img.size
-        factor = size / max(width, height)
-        new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
+        new_w, new_h = _fitted(width, height, size)
         img.draft("L", (new_w, new_h))  # JPEG: decode at the smallest DCT scale >= target
         gray = img.convert("L")
         resized = gray.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    canvas = np.zeros((size, size), dtype=np.uint8)
-    ox, oy = (size - new_w) // 2, (size - new_h) // 2
-    canvas[oy : oy + new_h, ox : ox + new_w] = np.asarray(resized)
-    return canvas, (new_w / width, new_h / height), (float(ox), float(oy))
+    return _placed(preprocess(np.asarray(resized)), size, (width, height))  # CLAHE on the image, not the padding
 
 
-def _build(table: pd.DataFrame, size: int, data_path: Path, meta_path: Path, workers: int) -> None:
-    n = len(table)
+def _build(n: int, size: int, make: Callable[[int], Geometry], data_path: Path, meta_path: Path, workers: int,
+           image_ids: list[str], describe: Callable[[int], str]) -> None:  # fmt: skip
     tmp_data = data_path.with_suffix(".u8.tmp")
     pixels = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.uint8, shape=(n, size, size))
-    scale = np.zeros((n, 2))
-    offset = np.zeros((n, 2))
+    scale, offset, extent = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2), dtype=int)
 
     def work(i: int) -> str | None:
         try:
-            pixels[i], scale[i], offset[i] = letterbox(table["path"].iat[i], size)
+            pixels[i], scale[i], offset[i], extent[i] = make(i)
         except (OSError, ValueError, SyntaxError) as exc:
-            return f"{table['path'].iat[i]} ({exc})"
+            return f"{describe(i)} ({exc})"
         return None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow and OpenCV release the GIL
         failures = [f for f in pool.map(work, range(n), chunksize=16) if f]
     if failures:
         tmp_data.unlink(missing_ok=True)
         raise DataError(f"cannot decode {len(failures)} image(s): {', '.join(failures[:5])}")
     pixels.flush()
     os.replace(tmp_data, data_path)
-    meta = {"image_ids": table["image_id"].tolist(), "scale": scale.tolist(), "offset": offset.tolist(), "size": size}
+    meta = {"image_ids": image_ids, "scale": scale.tolist(), "offset": offset.tolist(), "extent": extent.tolist(),
+            "size": size}  # fmt: skip
     tmp_meta = meta_path.with_suffix(".json.tmp")
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, meta_path)  # the metadata file marks the cache complete
 
 
-def cache_images(
-    table: pd.DataFrame, size: int, cache_dir: str | Path, preprocess: str = "none", workers: int | None = None
-) -> ImageCache:
-    """The cache for ``table`` at canvas ``size``; built (once, under a lock) if missing."""
-    if preprocess not in PREPROCESS:
-        raise DataError(f"data.preprocess={preprocess!r} is not supported; choose one of {PREPROCESS}")
-    cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{fingerprint(table)}_{size}_{preprocess}"
+def _cached(cache_dir: Path, stem: str, image_ids: list[str], build: Callable[[Path, Path], None]) -> ImageCache:
+    """Open ``stem``'s cache, building it first under its lock if it is not complete."""
     data_path, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
     with FileLock(str(cache_dir / f"{stem}.lock")):
         if not meta_path.is_file():
-            log.info("building image cache %s (%d images, %d px)", data_path, len(table), size)
-            _build(table, size, data_path, meta_path, workers or max(1, os.cpu_count() or 1))
+            build(data_path, meta_path)
     meta = json.loads(meta_path.read_text())
-    if meta["image_ids"] != table["image_id"].tolist():
+    if meta["image_ids"] != image_ids:
         raise DataError(f"image cache {meta_path} does not match the dataset; delete it and run again")
     return ImageCache(
         pixels=np.load(data_path, mmap_mode="r"),
         image_ids=tuple(meta["image_ids"]),
         scale=np.asarray(meta["scale"]),
         offset=np.asarray(meta["offset"]),
+        extent=np.asarray(meta["extent"], dtype=int),
         size=int(meta["size"]),
         path=data_path,
     )
+
+
+def _resized(source: ImageCache, i: int, size: int) -> Geometry:
+    """Image ``i`` of the source cache letterboxed at ``size``, exactly as a fresh decode would place it."""
+    (ox, oy), (ew, eh) = source.offset[i].astype(int), source.extent[i]
+    original = (ew / source.scale[i][0], eh / source.scale[i][1])
+    region = Image.fromarray(np.asarray(source.pixels[i, oy : oy + eh, ox : ox + ew]))
+    resized = region.resize(_fitted(*original, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return _placed(np.asarray(resized), size, original)  # the source is already preprocessed
+
+
+def cache_images(
+    table: pd.DataFrame,
+    size: int,
+    cache_dir: str | Path,
+    preprocess: Preprocess | str = "none",
+    workers: int | None = None,
+    source_size: int | None = DEFAULT_SOURCE_SIZE,
+) -> ImageCache:
+    """The cache for ``table`` at canvas ``size``; built (once, under a lock) if missing.
+
+    Sizes below ``source_size`` are resized from the source cache (decoded once for all sizes);
+    ``source_size=None`` decodes every size directly.
+    """
+    preprocess = preprocess if isinstance(preprocess, Preprocess) else Preprocess(str(preprocess))
+    cache_dir = Path(cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or max(1, os.cpu_count() or 1)
+    image_ids = table["image_id"].tolist()
+    prefix = f"{fingerprint(table)}_"
+
+    def decoded(at: int) -> ImageCache:
+        def build(data_path: Path, meta_path: Path) -> None:
+            log.info("building image cache %s (%d images, %d px, decoding)", data_path, len(table), at)
+            paths = table["path"].tolist()
+            _build(len(table), at, lambda i: letterbox(paths[i], at, preprocess), data_path, meta_path, workers,
+                   image_ids, lambda i: str(paths[i]))  # fmt: skip
+
+        return _cached(cache_dir, f"{prefix}{at}_{preprocess.key}", image_ids, build)
+
+    if not source_size or size >= source_size:
+        return decoded(size)
+    source = decoded(source_size)
+
+    def build(data_path: Path, meta_path: Path) -> None:
+        log.info("building image cache %s (%d px, resized from %s)", data_path, size, source.path.name)
+        _build(len(table), size, lambda i: _resized(source, i, size), data_path, meta_path, workers, image_ids,
+               lambda i: f"{source.path}[{i}]")  # fmt: skip
+
+    return _cached(cache_dir, f"{prefix}{size}_{preprocess.key}_from{source_size}", image_ids, build)
+
+
+def cache_for(
+    table: pd.DataFrame, image_size: int, data: Mapping[str, Any], cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> ImageCache:  # fmt: skip
+    """The cache a run's ``data`` settings ask for, for model input ``image_size``."""
+    clahe = data.get("clahe") or {}
+    preprocess = Preprocess(str(data.get("preprocess", "none")), float(clahe.get("clip_limit", 2.0)),
+                            int(clahe.get("tiles", 8)))  # fmt: skip
+    canvas = canvas_size(image_size, float(data["canvas_scale"]))
+    source = data.get("cache_source_size", DEFAULT_SOURCE_SIZE)
+    return cache_images(table, canvas, cache_dir or data["cache_dir"], preprocess, workers, source and int(source))
