@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 DEMO_N ?= 480
+MLFLOW_PORT ?= 5000
 
-.PHONY: help venv test demo demo-data bench clean clean-all
+.PHONY: help venv postgres test test-integration demo demo-data bench mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +24,21 @@ test: venv  ## run the linter and the test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+# PostgreSQL's server binaries (Debian's postgresql package), installed when missing.
+POSTGRES_INITDB := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postgresql/*/bin/initdb))
+
+postgres:
+	@if [ -z "$(POSTGRES_INITDB)" ]; then \
+	  echo "installing PostgreSQL (Debian package postgresql)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; fi
+
+test-integration: venv postgres  ## PostgreSQL + MLflow server, submitit and Optuna sweeps, end to end
+	$(PY) -m pytest -m integration
+
+mlflow-server: venv postgres  ## a shared MLflow server on 127.0.0.1:5000 (PostgreSQL store in .mlflow-server/)
+	$(PY) -m btxrd.tracking.server --dir .mlflow-server --port $(MLFLOW_PORT)
+
 $(DEMO_DATA)/dataset.xlsx: | venv
 	$(PY) -m btxrd.data synth $(DEMO_DATA) --n $(DEMO_N) --seed 0 --size 192
 
@@ -31,7 +47,7 @@ demo-data: $(DEMO_DATA)/dataset.xlsx  ## generate the synthetic demo dataset (da
 demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run grid into MLflow
 	$(PY) -m btxrd.data check $(DEMO_DATA)
 	$(PY) train.py -m experiment=demo data.root=$(abspath $(DEMO_DATA)) \
-	  model=b0,b3,resnet50_cbam split=stratified,center annotations=on,off
+	  model=b0,b3,resnet50_cbam split=stratified,center annotations=on,off hydra.launcher.n_jobs=2
 	@echo
 	@echo "Done. See the runs side by side:  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000"
 	@echo "then open http://127.0.0.1:5000 (experiment 'btxrd'; the sweep is one parent run with 12 children)."

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from btxrd.cli import run_cli
 from btxrd.errors import ConfigError
@@ -56,6 +57,7 @@ def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
         }
         for key in (*CLASSIFY_COLUMNS, *RECONSTRUCT_COLUMNS):
             row[key] = metrics.get(key, math.nan)
+        row["params"] = tags.get("trial_params", "")  # the values a search (Optuna) picked
         row["epochs"] = metrics.get("epochs_run", math.nan)
         row["minutes"] = round((end - run.info.start_time) / 60000, 2)
         row["error"] = tags.get("error", "").splitlines()[0][:200] if tags.get("error") else ""
@@ -64,7 +66,7 @@ def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
         row["run_id"] = run.info.run_id
         rows.append(row)
     columns = ["job", "run", "model", "split", "annotations", "task", "status", *CLASSIFY_COLUMNS,
-               *RECONSTRUCT_COLUMNS, "epochs", "minutes", "error", "run_id"]  # fmt: skip
+               *RECONSTRUCT_COLUMNS, "params", "epochs", "minutes", "error", "run_id"]  # fmt: skip
     return pd.DataFrame(rows, columns=columns).sort_values("job").reset_index(drop=True)
 
 
@@ -72,10 +74,12 @@ def to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table of the report (metric columns that are empty for every job are left out)."""
     metric_names = {**CLASSIFY_COLUMNS, **RECONSTRUCT_COLUMNS}
     shown = [c for c in metric_names if c in table and table[c].notna().any()]
-    headers = ["job", "run", "status", *[metric_names[c] for c in shown], "epochs", "minutes", "error"]
+    searched = bool(table["params"].fillna("").astype(bool).any())
+    headers = ["job", "run", "status", *(["params"] if searched else []), *[metric_names[c] for c in shown]]
+    headers += ["epochs", "minutes", "error"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
-        cells = [str(row["job"]), row["run"], row["status"]]
+        cells = [str(row["job"]), row["run"], row["status"], *([row["params"]] if searched else [])]
         cells += ["" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in shown]
         cells += ["" if pd.isna(row["epochs"]) else str(int(row["epochs"])), f"{row['minutes']:.1f}", row["error"]]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
@@ -119,8 +123,16 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path) -> pd.Da
     markdown = to_markdown(table)
     if table["task"].eq("classify").any():
         markdown += "\n" + PUBLISHED
-    (out_dir / "sweep_report.md").write_text(markdown)
     paths = [out_dir / "sweep_report.csv", out_dir / "sweep_report.md"]
+    search = out_dir / "optimization_results.yaml"  # written by the Optuna sweeper when it ends
+    if search.is_file():
+        best = OmegaConf.to_container(OmegaConf.load(search))
+        if "best_value" in best:
+            params = " ".join(f"{k}={v}" for k, v in best["best_params"].items())
+            tracker.set_tags(parent_id, {"best_value": str(best["best_value"]), "best_params": params})
+            markdown = f"Search result: best value {best['best_value']:.4f} with {params}\n\n" + markdown
+        paths.append(search)
+    (out_dir / "sweep_report.md").write_text(markdown)
     if len(table):
         paths.append(plot_report(table, out_dir / "sweep_report.png"))
     for path in paths:

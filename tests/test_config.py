@@ -62,3 +62,76 @@ def test_unknown_group_option_is_refused(tmp_path) -> None:
     result = run_script("train.py", ["model=vgg19", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
     assert result.returncode != 0
     assert "Could not find 'model/vgg19'" in result.stderr
+
+
+def compose_with_hydra(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from btxrd.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=True)
+
+
+def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:
+    cfg = compose_with_hydra(["experiment=demo"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 1
+    for launcher in ("local", "slurm"):  # no joblib keys left at the top level to clash with
+        assert "n_jobs" not in compose_with_hydra(["experiment=demo", f"hydra/launcher={launcher}"]).hydra.launcher
+
+
+def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm is not here: compose the preset, run the launcher up to submission, render its sbatch file."""
+    import os
+
+    import submitit
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    fake_bin = tmp_path / "bin"  # submitit only checks that srun exists
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                              "hydra.launcher.timeout_min=90", "hydra.launcher.setup=[module load cuda]",
+                              f"hydra.sweep.dir={tmp_path / 'sweep'}"])  # fmt: skip
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.name = "train"
+    launcher = instantiate(cfg.hydra.launcher)
+    launcher.config = cfg
+    submitted = {}
+
+    def capture(executor, function, *arguments):
+        submitted["executor"], submitted["overrides"] = executor, arguments[0]
+        return []
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", capture)
+    launcher.launch([["model=b0"], ["model=b3"]], initial_job_idx=0)
+    assert submitted["overrides"] == (["model=b0"], ["model=b3"])
+    slurm = submitted["executor"]._executor
+    assert slurm.max_num_timeout == 2
+    script = slurm._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --job-name=train",
+                 f"#SBATCH --output={tmp_path / 'sweep'}/.submitit/%j/%j_0_log.out", "module load cuda"):  # fmt: skip
+        assert line in script, line
+
+
+def test_jobs_get_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from btxrd import pipeline
+    from btxrd.sweep.context import concurrent_jobs
+
+    monkeypatch.setattr(pipeline, "available_cores", lambda: 8)
+    pool = compose_with_hydra(["hydra.launcher.n_jobs=2"]).hydra.launcher
+    slurm = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"]).hydra.launcher
+    local = compose_with_hydra(["hydra/launcher=local"]).hydra.launcher
+    assert concurrent_jobs(pool) == (2, None) and pipeline.threads_per_job("auto", 2) == 4
+    assert concurrent_jobs(slurm) == (1, 6) and pipeline.threads_per_job("auto", 1, 6) == 6
+    assert concurrent_jobs(local) == (1, 1) and pipeline.threads_per_job("auto", 1, 1) == 1
+    assert pipeline.threads_per_job("auto", 1, 64) == 8  # never more than the machine has
+    assert concurrent_jobs(OmegaConf.create({"n_jobs": -1}))[0] >= 1

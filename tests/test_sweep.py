@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from .helpers import run_script, tiny_overrides
 
@@ -44,6 +45,10 @@ def test_multirun_2x2_with_4_jobs_at_once_logs_parent_and_4_finished_children(sy
 
     # The sweep report: one row per job, written to the sweep folder and logged to the parent.
     sweep_dir = Path(parents[0].data.tags["sweep_dir"])
+    # The parent id reached each job through its own Hydra config (hydra.job.env_set), not inheritance.
+    job_hydra = OmegaConf.load(sweep_dir / "0" / ".hydra" / "hydra.yaml").hydra
+    assert job_hydra.job.env_set.BTXRD_PARENT_RUN_ID == parents[0].info.run_id
+    assert job_hydra.job.env_set.BTXRD_TRACKING_URI == f"sqlite:///{tmp_path / 'mlflow.db'}"
     report = pd.read_csv(sweep_dir / "sweep_report.csv")
     assert len(report) == 4 and set(report["status"]) == {"FINISHED"}
     by_run = {c.info.run_id: c for c in children}

@@ -2,7 +2,11 @@
 
 Parallel workers opening a fresh SQLite database corrupt it (table creation
 races), so the launching process creates the database, the experiment and the
-parent run in ``on_multirun_start`` and hands the parent id to the jobs through
+parent run in ``on_multirun_start``. The parent id and tracking URI reach the jobs
+as environment variables set by Hydra itself (``hydra.job.env_set``), added to the
+master config's hydra overrides, which every launcher re-applies when it composes a
+job's config in its worker: joblib processes, submitit's local processes and Slurm
+nodes alike, with no reliance on inherited environments. The variable is
 ``BTXRD_PARENT_RUN_ID`` (not MLFLOW_RUN_ID, which would override it). Hydra
 skips ``on_multirun_end`` when a job fails, so the parent is also closed from an
 ``atexit`` hook: FAILED if any child failed or never closed, else FINISHED.
@@ -12,19 +16,32 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from btxrd.report import write_report
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, tracker_for
 from btxrd.tracking.mlflow_store import active_statuses
 
 log = logging.getLogger(__name__)
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value that parses back to ``value`` (backslashes are escaped only before a quote)."""
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
+def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
+    """Set environment variables in every job of this multirun, wherever the launcher runs it."""
+    overrides = [f"++hydra.job.env_set.{name}={_quoted(value)}" for name, value in env.items()]
+    with read_write(config.hydra):
+        config.hydra.overrides.hydra.extend(overrides)
 
 
 class MLflowSweepCallback(Callback):
@@ -43,8 +60,7 @@ class MLflowSweepCallback(Callback):
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
         )
-        os.environ[PARENT_RUN_ENV] = self.parent_id
-        os.environ[TRACKING_URI_ENV] = uri
+        pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
         atexit.register(self.finish)
         print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)
 
@@ -74,8 +90,6 @@ class MLflowSweepCallback(Callback):
         except Exception as exc:  # the report must never keep the parent run open
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
-        os.environ.pop(PARENT_RUN_ENV, None)
-        os.environ.pop(TRACKING_URI_ENV, None)
         if failed:
             print(f"sweep: {len(failed)} of {len(children)} job(s) failed:", file=sys.stderr)
             for overrides, error in failed:

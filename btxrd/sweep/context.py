@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -14,8 +15,11 @@ class JobContext:
     output_dir: Path = Path("outputs")
     sweep_dir: str = ""
     job_num: int = 0
-    n_jobs: int = 1  # jobs the launcher runs at once
+    n_jobs: int = 1  # jobs the launcher runs at once on this machine
+    cpus_per_job: int | None = None  # submitit: the CPUs each job was given (cpus_per_task)
     multirun: bool = False
+    trial: bool = False  # the sweeper picks values (Optuna): several jobs share their config choices
+    trial_params: dict[str, str] = field(default_factory=dict)  # the values the sweeper picked for this job
 
     task: str = "classify"
 
@@ -26,7 +30,26 @@ class JobContext:
         parts.append(f"ann-{self.choices.get('annotations', '?')}" if self.task == "classify" else self.task)
         if self.choices.get("experiment"):
             parts.insert(0, self.choices["experiment"])
+        if self.trial:
+            parts.append(f"trial {self.job_num}")
         return " | ".join(parts)
+
+
+def concurrent_jobs(launcher: Any) -> tuple[int, int | None]:
+    """(jobs running at once on this machine, CPUs given to each job or None) for a launcher config.
+
+    joblib: ``n_jobs`` (-1 = all cores). submitit: every job has ``cpus_per_task`` CPUs (on Slurm
+    its own allocation; submitit_local starts all jobs at once, so its preset keeps
+    jobs x cpus_per_task within the cores).
+    """
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target:
+        cpus = launcher.get("cpus_per_task")
+        return 1, (int(cpus) if cpus else None)
+    n_jobs = int(launcher.get("n_jobs", 1) or 1)
+    if n_jobs < 0:  # joblib: -1 = all cores
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return n_jobs, None
 
 
 def job_context(task: str = "classify") -> JobContext:
@@ -38,12 +61,12 @@ def job_context(task: str = "classify") -> JobContext:
         return JobContext(output_dir=Path.cwd() / "outputs", task=task)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    n_jobs = 1
-    if multirun:
-        n_jobs = int(hc.launcher.get("n_jobs", 1) or 1)
-        if n_jobs < 0:  # joblib: -1 = all cores
-            n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    n_jobs, cpus_per_job = concurrent_jobs(hc.launcher) if multirun else (1, None)
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    trial = multirun and not str(hc.sweeper.get("_target_", "")).endswith("BasicSweeper")
+    searched = set(hc.sweeper.get("params") or {}) if trial else set()
+    picked = (override.partition("=") for override in hc.overrides.task)
+    trial_params = {key.lstrip("+~"): value for key, _, value in picked if key.lstrip("+~") in searched}
     return JobContext(
         choices=choices,
         overrides=list(hc.overrides.task),
@@ -51,6 +74,9 @@ def job_context(task: str = "classify") -> JobContext:
         sweep_dir=str(Path(hc.sweep.dir).resolve()) if multirun else "",
         job_num=int(hc.job.num) if multirun else 0,
         n_jobs=n_jobs,
+        cpus_per_job=cpus_per_job,
         multirun=multirun,
+        trial=trial,
+        trial_params=trial_params,
         task=task,
     )

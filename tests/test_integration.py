@@ -1,0 +1,118 @@
+"""Beyond one process pool: a PostgreSQL-backed MLflow server, submitit's launcher, an Optuna search.
+
+Run with `make test-integration` (left out of `make test`): they start servers and many processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from btxrd.tracking.server import MlflowServer, tracking_server
+
+from .helpers import run_script, tiny_overrides
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MlflowServer]:
+    # Not pytest's tmp_path: its folders are private to root, and PostgreSQL runs as user postgres.
+    folder = Path(tempfile.mkdtemp(prefix="btxrd-server-"))
+    folder.chmod(0o755)
+    with tracking_server(folder, port=free_port(), pg_port=free_port()) as running:
+        yield running
+    # Stopped by the context manager, whether the tests passed or not.
+    assert running.process is not None and running.process.poll() is not None
+    assert not (folder / "postgres" / "pgdata" / "postmaster.pid").exists()
+
+
+def children_of_single_parent(client: MlflowClient, experiment: str = "btxrd"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgres_server(
+    server: MlflowServer, synth_root: Path, tmp_path: Path
+) -> None:
+    assert server.backend_store_uri.startswith("postgresql://")
+    with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as answer:
+        assert answer.read().strip() == b"OK"
+    args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
+            "hydra.launcher.n_jobs=2", f"tracking.uri={server.uri}"]  # fmt: skip
+    result = run_script("train.py", args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+    client = MlflowClient(server.uri)
+    parent, children = children_of_single_parent(client)
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"demo | b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))  # fmt: skip
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:/")  # served by the server, not a local path
+        assert child.data.params["split.name"] in ("stratified", "center")
+        history = client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert len(history) == 1 and 0 <= history[0].value <= 1
+        assert 0 <= child.data.metrics["test_macro_f1"] <= 1
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.json", "split.csv", "confusion_matrix_test.png", "predictions_test.csv"} <= artifacts
+        checkpoint = Path(client.download_artifacts(child.info.run_id, "checkpoints/best.pt", str(tmp_path)))
+        assert checkpoint.stat().st_size > 1_000_000  # b0 weights
+    # The files landed in the server's own artifact folder.
+    stored = list((server.artifacts).rglob("confusion_matrix_test.png"))
+    assert len(stored) == 4
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/sweep_report.csv"}
+
+
+def test_submitit_local_launcher_logs_both_jobs_under_one_parent(synth_root: Path, tmp_path: Path) -> None:
+    args = ["-m", *tiny_overrides(synth_root, tmp_path), "hydra/launcher=local", "annotations=on,off"]
+    result = run_script("train.py", args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == [f"demo | b0 | stratified | ann-{a}" for a in ("off", "on")]
+    assert all(c.info.status == "FINISHED" and "test_macro_f1" in c.data.metrics for c in children)
+    # Each job ran in a process of its own started by submitit (its logs are in the sweep folder),
+    # with the CPUs the preset gives it.
+    sweep_dir = Path(parent.data.tags["sweep_dir"])
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+    assert {c.data.params["runtime.threads"] for c in children} == {"1"}
+    assert os.environ.get("BTXRD_PARENT_RUN_ID") is None  # nothing leaked into this process
+
+
+def test_optuna_search_runs_3_trials_and_reports_the_best(synth_root: Path, tmp_path: Path) -> None:
+    args = ["-m", *tiny_overrides(synth_root, tmp_path), "hparams_search=optuna", "hydra.sweeper.n_trials=3"]
+    result = run_script("train.py", args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    names = sorted(c.info.run_name for c in children)
+    assert names == [f"demo | b0 | stratified | ann-off | trial {n}" for n in range(3)]
+    best_f1 = {c.data.tags["trial_params"]: c.data.metrics["best_val_macro_f1"] for c in children}
+    assert len(best_f1) == 3 and all("train.lr=" in p and "model.dropout=" in p for p in best_f1)
+    # The sweeper's result is the best trial's best validation macro-F1, tagged on the parent.
+    results = OmegaConf.load(Path(parent.data.tags["sweep_dir"]) / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(max(best_f1.values()))
+    assert float(parent.data.tags["best_value"]) == pytest.approx(results.best_value)
+    assert "train.lr=" in parent.data.tags["best_params"]
+    lrs = [float(p.split("train.lr=")[1].split()[0]) for p in best_f1]
+    assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 3e-3 for lr in lrs)
