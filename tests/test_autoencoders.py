@@ -53,6 +53,16 @@ def test_untrained_output_is_not_saturated(cls) -> None:
         x_hat, z = model(torch.rand(4, 1, 128, 128))
     assert float((x_hat - 0.5).abs().gt(0.49).float().mean()) < 0.05
     assert float(z.std()) < 10
+    gates = []  # CBAM's channel gates: once started pinned at 0 or 1 (He fan-out init on a 1-output conv)
+    for module in model.modules():
+        if isinstance(module, CBAM):
+            module.register_forward_hook(lambda m, args, out: gates.append(
+                torch.sigmoid(m.mlp(args[0].mean((2, 3), keepdim=True)) + m.mlp(args[0].amax((2, 3), keepdim=True)))))
+    with torch.no_grad():
+        model(torch.rand(4, 1, 128, 128))
+    if gates:
+        pinned = torch.cat([g.flatten() for g in gates])
+        assert float(((pinned < 0.05) | (pinned > 0.95)).float().mean()) < 0.05
 
 
 def test_blocks() -> None:
@@ -61,7 +71,8 @@ def test_blocks() -> None:
     assert isinstance(PreActResidualBlock(8, 8).shortcut, torch.nn.Identity)
     assert block(torch.randn(2, 8, 32, 32)).shape == (2, 16, 16, 16)
     attention = CBAM(32, reduction=16, kernel_size=7)
-    assert attention.spatial.kernel_size == (7, 7) and attention.mlp[0].out_channels == 2
+    assert attention.spatial.kernel_size == (7, 7) and attention.mlp[0].out_channels == 4  # floor of 4
+    assert CBAM(128, reduction=16).mlp[0].out_channels == 8
     x = torch.randn(2, 32, 8, 8)
     assert attention(x).shape == x.shape
     combined = ResidualBlockWithCBAM(8, 8)

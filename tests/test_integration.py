@@ -6,6 +6,7 @@ Run with `make test-integration` (left out of `make test`): they start servers a
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import urllib.request
@@ -39,6 +40,7 @@ def server() -> Iterator[MlflowServer]:
     # Stopped by the context manager, whether the tests passed or not.
     assert running.process is not None and running.process.poll() is not None
     assert not (folder / "postgres" / "pgdata" / "postmaster.pid").exists()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def children_of_single_parent(client: MlflowClient, experiment: str = "btxrd"):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from btxrd.models.blocks import PreActResidualBlock, ResidualBlockWithCBAM
+from btxrd.models.blocks import CBAM, PreActResidualBlock, ResidualBlockWithCBAM
 from btxrd.models.registry import register_model
 
 
@@ -71,6 +71,9 @@ class ResidualAutoencoder(nn.Module):
                 nn.init.zeros_(module.bias)
         # The output conv feeds a sigmoid, not a ReLU: unit-gain fan-in init keeps it unsaturated.
         nn.init.kaiming_normal_(self.decoder[-2].weight, mode="fan_in", nonlinearity="linear")
+        for module in self.modules():  # attention gates likewise start away from 0 and 1
+            if isinstance(module, CBAM):
+                module.reset_parameters()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

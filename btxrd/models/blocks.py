@@ -35,13 +35,22 @@ class CBAM(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
         super().__init__()
-        hidden = max(1, channels // reduction)
+        # At least 4 hidden units (the default models' narrowest, 64 / 16): a 1-unit bottleneck in
+        # narrow models is one dead ReLU away from freezing the module's channel attention.
+        hidden = max(4, channels // reduction)
         self.mlp = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False),
             nn.ReLU(inplace=False),
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's fan-in default for the gate convs. The He fan-out init of the networks around
+        them gives the squeeze conv (one or a few outputs) weights of std ~1.4: most channel gates
+        then start pinned at 0 or 1, switching whole channels off."""
+        for conv in (*self.mlp[::2], self.spatial):
+            conv.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = torch.mean(x, dim=(2, 3), keepdim=True)
