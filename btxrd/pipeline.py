@@ -7,6 +7,7 @@ silently missing one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,12 +46,15 @@ from btxrd.metrics import plot_confusion_matrix
 from btxrd.models import build_model, list_models, model_task
 from btxrd.models.memory import autoencoder_params
 from btxrd.sweep.context import JobContext, job_context
-from btxrd.tracking import PARENT_RUN_ENV, Tracker, flatten, tracker_for
+from btxrd.tracking import PARENT_RUN_ENV, Tracker, active_statuses, flatten, tracker_for
 
 log = logging.getLogger(__name__)
 
 
-def git_commit(root: str | Path) -> str:
+CODE_ROOT = Path(__file__).resolve().parents[1]  # the project's checkout (an editable install)
+
+
+def git_commit(root: str | Path = CODE_ROOT) -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
@@ -58,6 +62,24 @@ def git_commit(root: str | Path) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def code_version(root: str | Path = CODE_ROOT) -> str:
+    """What a checkpoint was made by: the commit plus a hash of uncommitted changes to tracked
+    files, or the installed package's version outside a git checkout."""
+    commit = git_commit(root)
+    if commit == "unknown":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"btxrd {version('btxrd')}"
+        except PackageNotFoundError:
+            return "unknown"
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=root, capture_output=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return f"{commit}+{hashlib.sha1(diff).hexdigest()[:10]}" if diff else commit
 
 
 def process_start_time() -> float:
@@ -184,23 +206,29 @@ def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
         "overrides": " ".join(ctx.overrides),
         "trial_params": " ".join(f"{k}={v}" for k, v in ctx.trial_params.items()),
         "output_dir": str(ctx.output_dir),
-        "mlflow.source.git.commit": git_commit(cfg.paths.root),
+        "mlflow.source.git.commit": git_commit(),
     }
 
 
-def find_resume(setting: Any, checkpoint_dir: Path) -> dict[str, Any] | None:
-    """The last checkpoint to continue from, per ``train.resume`` (auto | true | false)."""
+def find_resume(setting: Any, checkpoint_dir: Path, version: str) -> tuple[dict[str, Any] | None, str]:
+    """(the last checkpoint per ``train.resume`` (auto | true | false) or None, and a reason not to
+    continue from it). ``auto`` does not continue what other code wrote: same config, but
+    perhaps other weight shapes or meanings."""
     last = checkpoint_dir / "last.pt"
     mode = str(setting).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"train.resume={setting!r}: use auto, true or false")
     if mode == "false":
-        return None
+        return None, ""
     if not last.is_file():
         if mode == "true":
             raise ConfigError(f"train.resume=true: no last checkpoint of this configuration at {last}")
-        return None
-    return load_checkpoint(last)
+        return None, ""
+    state = load_checkpoint(last)
+    written_by = state.get("code_version", "unknown")
+    if mode == "auto" and written_by != version:
+        return state, f"its last checkpoint was written by code version {written_by}, this is {version}"
+    return state, ""
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -229,18 +257,20 @@ def train_task(cfg: DictConfig) -> float:
     except Timeout:
         raise ConfigError(f"another job is training this same configuration right now ({checkpoint_dir})") from None
     try:
-        resume = find_resume(cfg.train.resume, checkpoint_dir)
+        version = code_version()
+        resume, not_resumed = find_resume(cfg.train.resume, checkpoint_dir, version)
+        if not_resumed:
+            log.warning("%s: starting afresh, not resuming: %s (train.resume=true forces it)", ctx.run_name,
+                        not_resumed)  # fmt: skip
+            _close_abandoned(tracker, resume, not_resumed)
+            resume = None
         run_id = None
         if tracker is not None:
-            earlier_id = (resume or {}).get("mlflow_run_id")
-            if earlier_id and tracker.find_run(earlier_id) is not None:
-                run_id = earlier_id
-                tracker.reopen(run_id, {"resumed_from_epoch": resume["epoch"], "output_dir": str(ctx.output_dir)})
-            else:
-                run_id = tracker.start_run(ctx.run_name, tags, parent_id=parent_id)
+            run_id = _resumed_run(tracker, resume, parent_id, ctx) if resume else None
+            run_id = run_id or tracker.start_run(ctx.run_name, tags, parent_id=parent_id)
         logger = _RunLogger(tracker, run_id)
         try:
-            result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume, job_start)
+            result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume, job_start, version)
         except BaseException as exc:
             if tracker is not None:
                 tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
@@ -256,6 +286,28 @@ def train_task(cfg: DictConfig) -> float:
         return result
     finally:
         lock.release()
+
+
+def _close_abandoned(tracker: Tracker | None, state: dict[str, Any], reason: str) -> None:
+    """An interrupted run that will not be continued ends KILLED, saying why (not RUNNING forever)."""
+    earlier = tracker.find_run(state.get("mlflow_run_id") or "") if tracker is not None else None
+    if earlier is not None and earlier.info.status in active_statuses():
+        tracker.set_tags(earlier.info.run_id, {"error": f"interrupted; not resumed: {reason}"})
+        tracker.end_run(earlier.info.run_id, "KILLED")
+
+
+def _resumed_run(tracker: Tracker, resume: dict[str, Any], parent_id: str | None, ctx: JobContext) -> str | None:
+    """The interrupted run a resumed job continues in: reopened, and moved under this sweep's parent
+    (the sweep that finishes it counts it). None when it is gone or in another experiment."""
+    earlier = tracker.find_run(resume.get("mlflow_run_id") or "")
+    if earlier is None or earlier.info.experiment_id != tracker.experiment_id:
+        return None
+    tags = {"resumed_from_epoch": resume["epoch"], "output_dir": str(ctx.output_dir), "job_num": str(ctx.job_num),
+            "sweep_dir": ctx.sweep_dir}  # fmt: skip
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    tracker.reopen(earlier.info.run_id, tags)
+    return earlier.info.run_id
 
 
 def _record_skip(cfg: DictConfig, ctx: JobContext, tracker: Tracker, earlier, tags: dict, parent_id: str | None):
@@ -291,6 +343,7 @@ def _train(
     checkpoint_dir: Path,
     resume: dict[str, Any] | None,
     job_start: float,
+    version: str,
 ) -> float:
     task = str(cfg.task)
     if task not in TASKS:
@@ -347,6 +400,7 @@ def _train(
     settings = train_settings(cfg, config_dict)
     settings.monitor = task_monitor(cfg)
     settings.extra_state["mlflow_run_id"] = logger.run_id or ""
+    settings.extra_state["code_version"] = version
     if task == "classify":
         settings.cam_loss_weight = cam_loss_weight
         settings.mask_dilation = round(float(cfg.annotations.mask_dilation) * image_size)
@@ -357,6 +411,12 @@ def _train(
         if logger.tracker is not None and resume is None:
             logger.tracker.log_params(logger.run_id, autoencoder_params(model, image_size, device))
     if resume is not None:
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError:
+            raise ConfigError(f"train.resume: the last checkpoint in {checkpoint_dir} does not fit this model "
+                              f"(written by code version {resume.get('code_version', 'unknown')}); "
+                              "train.resume=false starts afresh") from None  # fmt: skip
         log.info("%s: resuming after epoch %d from %s", ctx.run_name, resume["epoch"], checkpoint_dir)
     result = fit(model, train_loader, val_loader, settings, device, checkpoint_dir, logger, resume, objective)
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")

@@ -116,5 +116,8 @@ def test_optuna_search_runs_3_trials_and_reports_the_best(synth_root: Path, tmp_
     assert results.best_value == pytest.approx(max(best_f1.values()))
     assert float(parent.data.tags["best_value"]) == pytest.approx(results.best_value)
     assert "train.lr=" in parent.data.tags["best_params"]
+    report = (Path(parent.data.tags["sweep_dir"]) / "sweep_report.md").read_text()
+    assert report.startswith(f"Search result: best value {results.best_value:.4f} with ")
+    assert "| job | run | status | params |" in report
     lrs = [float(p.split("train.lr=")[1].split()[0]) for p in best_f1]
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 3e-3 for lr in lrs)

@@ -144,3 +144,55 @@ def test_a_skipped_job_returns_the_earlier_best_value(synth_root: Path, tmp_path
     first = train_task(cfg)
     assert train_task(cfg) == first  # the value Hydra sweepers optimise, not NaN
     assert [r.data.tags.get("skipped") for r in _runs(tmp_path)].count("true") == 1
+
+
+def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tmp_path: Path) -> None:
+    """Same config, other code (another commit or uncommitted change): auto starts afresh and closes
+    the interrupted run; forcing it into a model it does not fit is a one-line error."""
+    from btxrd.config import config_hash, to_dict
+    from btxrd.engine.checkpoint import save_checkpoint
+    from btxrd.errors import ConfigError
+    from btxrd.pipeline import code_version, find_resume
+    from btxrd.tracking import Tracker
+
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path))
+    folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    interrupted = tracker.start_run("demo | b0 | stratified | ann-off")
+    stale = {"model": {"stale.weight": torch.zeros(1)}, "epoch": 1, "mlflow_run_id": interrupted,
+             "code_version": "0123abc"}  # fmt: skip
+    save_checkpoint(stale, folder / "last.pt")
+    state, reason = find_resume("auto", folder, code_version())
+    assert state["epoch"] == 1 and reason.startswith("its last checkpoint was written by code version 0123abc")
+    assert find_resume("true", folder, code_version())[1] == ""
+
+    train_task(cfg)  # auto: trains afresh in a new run and closes the interrupted one
+    runs = {r.info.run_id: r for r in MlflowClient(tracker.uri).search_runs([tracker.experiment_id])}
+    assert runs[interrupted].info.status == "KILLED"
+    assert "not resumed: its last checkpoint was written by code version 0123abc" in runs[interrupted].data.tags[
+        "error"
+    ]
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "KILLED"]
+
+    save_checkpoint(stale, folder / "last.pt")
+    with pytest.raises(ConfigError, match=r"train.resume: the last checkpoint in .* does not fit this model"):
+        train_task(compose_config(tiny_overrides(synth_root, tmp_path, **{"train.resume": "true"})))
+
+
+def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) -> None:
+    from btxrd.pipeline import _resumed_run
+    from btxrd.sweep.context import JobContext
+    from btxrd.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "btxrd", tmp_path / "mlruns")
+    old_parent, new_parent = tracker.start_run("sweep 1"), tracker.start_run("sweep 2")
+    interrupted = tracker.start_run("b0 | stratified | ann-on", {"job_num": "3"}, parent_id=old_parent)
+    ctx = JobContext(job_num=1, sweep_dir=str(tmp_path / "sweep2"), output_dir=tmp_path / "sweep2" / "1")
+    assert _resumed_run(tracker, {"mlflow_run_id": interrupted, "epoch": 2}, new_parent, ctx) == interrupted
+    run = tracker.get_run(interrupted)
+    assert run.info.status == "RUNNING" and run.data.tags["mlflow.parentRunId"] == new_parent
+    assert (run.data.tags["job_num"], run.data.tags["resumed_from_epoch"]) == ("1", "2")
+    # A checkpoint whose run lives in another experiment (or store) gets a new run instead.
+    elsewhere = Tracker(uri, "other", tmp_path / "mlruns")
+    assert _resumed_run(elsewhere, {"mlflow_run_id": interrupted, "epoch": 2}, None, ctx) is None

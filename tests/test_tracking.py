@@ -50,3 +50,22 @@ def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> N
                 f"checkpoints/best_{run.data.tags['job_num']}.pt"
             ]
         assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_launched_job_without_a_run_fails_the_sweep(tmp_path: Path, capsys) -> None:
+    from btxrd.sweep.callback import MLflowSweepCallback
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    sweep_dir = tmp_path / "multirun"
+    for job in ("0", "1"):  # Hydra made both job folders
+        (sweep_dir / job).mkdir(parents=True)
+    callback = MLflowSweepCallback()
+    callback.tracker, callback.sweep_dir = tracker, str(sweep_dir)
+    callback.parent_id = tracker.start_run("sweep", {"sweep": "parent"})
+    tracker.end_run(tracker.start_run("job 0", {"job_num": "0"}, parent_id=callback.parent_id))
+    parent_id = callback.parent_id
+    callback.finish()  # job 1 died before it could open its run
+    parent = tracker.get_run(parent_id)
+    assert parent.info.status == "FAILED"
+    assert (parent.data.tags["n_jobs"], parent.data.tags["n_failed"]) == ("2", "1")
+    assert f"[job 1] no run of this job under the parent; see {sweep_dir}/1" in capsys.readouterr().err

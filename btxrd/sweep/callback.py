@@ -25,8 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from btxrd.report import write_report
-from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, tracker_for
-from btxrd.tracking.mlflow_store import active_statuses
+from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,14 @@ class MLflowSweepCallback(Callback):
                 status = "FAILED"
             if status != "FINISHED":
                 failed.append((run.data.tags.get("overrides", ""), run.data.tags.get("error", status)))
-        tracker.set_tags(parent_id, {"n_jobs": len(children), "n_failed": len(failed)})
+        # Every launched job has its folder <sweep dir>/<job number>; one without a child run here
+        # failed before it could open one (or logged elsewhere): the sweep must not look complete.
+        launched = {p.name for p in Path(self.sweep_dir).glob("*") if p.is_dir() and p.name.isdigit()}
+        logged = {run.data.tags.get("job_num") for run in children}
+        for job in sorted(launched - logged, key=int):
+            failed.append((f"job {job}", f"no run of this job under the parent; see {self.sweep_dir}/{job}"))
+        n_jobs = len(children) + len(launched - logged)
+        tracker.set_tags(parent_id, {"n_jobs": n_jobs, "n_failed": len(failed)})
         try:
             write_report(tracker, parent_id, self.sweep_dir)
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
@@ -91,7 +97,7 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
         if failed:
-            print(f"sweep: {len(failed)} of {len(children)} job(s) failed:", file=sys.stderr)
+            print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
             for overrides, error in failed:
                 print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
         else:

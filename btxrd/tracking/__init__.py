@@ -4,9 +4,18 @@ from btxrd.tracking.mlflow_store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
     Tracker,
+    active_statuses,
     default_tracking_uri,
     flatten,
     tracker_for,
 )
 
-__all__ = ["PARENT_RUN_ENV", "TRACKING_URI_ENV", "Tracker", "default_tracking_uri", "flatten", "tracker_for"]
+__all__ = [
+    "PARENT_RUN_ENV",
+    "TRACKING_URI_ENV",
+    "Tracker",
+    "active_statuses",
+    "default_tracking_uri",
+    "flatten",
+    "tracker_for",
+]
