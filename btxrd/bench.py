@@ -43,10 +43,8 @@ from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
 from btxrd.engine.training import InputPipeline, TrainSettings
 from btxrd.models import build_model, cam_target
+from btxrd.runtime import GLIBC_TUNABLES
 
-GLIBC_TUNABLES = (
-    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824"
-)
 # Width/height quantiles of the real release (shared/btxrd-reference/image_sizes.csv), used when that file is absent.
 ROUNDS = 3
 REAL_SIZE_FALLBACK = [(1612, 2256), (2544, 3056), (555, 816), (1024, 1286), (3213, 2397), (1979, 4881), (336, 404)]

@@ -359,7 +359,8 @@ def _train(
     seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
     if logger.tracker is not None and resume is None:
         params = flatten(config_dict)
-        params.update({"runtime.device": str(device), "runtime.threads": str(threads)})
+        params.update({"runtime.device": str(device), "runtime.threads": str(threads),
+                       "runtime.glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")})  # fmt: skip
         logger.tracker.log_params(logger.run_id, params)
     (out_dir / "config.json").write_text(json.dumps(config_dict, indent=2))
     logger.artifact(out_dir / "config.json")

@@ -38,7 +38,8 @@ def tiny_overrides(data_root: Path, work: Path, **extra: str) -> list[str]:
 
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_"))}
+    # As a user starts them: no MLflow/btxrd variables, no allocator tunables (the scripts set those).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_", "GLIBC_TUNABLES"))}
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,

@@ -9,6 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from btxrd.runtime import GLIBC_TUNABLES
+
 from .helpers import run_script, tiny_overrides
 
 
@@ -35,6 +37,7 @@ def test_multirun_2x2_with_4_jobs_at_once_logs_parent_and_4_finished_children(sy
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["model.name"] == "b0" and "split.name" in child.data.params
+        assert child.data.params["runtime.glibc_tunables"] == GLIBC_TUNABLES  # train.py set them for its jobs
         assert {"model", "split", "annotations", "sweep_dir", "mlflow.source.git.commit"} <= set(child.data.tags)
         for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "val_macro_f1", "train_loss", "lr"):
             assert key in child.data.metrics, key
