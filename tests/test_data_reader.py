@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from btxrd.data.annotations import rasterise, read_annotation
 from btxrd.data.reader import inspect_dataset, load_dataset
 from btxrd.data.schema import SHEET_COLUMNS
 from btxrd.errors import DataError
+
+from .conftest import PROJECT_ROOT
 
 
 def test_reads_every_row_with_labels_and_shapes(synth_root: Path) -> None:
@@ -193,3 +197,17 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
     with pytest.raises(DataError, match=r"IMG000007.jpeg \(unreadable"):
         load_dataset(synth_copy, memo_dir=tmp_path)
     assert probed[-1] == 1  # only the changed file was decoded again
+
+
+def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys, logging; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+        "import time; from btxrd.data import reader; from btxrd.data.reader import load_dataset;"
+        "slow = reader._probe_all; reader._probe_all = lambda paths: (time.sleep(1.5), slow(paths))[1];"
+        f"t = load_dataset({str(synth_root)!r}, memo_dir={str(tmp_path)!r}); print('rows', len(t))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=PROJECT_ROOT) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all("rows 160" in out for out in outputs), outputs
+    assert sum(out.count("probing 160 images") for out in outputs) == 1  # the other waited and read the memo

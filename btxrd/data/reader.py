@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
@@ -167,6 +168,13 @@ def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[tuple[int, 
     if memo_dir is None:
         return _probe_all(paths)
     memo_path = Path(memo_dir) / "probe_memo.json"
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs of a sweep start together: one probes, the others wait and read its memo.
+    with FileLock(str(memo_path.with_suffix(".lock"))):
+        return _probe_with_memo(paths, memo_path)
+
+
+def _probe_with_memo(paths: list[str], memo_path: Path) -> list[tuple[int, int] | str]:
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
@@ -179,13 +187,14 @@ def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[tuple[int, 
         except OSError:
             keys.append("")
     todo = [i for i, key in enumerate(keys) if key not in memo]
+    if todo:
+        log.info("probing %d images (decodability and size; memo %s)", len(todo), memo_path)
     results: list[tuple[int, int] | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
     for i, result in zip(todo, _probe_all([paths[i] for i in todo]), strict=True):
         results[i] = result
         if not isinstance(result, str) and keys[i]:
             memo[keys[i]] = list(result)
     if todo:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_path)
