@@ -40,6 +40,12 @@ def _postgres_bin(name: str) -> str:
     return found
 
 
+def _server_env() -> dict[str, str]:
+    """The environment for long-running servers: without the training allocator tunables (which
+    keep a process's peak heap for good, right for a training job, not for a server)."""
+    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -66,7 +72,7 @@ class PostgresCluster:
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True)
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, env=_server_env())
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
             raise ConfigError(f"{Path(command[0]).name} failed for {self.data}: {detail[0]} (log: {self.log})")
@@ -115,7 +121,8 @@ class MlflowServer:
                    "--artifacts-destination", str(self.artifacts), "--host", HOST, "--port", str(self.port),
                    "--workers", "2"]  # fmt: skip
         with open(self.log, "ab") as log:  # new session: stop() ends the server and its workers together
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=_server_env())  # fmt: skip
         deadline = time.monotonic() + timeout_s  # the first start creates the schema: slow
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
