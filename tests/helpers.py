@@ -44,3 +44,11 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> s
         [sys.executable, str(PROJECT_ROOT / script), *args],
         capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
     )  # fmt: skip
+
+
+def run_python_at_once(code: str, n: int = 2, timeout: int = 120) -> list[str]:
+    """Start ``n`` processes running ``code`` (with INFO logging to stdout) together; their outputs."""
+    setup = "import sys, logging; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+    procs = [subprocess.Popen([sys.executable, "-c", setup + code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=PROJECT_ROOT) for _ in range(n)]  # fmt: skip
+    return [p.communicate(timeout=timeout)[0] for p in procs]

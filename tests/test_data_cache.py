@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +16,7 @@ from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window, lesions_i
 from btxrd.data.reader import load_dataset
 from btxrd.errors import DataError
 
-from .conftest import PROJECT_ROOT
-from .helpers import compose_config
+from .helpers import compose_config, run_python_at_once
 
 
 @pytest.mark.parametrize("source_size", [None, 144], ids=["decoded", "resized-from-source"])
@@ -70,14 +67,10 @@ def test_changed_image_invalidates_the_cache(synth_copy: Path, tmp_path: Path) -
 
 
 def test_two_processes_build_the_cache_once(synth_root: Path, tmp_path: Path) -> None:
-    script = (
-        "import sys, logging; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+    outputs = run_python_at_once(
         "from btxrd.data.reader import load_dataset; from btxrd.data.cache import cache_images;"
         f"c = cache_images(load_dataset({str(synth_root)!r}), 112, {str(tmp_path)!r}); print('rows', len(c.image_ids))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, cwd=PROJECT_ROOT) for _ in range(2)]  # fmt: skip
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all("rows 160" in out for out in outputs), outputs
     # Two files (the decoded source and the 112 px canvas resized from it), each built once.
     assert sum(out.count("building image cache") for out in outputs) == 2

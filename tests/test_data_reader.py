@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from btxrd.data.reader import inspect_dataset, load_dataset
 from btxrd.data.schema import SHEET_COLUMNS
 from btxrd.errors import DataError
 
-from .conftest import PROJECT_ROOT
+from .helpers import run_python_at_once
 
 
 def test_reads_every_row_with_labels_and_shapes(synth_root: Path) -> None:
@@ -200,14 +198,10 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
 
 
 def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
-    script = (
-        "import sys, logging; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+    outputs = run_python_at_once(
         "import time; from btxrd.data import reader; from btxrd.data.reader import load_dataset;"
         "slow = reader._probe_all; reader._probe_all = lambda paths: (time.sleep(1.5), slow(paths))[1];"
         f"t = load_dataset({str(synth_root)!r}, memo_dir={str(tmp_path)!r}); print('rows', len(t))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, cwd=PROJECT_ROOT) for _ in range(2)]  # fmt: skip
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all("rows 160" in out for out in outputs), outputs
     assert sum(out.count("probing 160 images") for out in outputs) == 1  # the other waited and read the memo
