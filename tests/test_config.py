@@ -78,7 +78,7 @@ def compose_with_hydra(overrides: list[str]):
 def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:
     cfg = compose_with_hydra(["experiment=demo"])
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 1
-    for launcher in ("local", "slurm"):  # no joblib keys left at the top level to clash with
+    for launcher in ("local", "slurm", "submitit_local", "submitit_slurm"):  # no joblib keys left to clash with
         assert "n_jobs" not in compose_with_hydra(["experiment=demo", f"hydra/launcher={launcher}"]).hydra.launcher
 
 
