@@ -412,12 +412,6 @@ def _train(
         if logger.tracker is not None and resume is None:
             logger.tracker.log_params(logger.run_id, autoencoder_params(model, image_size, device))
     if resume is not None:
-        try:
-            model.load_state_dict(resume["model"])
-        except RuntimeError:
-            raise ConfigError(f"train.resume: the last checkpoint in {checkpoint_dir} does not fit this model "
-                              f"(written by code version {resume.get('code_version', 'unknown')}); "
-                              "train.resume=false starts afresh") from None  # fmt: skip
         log.info("%s: resuming after epoch %d from %s", ctx.run_name, resume["epoch"], checkpoint_dir)
     result = fit(model, train_loader, val_loader, settings, device, checkpoint_dir, logger, resume, objective)
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
@@ -462,20 +456,15 @@ def _test_classifier(cfg, ctx, model, test_loader, device, settings, rows, cache
 
 
 def _test_autoencoder(ctx, model, rows, cache, image_size, device, settings, logger) -> dict[str, float]:
-    """PSNR/SSIM on the test part, overall and per class, and a picture of reconstructions."""
-    metrics: dict[str, float] = {}
-    for name, subset in [("", rows)] + [(f"_{c}", rows[rows["label"] == k]) for k, c in enumerate(CLASS_NAMES)]:
-        if len(subset) == 0:
-            continue
-        loader = make_loader(BTXRDImages(subset.reset_index(drop=True), cache, image_size, train=False), 32,
-                             False, 0, device, 0)  # fmt: skip
-        scores = reconstruct(model, loader, device, settings, keep=8 if not name else 0)
-        metrics.update({f"test_psnr{name}": scores["psnr"], f"test_ssim{name}": scores["ssim"],
-                        f"test_mse{name}": scores["mse"]})  # fmt: skip
-        if not name:
-            grid = save_reconstruction_grid(scores["originals"], scores["reconstructions"],
-                                            ctx.output_dir / "reconstructions_test.png", ctx.run_name)  # fmt: skip
-            logger.artifact(grid)
+    """PSNR/SSIM on the test part, overall and per class (one pass), and a picture of reconstructions."""
+    loader = make_loader(BTXRDImages(rows, cache, image_size, train=False), 32, False, 0, device, 0)
+    scores = reconstruct(model, loader, device, settings, keep=8)
+    groups = {"": scores, **{f"_{CLASS_NAMES[k]}": by_class for k, by_class in scores["by_label"].items()}}
+    metrics = {f"test_{name}{suffix}": group[name] for suffix, group in groups.items()
+               for name in ("psnr", "ssim", "mse")}  # fmt: skip
+    grid = save_reconstruction_grid(scores["originals"], scores["reconstructions"],
+                                    ctx.output_dir / "reconstructions_test.png", ctx.run_name)  # fmt: skip
+    logger.artifact(grid)
     return metrics
 
 

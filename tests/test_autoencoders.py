@@ -10,6 +10,7 @@ import torch
 from btxrd.data.cache import cache_images, canvas_size
 from btxrd.data.dataset import BTXRDImages
 from btxrd.data.reader import load_dataset
+from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine.reconstruction import reconstruct
 from btxrd.engine.training import TrainSettings
 from btxrd.errors import ConfigError
@@ -142,3 +143,6 @@ def test_one_epoch_of_reconstruction_improves_psnr(synth_root: Path, tmp_path: P
     assert metrics["test_psnr"] > before["psnr"] + 1.0
     assert (tmp_path / "outputs" / "reconstructions_test.png").stat().st_size > 5000
     assert metrics["epochs_run"] == 1 and "test_psnr_malignant" in metrics
+    counts = rows["label"].value_counts()  # per-class scores come from the same pass as the overall one
+    weighted = sum(counts[k] * metrics[f"test_psnr_{name}"] for k, name in enumerate(CLASS_NAMES) if k in counts)
+    assert weighted / len(rows) == pytest.approx(metrics["test_psnr"], abs=1e-9)

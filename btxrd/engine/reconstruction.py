@@ -49,27 +49,32 @@ class ReconstructionObjective:
 def reconstruct(
     model: nn.Module, loader: DataLoader, device: torch.device, settings: TrainSettings, keep: int = 0
 ) -> dict:
-    """Mean MSE, PSNR (dB) and SSIM over ``loader``; with ``keep`` > 0 also the first images
-    as numpy arrays (originals, reconstructions) for pictures."""
+    """Mean MSE, PSNR (dB) and SSIM over ``loader``, and the same per label under ``"by_label"``;
+    with ``keep`` > 0 also the first images as numpy arrays (originals, reconstructions) for pictures."""
     was_training = model.training
     model.eval()
     inputs = InputPipeline(device, settings)
-    mse, p, s, n = 0.0, 0.0, 0.0, 0
+    scores = []  # per image: label, MSE, PSNR, SSIM
     originals, outputs = [], []
-    for images, *_ in loader:
+    for images, labels, *_ in loader:
         x = inputs(images)
         with autocast(device, settings.amp):
             x_hat, _ = model(x)
         x_hat = x_hat.float()
-        mse += F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1).sum().item()
-        p += psnr(x_hat, x).sum().item()
-        s += ssim(x_hat, x).sum().item()
-        n += len(x)
+        mse = F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
+        scores.append(torch.stack([torch.as_tensor(labels, dtype=torch.float64), mse.double().cpu(),
+                                   psnr(x_hat, x).double().cpu(), ssim(x_hat, x).double().cpu()], 1))  # fmt: skip
         if len(originals) * loader.batch_size < keep:
             originals.append(x.cpu()[:, 0])
             outputs.append(x_hat.cpu()[:, 0])
     model.train(was_training)
-    out = {"mse": mse / n, "psnr": p / n, "ssim": s / n}
+    table = torch.cat(scores)
+
+    def means(rows: torch.Tensor) -> dict[str, float]:
+        return {"mse": rows[:, 1].mean().item(), "psnr": rows[:, 2].mean().item(), "ssim": rows[:, 3].mean().item()}
+
+    out: dict = means(table)
+    out["by_label"] = {int(label): means(table[table[:, 0] == label]) for label in table[:, 0].unique()}
     if keep:
         out["originals"] = torch.cat(originals)[:keep].numpy()
         out["reconstructions"] = torch.cat(outputs)[:keep].numpy()
