@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from btxrd.cam.gradcam import capture_activation
 from btxrd.engine.checkpoint import save_checkpoint
-from btxrd.errors import BTXRDError
+from btxrd.errors import BTXRDError, ConfigError
 from btxrd.metrics import classification_metrics
 
 
@@ -269,7 +269,12 @@ def fit(
     stopped_early = False
     start_epoch = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        try:
+            model.load_state_dict(resume["model"])
+        except RuntimeError:  # same config, other code: other layers or shapes
+            raise ConfigError(f"train.resume: the last checkpoint in {out_dir} does not fit this model "
+                              f"(written by code version {resume.get('code_version', 'unknown')}); "
+                              "train.resume=false starts afresh") from None  # fmt: skip
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng_state"])
