@@ -312,7 +312,7 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            if first_step_at != first_step_at:  # NaN: not set yet
+            if math.isnan(first_step_at):  # not set yet
                 first_step_at = time.time()
             scheduler.step()
             total_loss += loss.item() * len(y)
