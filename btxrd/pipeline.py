@@ -46,7 +46,7 @@ from btxrd.metrics import plot_confusion_matrix
 from btxrd.models import build_model, list_models, model_task
 from btxrd.models.memory import autoencoder_params
 from btxrd.sweep.context import JobContext, job_context
-from btxrd.tracking import PARENT_RUN_ENV, Tracker, active_statuses, flatten, tracker_for
+from btxrd.tracking import Tracker, active_statuses, flatten, parent_from_env, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def train_task(cfg: DictConfig) -> float:
     tracker = open_tracker(cfg)
     config_dict = to_dict(cfg)
     identity = config_hash(config_dict)
-    parent_id = os.environ.get(PARENT_RUN_ENV)
+    parent_id = parent_from_env()  # set by the sweep callback (hydra.job.env_set)
     tags = {**run_tags(cfg, ctx), "config_hash": identity}
     if tracker is not None and cfg.sweep.skip_finished:
         earlier = tracker.finished_run_with_tag("config_hash", identity)

@@ -7,6 +7,7 @@ from btxrd.tracking.mlflow_store import (
     active_statuses,
     default_tracking_uri,
     flatten,
+    parent_from_env,
     tracker_for,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "active_statuses",
     "default_tracking_uri",
     "flatten",
+    "parent_from_env",
     "tracker_for",
 ]

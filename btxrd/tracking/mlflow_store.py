@@ -181,4 +181,5 @@ def active_statuses() -> tuple[str, ...]:
 
 
 def parent_from_env() -> str | None:
+    """The sweep's parent run id, which the sweep callback has Hydra set in each job's environment."""
     return os.environ.get(PARENT_RUN_ENV) or None
