@@ -16,10 +16,13 @@ from btxrd.config import CONFIG_DIR
 from .conftest import PROJECT_ROOT
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "config", with_hydra: bool = False
+) -> DictConfig:
+    """The composed config; ``with_hydra`` keeps the ``hydra`` node (launcher, sweeper, job)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+        return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=with_hydra)
 
 
 def tiny_overrides(data_root: Path, work: Path, **extra: str) -> list[str]:

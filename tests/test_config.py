@@ -64,22 +64,12 @@ def test_unknown_group_option_is_refused(tmp_path) -> None:
     assert "Could not find 'model/vgg19'" in result.stderr
 
 
-def compose_with_hydra(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from btxrd.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
-
-
 def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:
-    cfg = compose_with_hydra(["experiment=demo"])
+    cfg = compose_config(["experiment=demo"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 1
     for launcher in ("local", "slurm", "submitit_local", "submitit_slurm"):  # no joblib keys left to clash with
-        assert "n_jobs" not in compose_with_hydra(["experiment=demo", f"hydra/launcher={launcher}"]).hydra.launcher
+        composed = compose_config(["experiment=demo", f"hydra/launcher={launcher}"], with_hydra=True)
+        assert "n_jobs" not in composed.hydra.launcher
 
 
 def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,9 +85,9 @@ def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.M
     (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                              "hydra.launcher.timeout_min=90", "hydra.launcher.setup=[module load cuda]",
-                              f"hydra.sweep.dir={tmp_path / 'sweep'}"])  # fmt: skip
+    cfg = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+                          "hydra.launcher.setup=[module load cuda]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                         with_hydra=True)  # fmt: skip
     with open_dict(cfg.hydra.job):
         cfg.hydra.job.name = "train"
     launcher = instantiate(cfg.hydra.launcher)
@@ -127,9 +117,10 @@ def test_jobs_get_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> N
     from btxrd.sweep.context import concurrent_jobs
 
     monkeypatch.setattr(pipeline, "available_cores", lambda: 8)
-    pool = compose_with_hydra(["hydra.launcher.n_jobs=2"]).hydra.launcher
-    slurm = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"]).hydra.launcher
-    local = compose_with_hydra(["hydra/launcher=local"]).hydra.launcher
+    pool = compose_config(["hydra.launcher.n_jobs=2"], with_hydra=True).hydra.launcher
+    slurm_overrides = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"]
+    slurm = compose_config(slurm_overrides, with_hydra=True).hydra.launcher
+    local = compose_config(["hydra/launcher=local"], with_hydra=True).hydra.launcher
     assert concurrent_jobs(pool) == (2, None) and pipeline.threads_per_job("auto", 2) == 4
     assert concurrent_jobs(slurm) == (1, 6) and pipeline.threads_per_job("auto", 1, 6) == 6
     assert concurrent_jobs(local) == (1, 1) and pipeline.threads_per_job("auto", 1, 1) == 1
