@@ -17,7 +17,14 @@ export GLIBC_TUNABLES
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# A new .venv takes about 6.5 GB (torch with its CUDA libraries): say so at once rather than
+# let pip fail halfway with "No space left on device".
+VENV_NEEDS_MB := 7000
+
 $(VENV)/.installed: pyproject.toml
+	@free_mb=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1024)}'); \
+	if [ ! -d $(VENV)/lib ] && [ "$$free_mb" -lt $(VENV_NEEDS_MB) ]; then \
+	  echo "error: a new $(VENV) needs about $(VENV_NEEDS_MB) MB; $$free_mb MB free in $(CURDIR)" >&2; exit 1; fi
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from btxrd.engine.training import NonFiniteLossError, TrainSettings, fit
 from btxrd.errors import BTXRDError
-from btxrd.pipeline import train_task
+from btxrd.pipeline import evaluate_task, train_task
 
 from .conftest import PROJECT_ROOT
 from .helpers import compose_config, tiny_overrides
@@ -98,12 +99,31 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        ([], r"^give exactly one of run_id=<mlflow run id> or checkpoint=PATH$"),
+        (["run_id=0123456789abcdef"], r"^run_id=0123456789abcdef: no such run in sqlite:///{tmp}/mlflow.db$"),
+        (["run_id=0123456789abcdef", "tracking.enabled=false"], r"^run_id=\.\.\. needs tracking.enabled=true"),
+        (["checkpoint=/no/such.pt", "tracking.enabled=false"], r"^checkpoint not found: /no/such.pt$"),
+    ],
+)
+def test_bad_evaluate_input_is_named(tmp_path: Path, overrides: list[str], message: str) -> None:
+    cfg = compose_config([*overrides, f"paths.root={tmp_path}"], config_name="evaluate")
+    with pytest.raises(BTXRDError, match=message.replace("{tmp}", re.escape(str(tmp_path)))):
+        evaluate_task(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
         ({"data.root": "{tmp}/empty"}, r"images folder not found"),
         ({"data.root": "{tmp}/nowhere"}, r"dataset root not found: .*nowhere"),
         ({"split": "center", "split.test_centers": "[4]"}, r"split.test_centers: centre\(s\) \[4\] not in the data"),
         ({"split.val": "0"}, r"split.val=0.0 is out of range"),
         ({"split": "kfold", "split.fold": "7"}, r"split.fold=7 is out of range"),
-        ({"model.name": "vgg"}, r"model.name='vgg' is not a registered model"),
+        (
+            {"model.name": "vgg"},
+            r"model.name='vgg' is not a registered model; "
+            r"registered: ae_attention, ae_residual, b0, b3, resnet50_cbam$",
+        ),
         ({"model.image_size": "16"}, r"model.image_size=16 is too small"),
         ({"model.weights": "/no/such/file.pt"}, r"model.weights=/no/such/file.pt: file not found"),
         ({"train.device": "tpu"}, r"train.device='tpu' is not a device"),

@@ -23,9 +23,10 @@ def runs_by_role(work: Path):
     return client, parents, children
 
 
-def test_multirun_2x2_with_4_jobs_at_once_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
+def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
+    # Two jobs at a time on a store the sweep creates (more writers at once: test_tracking).
     args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
-            "hydra.launcher.n_jobs=4"]  # fmt: skip
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parents, children = runs_by_role(tmp_path)
@@ -75,12 +76,6 @@ def test_multirun_2x2_with_4_jobs_at_once_logs_parent_and_4_finished_children(sy
     eval_artifacts = {a.path for a in client.list_artifacts(evaluation[0].info.run_id)}
     assert {"roc_test.png", "reliability_test.png", "confusion_matrix_test.png", "gradcam"} <= eval_artifacts
 
-    missing = run_script("evaluate.py", ["run_id=0123456789abcdef", f"paths.root={tmp_path}"], cwd=tmp_path)
-    assert missing.returncode == 2
-    assert (
-        missing.stderr.strip() == f"error: run_id=0123456789abcdef: no such run in sqlite:///{tmp_path / 'mlflow.db'}"
-    )
-
 
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
     args = ["-m", *tiny_overrides(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
@@ -115,19 +110,10 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     assert sorted(report["status"]) == ["FAILED", "SKIPPED"]
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("data.root=/no/such/dataset", "error: dataset root not found: /no/such/dataset (set data.root)"),
-        (
-            "model.name=vgg",
-            "error: model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0, b3, "
-            "resnet50_cbam",
-        ),
-    ],
-)
-def test_user_errors_end_in_one_line_and_a_failed_run(synth_root, tmp_path, override: str, message: str) -> None:
-    result = run_script("train.py", [*tiny_overrides(synth_root, tmp_path), override], cwd=tmp_path)
+def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_path: Path) -> None:
+    # The entry point's handling; the messages of every other user error: test_reliability (in-process).
+    message = "error: dataset root not found: /no/such/dataset (set data.root)"
+    result = run_script("train.py", [*tiny_overrides(synth_root, tmp_path), "data.root=/no/such/dataset"], cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr

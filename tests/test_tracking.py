@@ -29,27 +29,32 @@ def _job(uri: str, artifact_root: str, parent_id: str, job: int, scratch: str) -
 
 def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> None:
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
-    for repetition in range(3):
-        work = tmp_path / f"rep{repetition}"
-        work.mkdir()
-        uri = f"sqlite:///{work / 'mlflow.db'}"
-        # As the sweep callback does: the launching process creates store, experiment and parent first.
-        launcher = Tracker(uri, "btxrd", work / "mlruns")
-        parent_id = launcher.start_run("sweep", {"sweep": "parent"})
-        with context.Pool(N_WORKERS) as pool:
+    # One pool for the three stores, as loky reuses its workers from one sweep's jobs to the next.
+    with context.Pool(N_WORKERS) as pool:
+        for repetition in range(3):
+            work = tmp_path / f"rep{repetition}"
+            work.mkdir()
+            uri = f"sqlite:///{work / 'mlflow.db'}"
+            # As the sweep callback does: the launching process creates store, experiment and parent first.
+            launcher = Tracker(uri, "btxrd", work / "mlruns")
+            parent_id = launcher.start_run("sweep", {"sweep": "parent"})
             args = [(uri, str(work / "mlruns"), parent_id, job, str(work)) for job in range(N_WORKERS)]
             run_ids = pool.starmap(_job, args)
-        launcher.end_run(parent_id)
-        client = MlflowClient(uri)
-        for run_id in run_ids:
-            run = client.get_run(run_id)
-            assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent_id
-            assert len(run.data.params) == 62
-            assert len(client.get_metric_history(run_id, "train_loss")) == 25
-            assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
-                f"checkpoints/best_{run.data.tags['job_num']}.pt"
-            ]
-        assert client.get_run(parent_id).info.status == "FINISHED"
+            launcher.end_run(parent_id)
+            _check_runs(uri, run_ids, parent_id)
+
+
+def _check_runs(uri: str, run_ids: list[str], parent_id: str) -> None:
+    client = MlflowClient(uri)
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent_id
+        assert len(run.data.params) == 62
+        assert len(client.get_metric_history(run_id, "train_loss")) == 25
+        assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
+            f"checkpoints/best_{run.data.tags['job_num']}.pt"
+        ]
+    assert client.get_run(parent_id).info.status == "FINISHED"
 
 
 def test_a_launched_job_without_a_run_fails_the_sweep(tmp_path: Path, capsys) -> None:
