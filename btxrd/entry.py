@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.errors import BTXRDError
+from btxrd.runtime import stop_signals_handled
 
 T = TypeVar("T")
 
@@ -18,13 +19,15 @@ def hydra_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run ``task``; in a single run a ``BTXRDError`` prints one line and exits with code 2.
 
     In a multirun the error propagates, so Hydra marks the job failed and the
-    other jobs go on (the sweep callback then names the failed jobs).
+    other jobs go on (the sweep callback then names the failed jobs). SIGTERM stops the
+    task as an exception, so its run is closed (KILLED) rather than left RUNNING.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     try:
-        return task(cfg)
+        with stop_signals_handled():
+            return task(cfg)
     except BTXRDError as exc:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise

@@ -45,6 +45,7 @@ from btxrd.evaluation import evaluate_checkpoint, score_classifier
 from btxrd.metrics import plot_confusion_matrix
 from btxrd.models import build_model, list_models, model_task
 from btxrd.models.memory import autoencoder_params
+from btxrd.runtime import interrupted, stop_signal
 from btxrd.sweep.context import JobContext, job_context
 from btxrd.tracking import Tracker, active_statuses, flatten, parent_from_env, tracker_for
 
@@ -273,12 +274,12 @@ def train_task(cfg: DictConfig) -> float:
             result = _train(cfg, ctx, logger, config_dict, checkpoint_dir, resume, job_start, version)
         except BaseException as exc:
             if tracker is not None:
-                tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
+                tracker.set_tags(run_id, {"error": _error_text(exc, resumable=True)})
                 error_file = ctx.output_dir / "error.txt"
                 error_file.parent.mkdir(parents=True, exist_ok=True)
                 error_file.write_text(traceback.format_exc())
                 logger.artifact(error_file)
-                tracker.end_run(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                tracker.end_run(run_id, "KILLED" if interrupted(exc) else "FAILED")
             raise
         if tracker is not None:
             tracker.end_run(run_id, "FINISHED")
@@ -286,6 +287,14 @@ def train_task(cfg: DictConfig) -> float:
         return result
     finally:
         lock.release()
+
+
+def _error_text(exc: BaseException, resumable: bool = False) -> str:
+    """The run's ``error`` tag: the exception, or which signal stopped it (and whether it can go on)."""
+    if not interrupted(exc):
+        return f"{type(exc).__name__}: {exc}"
+    stopped = f"interrupted by {stop_signal() or 'SIGINT'}"
+    return f"{stopped}; its last checkpoint is kept: the same command resumes it" if resumable else stopped
 
 
 def _close_abandoned(tracker: Tracker | None, state: dict[str, Any], reason: str) -> None:
@@ -509,8 +518,8 @@ def evaluate_task(cfg: DictConfig) -> dict[str, float]:
         )  # fmt: skip
     except BaseException as exc:
         if tracker is not None:
-            tracker.set_tags(run_id, {"error": f"{type(exc).__name__}: {exc}"})
-            tracker.end_run(run_id, "FAILED")
+            tracker.set_tags(run_id, {"error": _error_text(exc)})
+            tracker.end_run(run_id, "KILLED" if interrupted(exc) else "FAILED")
         raise
     if tracker is not None:
         tracker.log_params(run_id, {"part": result.part, "data_root": result.data_root, "n_images": result.n_images,

@@ -1,4 +1,4 @@
-"""Process set-up that has to happen before Python starts allocating: glibc's allocator tunables.
+"""Process set-up: glibc's allocator tunables (before Python starts allocating) and stop signals.
 
 A CPU training step allocates and frees large activation buffers. By default glibc serves
 blocks above its mmap threshold with fresh mmaps and hands freed heap back to the kernel, so
@@ -13,7 +13,12 @@ once with it set; an existing GLIBC_TUNABLES (even empty: the opt-out) is left a
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 GLIBC_TUNABLES = (
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824"
@@ -28,3 +33,63 @@ def use_allocator_tunables() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+# Stop signals. Python's default for SIGTERM (kill, `timeout`, a scheduler's cancel, a container
+# stop) ends the process at once: no `finally`, no atexit, so its MLflow runs stayed RUNNING
+# forever. Here SIGTERM raises `Terminated`, which unwinds like an exit: the job's run ends
+# KILLED (its last checkpoint kept for resuming) and a sweep closes its parent run.
+_stop_signals_received: list[str] = []
+
+
+class Terminated(SystemExit):
+    """Raised by SIGTERM; exits with status 143 (128 + 15), as the signal itself would."""
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a stop from outside (Ctrl-C, SIGTERM) rather than a failure."""
+    return isinstance(exc, (KeyboardInterrupt, Terminated))
+
+
+def stop_signal() -> str | None:
+    """The name of the last stop signal this process received (SIGINT or SIGTERM), if any."""
+    return _stop_signals_received[-1] if _stop_signals_received else None
+
+
+def _on_stop_signal(signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    repeated = name in _stop_signals_received
+    _stop_signals_received.append(name)
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as usual
+    if repeated:  # already unwinding (a scheduler may repeat SIGTERM): let the clean-up finish
+        return
+    os.write(2, f"btxrd: stopped by {name} (pid {os.getpid()})\n".encode())  # no buffered I/O in a handler
+    raise Terminated(128 + signum)
+
+
+def handle_stop_signals() -> dict[int, Any]:
+    """From now on SIGTERM raises `Terminated`, and SIGTERM and SIGINT are recorded; the replaced handlers.
+
+    Only in the main thread, and only where the handler is still Python's default: a launcher
+    that handles signals itself (submitit requeues preempted Slurm jobs on them) keeps its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    return {
+        signum: signal.signal(signum, _on_stop_signal)
+        for signum, default in defaults.items()
+        if signal.getsignal(signum) is default
+    }
+
+
+@contextmanager
+def stop_signals_handled() -> Iterator[None]:
+    """`handle_stop_signals` for the duration of the block."""
+    replaced = handle_stop_signals()
+    try:
+        yield
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -40,13 +41,22 @@ def tiny_overrides(data_root: Path, work: Path, **extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in settings.items()]
 
 
+def _as_a_user_starts_it() -> dict[str, str]:
+    # No MLflow/btxrd variables, no allocator tunables (the scripts set those).
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_", "GLIBC_TUNABLES"))}
+
+
 def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    # As a user starts them: no MLflow/btxrd variables, no allocator tunables (the scripts set those).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_", "GLIBC_TUNABLES"))}
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=_as_a_user_starts_it(),
     )  # fmt: skip
+
+
+def start_script(script: str, args: list[str], cwd: Path, **popen: Any) -> subprocess.Popen:
+    """``run_script`` without waiting (to signal or kill it)."""
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd, env=_as_a_user_starts_it(),
+                            **popen)  # fmt: skip
 
 
 def run_python_at_once(code: str, n: int = 2, timeout: int = 120) -> list[str]:

@@ -57,8 +57,11 @@ def test_untrained_output_is_not_saturated(cls) -> None:
     gates = []  # CBAM's channel gates: once started pinned at 0 or 1 (He fan-out init on a 1-output conv)
     for module in model.modules():
         if isinstance(module, CBAM):
-            module.register_forward_hook(lambda m, args, out: gates.append(
-                torch.sigmoid(m.mlp(args[0].mean((2, 3), keepdim=True)) + m.mlp(args[0].amax((2, 3), keepdim=True)))))
+            module.register_forward_hook(
+                lambda m, args, out: gates.append(
+                    torch.sigmoid(m.mlp(args[0].mean((2, 3), keepdim=True)) + m.mlp(args[0].amax((2, 3), keepdim=True)))
+                )
+            )
     with torch.no_grad():
         model(torch.rand(4, 1, 128, 128))
     if gates:

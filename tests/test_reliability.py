@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from btxrd import runtime
 from btxrd.engine.training import NonFiniteLossError, TrainSettings, fit
+from btxrd.entry import hydra_task
 from btxrd.errors import BTXRDError
 from btxrd.pipeline import evaluate_task, train_task
 
 from .conftest import PROJECT_ROOT
-from .helpers import compose_config, tiny_overrides
+from .helpers import compose_config, start_script, tiny_overrides
 
 
 class _Labelled(TensorDataset):
@@ -70,8 +73,7 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
     expected = _runs(tmp_path / "a")[0].data.metrics
 
     args = tiny_overrides(synth_root, tmp_path / "b", **small)
-    proc = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "train.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     last = None
     while time.time() < deadline and last is None:
@@ -94,6 +96,31 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
     for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "best_val_macro_f1", "val_loss"):
         assert run.data.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
     assert not last.exists()  # finished: nothing left to resume
+
+
+def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
+    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"train.epochs": "50", "model.image_size": "32"}))
+
+    def stop_after_the_first_epoch() -> None:  # as `kill PID` would, from outside the training loop
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if list((tmp_path / "checkpoints").glob("*/last.pt")):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=stop_after_the_first_epoch, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        hydra_task(train_task, cfg)
+    assert stopped.value.code == 143  # 128 + SIGTERM, as the signal itself would give
+    [run] = _runs(tmp_path)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == (
+        "interrupted by SIGTERM; its last checkpoint is kept: the same command resumes it"
+    )
+    assert len(list((tmp_path / "checkpoints").glob("*/last.pt"))) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived only as long as the task
 
 
 @pytest.mark.parametrize(
@@ -189,9 +216,9 @@ def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tm
     train_task(cfg)  # auto: trains afresh in a new run and closes the interrupted one
     runs = {r.info.run_id: r for r in MlflowClient(tracker.uri).search_runs([tracker.experiment_id])}
     assert runs[interrupted].info.status == "KILLED"
-    assert "not resumed: its last checkpoint was written by code version 0123abc" in runs[interrupted].data.tags[
-        "error"
-    ]
+    assert (
+        "not resumed: its last checkpoint was written by code version 0123abc" in runs[interrupted].data.tags["error"]
+    )
     assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "KILLED"]
 
     save_checkpoint(stale, folder / "last.pt")
@@ -208,11 +235,15 @@ def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) ->
     tracker = Tracker(uri, "btxrd", tmp_path / "mlruns")
     old_parent, new_parent = tracker.start_run("sweep 1"), tracker.start_run("sweep 2")
     interrupted = tracker.start_run("b0 | stratified | ann-on", {"job_num": "3"}, parent_id=old_parent)
+    tracker.set_tags(interrupted, {"error": "the sweep was stopped by SIGTERM"})
+    tracker.end_run(interrupted, "KILLED")
     ctx = JobContext(job_num=1, sweep_dir=str(tmp_path / "sweep2"), output_dir=tmp_path / "sweep2" / "1")
     assert _resumed_run(tracker, {"mlflow_run_id": interrupted, "epoch": 2}, new_parent, ctx) == interrupted
     run = tracker.get_run(interrupted)
     assert run.info.status == "RUNNING" and run.data.tags["mlflow.parentRunId"] == new_parent
     assert (run.data.tags["job_num"], run.data.tags["resumed_from_epoch"]) == ("1", "2")
+    # Why it stopped stays on record, but not as an error of a run that goes on to finish.
+    assert "error" not in run.data.tags and run.data.tags["interruption"] == "the sweep was stopped by SIGTERM"
     # A checkpoint whose run lives in another experiment (or store) gets a new run instead.
     elsewhere = Tracker(uri, "other", tmp_path / "mlruns")
     assert _resumed_run(elsewhere, {"mlflow_run_id": interrupted, "epoch": 2}, None, ctx) is None

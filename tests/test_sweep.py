@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +14,7 @@ from omegaconf import OmegaConf
 
 from btxrd.runtime import GLIBC_TUNABLES
 
-from .helpers import run_script, tiny_overrides
+from .helpers import run_script, start_script, tiny_overrides
 
 
 def runs_by_role(work: Path):
@@ -108,6 +111,26 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     assert "model.weights" not in skipped[0].data.params  # nothing was trained again
     report = pd.read_csv(Path(newest.data.tags["sweep_dir"]) / "sweep_report.csv")
     assert sorted(report["status"]) == ["FAILED", "SKIPPED"]
+
+
+def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tmp_path: Path) -> None:
+    # SIGTERM to the launching process only (kill PID, a scheduler's cancel): joblib then kills its
+    # workers outright, so the jobs' runs are closed by the launcher's exit hook.
+    args = ["-m", *tiny_overrides(synth_root, tmp_path, **{"model.image_size": "32", "train.epochs": "50"}),
+            "annotations=on,off", "hydra.launcher.n_jobs=2"]  # fmt: skip
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list((tmp_path / "checkpoints").glob("*/last.pt"))) < 2:
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGTERM)  # both jobs are past their first epoch
+        assert sweep.wait(timeout=120) == 143
+    _, parents, children = runs_by_role(tmp_path)
+    assert parents[0].info.status == "KILLED" and parents[0].data.tags["error"] == "stopped by SIGTERM"
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    assert {c.data.tags["error"] for c in children} == {"the sweep was stopped by SIGTERM"}
+    assert len(list((tmp_path / "checkpoints").glob("*/last.pt"))) == 2  # both can resume
+    assert "sweep: stopped by SIGTERM; 2 of 2 launched job(s) did not finish." in (tmp_path / "stderr.txt").read_text()
 
 
 def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_path: Path) -> None:

@@ -9,7 +9,9 @@ job's config in its worker: joblib processes, submitit's local processes and Slu
 nodes alike, with no reliance on inherited environments. The variable is
 ``BTXRD_PARENT_RUN_ID`` (not MLFLOW_RUN_ID, which would override it). Hydra
 skips ``on_multirun_end`` when a job fails, so the parent is also closed from an
-``atexit`` hook: FAILED if any child failed or never closed, else FINISHED.
+``atexit`` hook: FAILED if any child failed or never closed, else FINISHED. When the
+launching process is stopped (SIGTERM: kill, a scheduler, a container stop; or Ctrl-C),
+the hook still runs: the parent and the jobs' runs left open end KILLED, saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from btxrd.report import write_report
+from btxrd.runtime import handle_stop_signals, stop_signal
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class MLflowSweepCallback(Callback):
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
         )
         pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
+        handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
         print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)
 
@@ -73,13 +77,18 @@ class MLflowSweepCallback(Callback):
         tracker, parent_id = self.tracker, self.parent_id
         self.parent_id = None
         children = tracker.children(parent_id)
+        stopped_by = stop_signal()
         failed = []
         for run in children:
             status = run.info.status
             if status in active_statuses():  # its process died without closing it
-                tracker.set_tags(run.info.run_id, {"error": "the job ended without closing its run"})
-                tracker.end_run(run.info.run_id, "FAILED")
-                status = "FAILED"
+                status, error = (
+                    ("KILLED", f"the sweep was stopped by {stopped_by}")
+                    if stopped_by
+                    else ("FAILED", "the job ended without closing its run")
+                )
+                tracker.set_tags(run.info.run_id, {"error": error})
+                tracker.end_run(run.info.run_id, status)
             if status != "FINISHED":
                 failed.append((run.data.tags.get("overrides", ""), run.data.tags.get("error", status)))
         # Every launched job has its folder <sweep dir>/<job number>; one without a child run here
@@ -95,8 +104,14 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
-        if failed:
+        if stopped_by:
+            tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
+        tracker.end_run(parent_id, "KILLED" if stopped_by else "FAILED" if failed or not children else "FINISHED")
+        if stopped_by:
+            print(f"sweep: stopped by {stopped_by}; {len(failed)} of {n_jobs} launched job(s) did not finish. "
+                  "The same command with sweep.skip_finished=true skips the finished jobs and resumes the "
+                  "interrupted ones from their last checkpoints.", file=sys.stderr)  # fmt: skip
+        elif failed:
             print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
             for overrides, error in failed:
                 print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)

@@ -165,9 +165,16 @@ class Tracker:
         return runs[0] if runs else None
 
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
-        """Mark an interrupted run RUNNING again (a resumed job continues in it)."""
+        """Mark an interrupted run RUNNING again (a resumed job continues in it).
+
+        Its ``error`` tag (why it stopped) moves to ``interruption``: a run that then finishes
+        must not show an error, but the interruption stays on record.
+        """
+        earlier_error = _retry(lambda: self.client.get_run(run_id)).data.tags.get("error")
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.set_tags(run_id, tags or {})
+        if earlier_error is not None:
+            _retry(lambda: self.client.delete_tag(run_id, "error"))
+        self.set_tags(run_id, {**({"interruption": earlier_error} if earlier_error else {}), **(tags or {})})
 
     def artifact_paths(self, run_id: str, folder: str | None = None) -> list[str]:
         return [a.path for a in _retry(lambda: self.client.list_artifacts(run_id, folder))]
