@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from btxrd.tracking import Tracker, flatten
@@ -74,3 +75,32 @@ def test_a_launched_job_without_a_run_fails_the_sweep(tmp_path: Path, capsys) ->
     assert parent.info.status == "FAILED"
     assert (parent.data.tags["n_jobs"], parent.data.tags["n_failed"]) == ("2", "1")
     assert f"[job 1] no run of this job under the parent; see {sweep_dir}/1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit"])
+def test_a_stopped_sweep_ends_killed_and_closes_only_runs_whose_jobs_died_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, launcher: str
+) -> None:
+    from btxrd import runtime
+    from btxrd.sweep.callback import MLflowSweepCallback
+
+    monkeypatch.setattr(runtime, "_stop_signals_received", ["SIGTERM"])  # this process was sent SIGTERM
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    callback = MLflowSweepCallback()
+    callback.tracker, callback.sweep_dir = tracker, str(tmp_path / "multirun")
+    callback.jobs_outlive_launcher = launcher == "submitit"
+    parent_id = callback.parent_id = tracker.start_run("sweep", {"sweep": "parent"})
+    done = tracker.start_run("job 0", {"job_num": "0"}, parent_id=parent_id)
+    tracker.end_run(done)
+    open_run = tracker.start_run("job 1", {"job_num": "1"}, parent_id=parent_id)
+    callback.finish()
+    parent = tracker.get_run(parent_id)
+    assert (parent.info.status, parent.data.tags["error"]) == ("KILLED", "stopped by SIGTERM")
+    assert tracker.get_run(done).info.status == "FINISHED"
+    if launcher == "joblib":  # its workers were killed with the launcher
+        assert tracker.get_run(open_run).info.status == "KILLED"
+        assert tracker.get_run(open_run).data.tags["error"] == "the sweep was stopped by SIGTERM"
+        assert "sweep: stopped by SIGTERM; 1 of 2 launched job(s) did not finish." in capsys.readouterr().err
+    else:  # submitit's job runs on and closes its own run
+        assert tracker.get_run(open_run).info.status == "RUNNING"
+        assert "1 of 2 launched job(s) did not finish (1 still running under the launcher" in capsys.readouterr().err

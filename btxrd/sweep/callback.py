@@ -46,11 +46,18 @@ def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
         config.hydra.overrides.hydra.extend(overrides)
 
 
+def jobs_outlive_launcher(launcher: DictConfig) -> bool:
+    """Whether this launcher's jobs go on when the launching process is stopped: submitit's do
+    (processes of their own, Slurm jobs on other nodes); joblib's workers are killed with it."""
+    return "submitit" in str(launcher.get("_target_", ""))
+
+
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.tracker: Tracker | None = None
         self.parent_id: str | None = None
         self.sweep_dir: str = ""
+        self.jobs_outlive_launcher = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.tracker = tracker_for(config.tracking, config.paths.root)
@@ -63,6 +70,7 @@ class MLflowSweepCallback(Callback):
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
         )
         pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
+        self.jobs_outlive_launcher = jobs_outlive_launcher(config.hydra.launcher)
         handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
         print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)
@@ -71,26 +79,14 @@ class MLflowSweepCallback(Callback):
         self.finish()
 
     def finish(self) -> None:
-        """Close the parent run once: FINISHED only if every child finished."""
+        """Close the parent run once: FINISHED only if every child finished; KILLED if this process was stopped."""
         if self.tracker is None or self.parent_id is None:
             return
         tracker, parent_id = self.tracker, self.parent_id
         self.parent_id = None
         children = tracker.children(parent_id)
         stopped_by = stop_signal()
-        failed = []
-        for run in children:
-            status = run.info.status
-            if status in active_statuses():  # its process died without closing it
-                status, error = (
-                    ("KILLED", f"the sweep was stopped by {stopped_by}")
-                    if stopped_by
-                    else ("FAILED", "the job ended without closing its run")
-                )
-                tracker.set_tags(run.info.run_id, {"error": error})
-                tracker.end_run(run.info.run_id, status)
-            if status != "FINISHED":
-                failed.append((run.data.tags.get("overrides", ""), run.data.tags.get("error", status)))
+        failed, running_on = self._close_children(children, stopped_by)
         # Every launched job has its folder <sweep dir>/<job number>; one without a child run here
         # failed before it could open one (or logged elsewhere): the sweep must not look complete.
         launched = {p.name for p in Path(self.sweep_dir).glob("*") if p.is_dir() and p.name.isdigit()}
@@ -106,14 +102,37 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if stopped_by:
             tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
-        tracker.end_run(parent_id, "KILLED" if stopped_by else "FAILED" if failed or not children else "FINISHED")
-        if stopped_by:
-            print(f"sweep: stopped by {stopped_by}; {len(failed)} of {n_jobs} launched job(s) did not finish. "
-                  "The same command with sweep.skip_finished=true skips the finished jobs and resumes the "
-                  "interrupted ones from their last checkpoints.", file=sys.stderr)  # fmt: skip
-        elif failed:
+            tracker.end_run(parent_id, "KILLED")
+            still = f" ({running_on} still running under the launcher: they close their own runs)" if running_on else ""
+            print(f"sweep: stopped by {stopped_by}; {len(failed) + running_on} of {n_jobs} launched job(s) did not "
+                  f"finish{still}. The same command with sweep.skip_finished=true skips the finished jobs and "
+                  "resumes the interrupted ones from their last checkpoints.", file=sys.stderr)  # fmt: skip
+            return
+        tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
+        if failed:
             print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
             for overrides, error in failed:
                 print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
         else:
             print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)
+
+    def _close_children(self, children: list, stopped_by: str | None) -> tuple[list[tuple[str, str]], int]:
+        """Close the children left open (their process is gone): KILLED when this sweep was stopped,
+        else FAILED. The (overrides, error) of every child that did not finish, and how many still run."""
+        failed, running_on = [], 0
+        for run in children:
+            status, error = run.info.status, run.data.tags.get("error", run.info.status)
+            if status in active_statuses() and stopped_by and self.jobs_outlive_launcher:
+                running_on += 1  # not this process's to close: the job ends it, whatever its outcome
+                continue
+            if status in active_statuses():
+                status, error = (
+                    ("KILLED", f"the sweep was stopped by {stopped_by}")
+                    if stopped_by
+                    else ("FAILED", "the job ended without closing its run")
+                )
+                self.tracker.set_tags(run.info.run_id, {"error": error})
+                self.tracker.end_run(run.info.run_id, status)
+            if status != "FINISHED":
+                failed.append((run.data.tags.get("overrides", ""), error))
+        return failed, running_on
