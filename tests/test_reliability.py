@@ -123,6 +123,20 @@ def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived only as long as the task
 
 
+def test_a_stopped_evaluation_ends_its_run_killed(tmp_path: Path, monkeypatch) -> None:
+    from btxrd import pipeline
+
+    def stopped(*args, **kwargs):
+        raise runtime.Terminated(143)  # what the SIGTERM handler raises
+
+    monkeypatch.setattr(runtime, "_stop_signals_received", ["SIGTERM"])
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", stopped)
+    with pytest.raises(runtime.Terminated):
+        evaluate_task(compose_config([f"checkpoint={tmp_path / 'best.pt'}", f"paths.root={tmp_path}"], "evaluate"))
+    [run] = _runs(tmp_path)
+    assert (run.info.status, run.data.tags["error"]) == ("KILLED", "interrupted by SIGTERM")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
