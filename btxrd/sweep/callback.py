@@ -107,14 +107,14 @@ class MLflowSweepCallback(Callback):
             print(f"sweep: stopped by {stopped_by}; {len(failed) + running_on} of {n_jobs} launched job(s) did not "
                   f"finish{still}. The same command with sweep.skip_finished=true skips the finished jobs and "
                   "resumes the interrupted ones from their last checkpoints.", file=sys.stderr)  # fmt: skip
-            return
-        tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
-        if failed:
-            print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
-            for overrides, error in failed:
-                print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
         else:
-            print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)
+            tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
+            if failed:
+                print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
+            else:
+                print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)
+        for overrides, error in failed:
+            print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
 
     def _close_children(self, children: list, stopped_by: str | None) -> tuple[list[tuple[str, str]], int]:
         """Close the children left open (their process is gone): KILLED when this sweep was stopped,
