@@ -65,15 +65,15 @@ def test_unknown_group_option_is_refused(tmp_path) -> None:
 
 
 def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:
-    from btxrd.sweep.callback import jobs_outlive_launcher
+    from btxrd.sweep.context import is_submitit
 
     cfg = compose_config(["experiment=demo"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 1
-    assert not jobs_outlive_launcher(cfg.hydra.launcher)  # a stopped sweep closes its workers' runs
+    assert not is_submitit(cfg.hydra.launcher)  # a stopped sweep closes its workers' runs
     for launcher in ("local", "slurm", "submitit_local", "submitit_slurm"):  # no joblib keys left to clash with
         composed = compose_config(["experiment=demo", f"hydra/launcher={launcher}"], with_hydra=True)
         assert "n_jobs" not in composed.hydra.launcher
-        assert jobs_outlive_launcher(composed.hydra.launcher)  # their jobs close their own runs
+        assert is_submitit(composed.hydra.launcher)  # their jobs close their own runs
 
 
 def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

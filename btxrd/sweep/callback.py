@@ -28,6 +28,7 @@ from omegaconf import DictConfig, read_write
 
 from btxrd.report import write_report
 from btxrd.runtime import handle_stop_signals, stop_signal
+from btxrd.sweep.context import is_submitit
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
 
 log = logging.getLogger(__name__)
@@ -46,18 +47,12 @@ def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
         config.hydra.overrides.hydra.extend(overrides)
 
 
-def jobs_outlive_launcher(launcher: DictConfig) -> bool:
-    """Whether this launcher's jobs go on when the launching process is stopped: submitit's do
-    (processes of their own, Slurm jobs on other nodes); joblib's workers are killed with it."""
-    return "submitit" in str(launcher.get("_target_", ""))
-
-
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.tracker: Tracker | None = None
         self.parent_id: str | None = None
         self.sweep_dir: str = ""
-        self.jobs_outlive_launcher = False
+        self.jobs_outlive_launcher = False  # submitit's jobs do; joblib's workers are killed with the launcher
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.tracker = tracker_for(config.tracking, config.paths.root)
@@ -70,7 +65,7 @@ class MLflowSweepCallback(Callback):
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
         )
         pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
-        self.jobs_outlive_launcher = jobs_outlive_launcher(config.hydra.launcher)
+        self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
         handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
         print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)

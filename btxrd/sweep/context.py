@@ -35,6 +35,12 @@ class JobContext:
         return " | ".join(parts)
 
 
+def is_submitit(launcher: Any) -> bool:
+    """Whether a launcher config is submitit's: every job a process of its own (on Slurm, on another
+    node) with ``cpus_per_task`` CPUs, which goes on when the launching process is stopped."""
+    return "submitit" in str(launcher.get("_target_", ""))
+
+
 def concurrent_jobs(launcher: Any) -> tuple[int, int | None]:
     """(jobs running at once on this machine, CPUs given to each job or None) for a launcher config.
 
@@ -42,8 +48,7 @@ def concurrent_jobs(launcher: Any) -> tuple[int, int | None]:
     its own allocation; submitit_local starts all jobs at once, so its preset keeps
     jobs x cpus_per_task within the cores).
     """
-    target = str(launcher.get("_target_", ""))
-    if "submitit" in target:
+    if is_submitit(launcher):
         cpus = launcher.get("cpus_per_task")
         return 1, (int(cpus) if cpus else None)
     n_jobs = int(launcher.get("n_jobs", 1) or 1)
