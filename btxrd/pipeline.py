@@ -65,10 +65,10 @@ def git_commit(root: str | Path = CODE_ROOT) -> str:
         return "unknown"
 
 
-def code_version(root: str | Path = CODE_ROOT) -> str:
-    """What a checkpoint was made by: the commit plus a hash of uncommitted changes to tracked
-    files, or the installed package's version outside a git checkout."""
-    commit = git_commit(root)
+def code_version(root: str | Path = CODE_ROOT, commit: str | None = None) -> str:
+    """What a checkpoint was made by: the commit (``git_commit``'s, if already read) plus a hash of
+    uncommitted changes to tracked files, or the installed package's version outside a git checkout."""
+    commit = commit or git_commit(root)
     if commit == "unknown":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -196,7 +196,7 @@ def open_tracker(cfg: DictConfig) -> Tracker | None:
     return tracker_for(cfg.tracking, cfg.paths.root)
 
 
-def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
+def run_tags(cfg: DictConfig, ctx: JobContext, commit: str) -> dict[str, str]:
     return {
         "model": str(cfg.model.name),
         "split": str(cfg.split.name),
@@ -207,7 +207,7 @@ def run_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
         "overrides": " ".join(ctx.overrides),
         "trial_params": " ".join(f"{k}={v}" for k, v in ctx.trial_params.items()),
         "output_dir": str(ctx.output_dir),
-        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.git.commit": commit,
     }
 
 
@@ -245,7 +245,8 @@ def train_task(cfg: DictConfig) -> float:
     config_dict = to_dict(cfg)
     identity = config_hash(config_dict)
     parent_id = parent_from_env()  # set by the sweep callback (hydra.job.env_set)
-    tags = {**run_tags(cfg, ctx), "config_hash": identity}
+    commit = git_commit()
+    tags = {**run_tags(cfg, ctx, commit), "config_hash": identity}
     if tracker is not None and cfg.sweep.skip_finished:
         earlier = tracker.finished_run_with_tag("config_hash", identity)
         if earlier is not None:
@@ -258,7 +259,7 @@ def train_task(cfg: DictConfig) -> float:
     except Timeout:
         raise ConfigError(f"another job is training this same configuration right now ({checkpoint_dir})") from None
     try:
-        version = code_version()
+        version = code_version(commit=commit)
         resume, not_resumed = find_resume(cfg.train.resume, checkpoint_dir, version)
         if not_resumed:
             log.warning("%s: starting afresh, not resuming: %s (train.resume=true forces it)", ctx.run_name,
