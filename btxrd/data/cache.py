@@ -227,10 +227,12 @@ def cache_for(
     table: pd.DataFrame, image_size: int, data: Mapping[str, Any], cache_dir: str | Path | None = None,
     workers: int | None = None,
 ) -> ImageCache:  # fmt: skip
-    """The cache a run's ``data`` settings ask for, for model input ``image_size``."""
+    """The cache a run's ``data`` settings ask for, for model input ``image_size`` (settings missing
+    from configs saved by older versions take ``Preprocess``'s defaults)."""
     clahe = data.get("clahe") or {}
-    preprocess = Preprocess(str(data.get("preprocess", "none")), float(clahe.get("clip_limit", 2.0)),
-                            int(clahe.get("tiles", 8)))  # fmt: skip
+    preprocess = Preprocess(str(data.get("preprocess", Preprocess.name)),
+                            float(clahe.get("clip_limit", Preprocess.clip_limit)),
+                            int(clahe.get("tiles", Preprocess.tiles)))  # fmt: skip
     canvas = canvas_size(image_size, float(data["canvas_scale"]))
     source = data.get("cache_source_size", DEFAULT_SOURCE_SIZE)
     return cache_images(table, canvas, cache_dir or data["cache_dir"], preprocess, workers, source and int(source))
