@@ -7,14 +7,14 @@ from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
 from btxrd.entry import hydra_task
-from btxrd.runtime import use_allocator_tunables
+from btxrd.runtime.process import use_allocator_tunables
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from btxrd.pipeline import evaluate_task  # heavy (torch, timm, mlflow): not needed for --cfg or --help
+    from btxrd.jobs.evaluate import evaluate_job  # heavy (torch, timm, mlflow): not needed for --cfg or --help
 
-    hydra_task(evaluate_task, cfg)
+    hydra_task(evaluate_job, cfg)
 
 
 if __name__ == "__main__":

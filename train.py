@@ -7,14 +7,14 @@ from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
 from btxrd.entry import hydra_task
-from btxrd.runtime import use_allocator_tunables
+from btxrd.runtime.process import use_allocator_tunables
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    from btxrd.pipeline import train_task  # heavy (torch, timm, mlflow): not needed for --cfg or --help
+    from btxrd.jobs.train import train_job  # heavy (torch, timm, mlflow): not needed for --cfg or --help
 
-    return hydra_task(train_task, cfg)
+    return hydra_task(train_job, cfg)
 
 
 if __name__ == "__main__":

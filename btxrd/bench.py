@@ -36,17 +36,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from btxrd.cam import grad_cam
-from btxrd.config import project_root
+from btxrd.config import compose_run, project_root
 from btxrd.data.cache import cache_images, canvas_size
-from btxrd.data.dataset import BTXRDImages
+from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.loaders import collate_batch
 from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
-from btxrd.engine.training import InputPipeline, TrainSettings
+from btxrd.engine import InputPipeline, InputSpec
 from btxrd.models import build_model, cam_target
-from btxrd.runtime import GLIBC_TUNABLES
+from btxrd.runtime.process import GLIBC_TUNABLES
 
 # Width/height quantiles of the real release (shared/btxrd-reference/image_sizes.csv), used when that file is absent.
 ROUNDS = 3
+SOURCE_SIZE = 512  # the image cache's source canvas, as conf/data/btxrd.yaml sets it
 REAL_SIZE_FALLBACK = [(1612, 2256), (2544, 3056), (555, 816), (1024, 1286), (3213, 2397), (1979, 4881), (336, 404)]
 
 
@@ -80,14 +82,14 @@ class NaiveImages(Dataset):
         left, top = (int(rng.integers(0, canvas - side + 1)) for _ in range(2))
         crop = gray.crop((left, top, left + side, top + side)).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
         image = torch.from_numpy(np.asarray(crop).copy())[None]
-        return image, int(self.labels[index]), torch.zeros(1), False, index
+        return image, int(self.labels[index]), torch.zeros(1, 1, 1, dtype=torch.uint8), False, index
 
 
 def _train_steps(model, optimizer, batches, inputs: InputPipeline) -> float:
-    """Images/s of training steps over ``batches`` (an iterable of (images, labels, ...))."""
+    """Images/s of training steps over ``batches`` (an iterable of (images, labels))."""
     seen = 0
     start = time.perf_counter()
-    for images, labels, *_ in batches:
+    for images, labels in batches:
         loss = torch.nn.functional.cross_entropy(model(inputs(images)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,22 +99,26 @@ def _train_steps(model, optimizer, batches, inputs: InputPipeline) -> float:
 
 
 def _limited(batches, steps: int):
+    """(images, labels) of the next ``steps`` batches of a cycling loader."""
     for _ in range(steps):
-        yield next(batches)
+        batch = next(batches)
+        yield batch.images, batch.labels
 
 
 def throughput(table: pd.DataFrame, cache_dir: Path, model_name: str, image_size: int, batch: int, steps: int):
     torch.manual_seed(0)
-    model = build_model({"name": model_name, "pretrained": False}).train()
+    model = build_model(compose_run([f"model={model_name}", "model.pretrained=false"]).model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = InputPipeline(torch.device("cpu"), TrainSettings())
+    inputs = InputPipeline(torch.device("cpu"), InputSpec())  # normalisation does not change the cost
     memory = [(torch.randint(0, 256, (batch, 1, image_size, image_size), dtype=torch.uint8),
                torch.randint(0, 3, (batch,))) for _ in range(4)]  # fmt: skip
     _train_steps(model, optimizer, memory[:2], inputs)  # warm-up
-    cache = cache_images(table, canvas_size(image_size, 1.15), cache_dir)
-    cached = BTXRDImages(table, cache, image_size, train=True)
-    loader = _cycle(DataLoader(cached, batch_size=batch, shuffle=True, drop_last=True, num_workers=0))
-    naive_loader = _cycle(DataLoader(NaiveImages(table, image_size), batch_size=batch, shuffle=True, drop_last=True))
+    cache = cache_images(table, canvas_size(image_size, 1.15), cache_dir, source_size=SOURCE_SIZE)
+    cached = BTXRDImages(table, cache, image_size, train=True, crop=CropSettings(0.7, 1.0, True))
+    loader = _cycle(DataLoader(cached, batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
+                               collate_fn=collate_batch))  # fmt: skip
+    naive_loader = _cycle(DataLoader(NaiveImages(table, image_size), batch_size=batch, shuffle=True, drop_last=True,
+                                     collate_fn=collate_batch))  # fmt: skip
     # Interleaved rounds, median of each: the machine is shared, its speed drifts within a run.
     rounds: dict[str, list[float]] = {"model_only": [], "end_to_end": [], "naive": []}
     for _ in range(ROUNDS):
@@ -151,10 +157,11 @@ def cache_build(table: pd.DataFrame, cache_dir: Path, image_size: int) -> dict[s
     for workers in (1, os.cpu_count() or 1):
         shutil.rmtree(cache_dir, ignore_errors=True)
         start = time.perf_counter()
-        cache_images(table, canvas, cache_dir, workers=workers)
+        cache_images(table, canvas, cache_dir, workers=workers, source_size=SOURCE_SIZE)
         results[f"cache_build_ips_{workers}_threads"] = len(table) / (time.perf_counter() - start)
     start = time.perf_counter()
-    cache_images(table, canvas_size(image_size + 32, 1.15), cache_dir, workers=1)  # no decoding: from the source
+    cache_images(table, canvas_size(image_size + 32, 1.15), cache_dir, workers=1,
+                 source_size=SOURCE_SIZE)  # no decoding: from the source
     results["cache_other_size_ips_1_thread"] = len(table) / (time.perf_counter() - start)
     start = time.perf_counter()
     for path in table["path"]:
@@ -171,8 +178,9 @@ def cache_build(table: pd.DataFrame, cache_dir: Path, image_size: int) -> dict[s
 def allocator_ab(image_size: int, batch: int, steps: int) -> dict[str, float]:
     """Model-only steps in fresh processes with and without the glibc tunables (set before start)."""
     code = (
-        "import torch,time;from btxrd.models import build_model;torch.manual_seed(0);"
-        "m=build_model({'name':'b0','pretrained':False});o=torch.optim.AdamW(m.parameters());"
+        "import torch,time;from btxrd.models import build_model;from btxrd.config import compose_run;"
+        "torch.manual_seed(0);m=build_model(compose_run(['model.pretrained=false']).model);"
+        "o=torch.optim.AdamW(m.parameters());"
         f"x=torch.randn({batch},1,{image_size},{image_size});y=torch.randint(0,3,({batch},))\n"
         "def s():\n l=torch.nn.functional.cross_entropy(m(x),y);o.zero_grad();l.backward();o.step()\n"
         f"s();s();t=time.perf_counter()\nfor _ in range({steps}): s()\n"

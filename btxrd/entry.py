@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.errors import BTXRDError
-from btxrd.runtime import stop_signals_handled
+from btxrd.runtime.process import stop_signals_handled
 
 T = TypeVar("T")
 

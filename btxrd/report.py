@@ -18,30 +18,17 @@ from omegaconf import OmegaConf
 
 from btxrd.cli import run_cli
 from btxrd.errors import ConfigError
+from btxrd.tasks import task_names, task_type
 from btxrd.tracking import Tracker
 
-CLASSIFY_COLUMNS = {
-    "test_accuracy": "accuracy",
-    "test_balanced_accuracy": "bal. acc.",
-    "test_macro_f1": "macro-F1",
-    "test_malignant_recall": "malig. recall",
-    "test_auroc_macro": "AUROC",
-    "test_cam_pointing": "CAM pointing",
-    "test_cam_energy": "CAM energy",
-    "test_cam_energy_baseline": "energy baseline",
-}
-RECONSTRUCT_COLUMNS = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM"}
-PUBLISHED = """\
-Published on the real BTXRD (not measured here; different protocols):
-- Yao et al. 2025, YOLOv8s-cls 600 px, random 80/20 split: precision normal/benign/malignant
-  91.3/88.1/73.4, recall 89.8/87.5/83.9.
-- A reproduction of that baseline: accuracy 0.886, macro-F1 0.856, macro AUROC 0.945.
-- EfficientNet-B0 224 px: accuracy 67.9% (stratified split), 47.2% trained on centre 1 and
-  tested on centres 2+3.
-"""
+
+def _columns() -> dict[str, str]:
+    """Test metric -> column title, over every task."""
+    return {key: title for name in task_names() for key, title in task_type(name).report_columns.items()}
 
 
 def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
+    columns = _columns()
     rows = []
     for run in tracker.children(parent_id):
         metrics, tags = run.data.metrics, run.data.tags
@@ -52,10 +39,10 @@ def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
             "model": tags.get("model", ""),
             "split": tags.get("split", ""),
             "annotations": tags.get("annotations", ""),
-            "task": tags.get("task", "classify"),
+            "task": tags.get("task", ""),
             "status": "SKIPPED" if tags.get("skipped") == "true" else run.info.status,
         }
-        for key in (*CLASSIFY_COLUMNS, *RECONSTRUCT_COLUMNS):
+        for key in columns:
             row[key] = metrics.get(key, math.nan)
         row["params"] = tags.get("trial_params", "")  # the values a search (Optuna) picked
         row["epochs"] = metrics.get("epochs_run", math.nan)
@@ -65,14 +52,14 @@ def report_rows(tracker: Tracker, parent_id: str) -> pd.DataFrame:
             row["error"] = f"finished earlier as run {tags['skipped_for']}"
         row["run_id"] = run.info.run_id
         rows.append(row)
-    columns = ["job", "run", "model", "split", "annotations", "task", "status", *CLASSIFY_COLUMNS,
-               *RECONSTRUCT_COLUMNS, "params", "epochs", "minutes", "error", "run_id"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns).sort_values("job").reset_index(drop=True)
+    order = ["job", "run", "model", "split", "annotations", "task", "status", *columns, "params", "epochs", "minutes",
+             "error", "run_id"]  # fmt: skip
+    return pd.DataFrame(rows, columns=order).sort_values("job").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table of the report (metric columns that are empty for every job are left out)."""
-    metric_names = {**CLASSIFY_COLUMNS, **RECONSTRUCT_COLUMNS}
+    metric_names = _columns()
     shown = [c for c in metric_names if c in table and table[c].notna().any()]
     searched = bool(table["params"].fillna("").astype(bool).any())
     headers = ["job", "run", "status", *(["params"] if searched else []), *[metric_names[c] for c in shown]]
@@ -92,8 +79,9 @@ def plot_report(table: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reconstruct = table["test_psnr"].notna().any() and not table["test_macro_f1"].notna().any()
-    metrics = ["test_psnr"] if reconstruct else ["test_macro_f1", "test_auroc_macro", "test_cam_pointing"]
+    tasks = [task_type(name) for name in table["task"].unique() if name in task_names()]
+    metrics = list(dict.fromkeys(m for task in tasks for m in task.chart_metrics))
+    unit = " / ".join(dict.fromkeys(task.chart_unit for task in tasks)) or "test score"
     labels = [f"{j}: {r}" for j, r in zip(table["job"], table["run"], strict=True)]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table) + 3), 4.5), dpi=110)
     width = 0.8 / len(metrics)
@@ -105,7 +93,7 @@ def plot_report(table: pd.DataFrame, path: Path) -> Path:
             ax.text(i, 0.02, status, rotation=90, color="red", fontsize=8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(table))])
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("dB" if reconstruct else "test score")
+    ax.set_ylabel(unit)
     ax.legend(fontsize=8)
     ax.set_title("sweep report")
     fig.tight_layout()
@@ -121,8 +109,9 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path) -> pd.Da
     table = report_rows(tracker, parent_id)
     table.to_csv(out_dir / "sweep_report.csv", index=False)
     markdown = to_markdown(table)
-    if table["task"].eq("classify").any():
-        markdown += "\n" + PUBLISHED
+    for name in table["task"].unique():
+        if name in task_names() and task_type(name).report_notes:
+            markdown += "\n" + task_type(name).report_notes
     paths = [out_dir / "sweep_report.csv", out_dir / "sweep_report.md"]
     search = out_dir / "optimization_results.yaml"  # written by the Optuna sweeper when it ends
     if search.is_file():

@@ -1,4 +1,4 @@
-"""Helpers shared by tests: compose the real Hydra config, run the real entry points."""
+"""Helpers shared by tests: compose the real Hydra config, run the real entry points, read MLflow."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from btxrd.config import CONFIG_DIR
+from btxrd.config import CONFIG_DIR, run_settings
+from btxrd.settings import RunConfig
 
 from .conftest import PROJECT_ROOT
 
@@ -26,19 +28,29 @@ def compose_config(
         return compose(config_name=config_name, overrides=overrides or [], return_hydra_config=with_hydra)
 
 
-def tiny_overrides(data_root: Path, work: Path, **extra: str) -> list[str]:
-    """Small, fast settings, every output under ``work`` (nothing in the project folder)."""
-    settings = {
-        "experiment": "demo",
-        "data.root": str(data_root),
-        "paths.root": str(work),
-        "model.image_size": "64",
-        "model.batch_size": "16",
-        "train.epochs": "1",
-        "train.progress": "false",
-    }
-    settings.update(extra)
-    return [f"{k}={v}" for k, v in settings.items()]
+def settings(overrides: list[str] | None = None) -> RunConfig:
+    """The typed settings of a composed config."""
+    return run_settings(compose_config(overrides))
+
+
+def tiny(data_root: Path, work: Path, *overrides: str) -> list[str]:
+    """``debug=tiny`` (conf/debug/tiny.yaml) on ``data_root``, every output under ``work``."""
+    return ["debug=tiny", f"data.root={data_root}", f"paths.root={work}", *overrides]
+
+
+def runs(work: Path, experiment: str = "btxrd", uri: str | None = None) -> list:
+    """Every run of the experiment in ``work``'s SQLite store (or at ``uri``), newest first."""
+    client = MlflowClient(uri or f"sqlite:///{work / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def sweep_runs(work: Path, uri: str | None = None) -> tuple[list, list]:
+    """(parent runs of sweeps, their children) in ``work``'s store (or at ``uri``)."""
+    everything = runs(work, uri=uri)
+    parents = [r for r in everything if r.data.tags.get("sweep") == "parent"]
+    children = [r for r in everything if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
 
 
 def _as_a_user_starts_it() -> dict[str, str]:

@@ -7,21 +7,22 @@ import pandas as pd
 import pytest
 import torch
 
-from btxrd.data.cache import cache_images, canvas_size
+from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages
+from btxrd.data.loaders import make_loader
 from btxrd.data.reader import load_dataset
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.engine.reconstruction import reconstruct
-from btxrd.engine.training import TrainSettings
+from btxrd.engine import InputPipeline
 from btxrd.errors import ConfigError
+from btxrd.jobs.train import train_job
 from btxrd.metrics.reconstruction import psnr, ssim
 from btxrd.models import build_model, list_models
 from btxrd.models.autoencoders import AttentionAutoencoder, ResidualAutoencoder
 from btxrd.models.blocks import CBAM, PreActResidualBlock, ResidualBlockWithCBAM
 from btxrd.models.memory import autoencoder_params, saved_activation_bytes
-from btxrd.pipeline import make_loader, train_task
+from btxrd.tasks.reconstruct import RAW, reconstruct
 
-from .helpers import compose_config, tiny_overrides
+from .helpers import compose_config, settings, tiny
 
 
 def n_cbam(model: torch.nn.Module) -> int:
@@ -98,8 +99,12 @@ def test_gradients_reach_every_parameter() -> None:
 def test_registry_and_task_switch() -> None:
     assert list_models(task="reconstruct") == ["ae_attention", "ae_residual"]
     assert list_models(task="classify") == ["b0", "b3", "resnet50_cbam"]
-    model = build_model({"name": "ae_attention", "base_channels": 8, "latent_channels": 4, "image_size": 64})
+    run = settings(["task=reconstruct", "model=ae_attention", "model.base_channels=8", "model.latent_channels=4",
+                    "model.image_size=64"])  # fmt: skip
+    model = build_model(run.model)
     assert isinstance(model, AttentionAutoencoder) and model.get_latent_size() == (4, 4, 4)
+    with pytest.raises(ConfigError, match=r"^model.pretrained=true: there are no ImageNet weights for the autoenc"):
+        build_model(settings(["task=reconstruct", "model.pretrained=true"]).model)
 
 
 def test_psnr_and_ssim() -> None:
@@ -121,31 +126,27 @@ def test_activation_memory_is_measured_and_linear() -> None:
     assert params["model.compression_ratio"] == "16.0" and int(params["memory.activation_mb_batch64"]) > 0
 
 
-def test_classifier_with_reconstruct_task_is_refused(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"task": "reconstruct", "tracking.enabled": "false"}))
-    with pytest.raises(ConfigError, match=r"model=b0 is a classify model but task=reconstruct; choose one of"):
-        train_task(cfg)
-
-
+@pytest.mark.slow
 def test_one_epoch_of_reconstruction_improves_psnr(synth_root: Path, tmp_path: Path) -> None:
-    overrides = tiny_overrides(synth_root, tmp_path, **{"task": "reconstruct", "model": "ae_residual",
-                                                        "model.base_channels": "8", "model.batch_size": "8",
-                                                        "tracking.enabled": "false"})  # fmt: skip
-    cfg = compose_config(overrides)
-    train_task(cfg)
+    overrides = tiny(synth_root, tmp_path, "task=reconstruct", "model.base_channels=8", "model.batch_size=8",
+                     "tracking.enabled=false")  # fmt: skip
+    train_job(compose_config(overrides))
     metrics = json.loads((tmp_path / "outputs" / "metrics_test.json").read_text())
     # The untrained model (same seed, same initialisation) on the same test images.
+    run = settings(overrides)
     torch.manual_seed(0)
-    untrained = build_model({"name": "ae_residual", "base_channels": 8, "image_size": 64})
+    untrained = build_model(run.model)
     table = load_dataset(synth_root, read_annotations=False)
     split = pd.read_csv(tmp_path / "outputs" / "split.csv")
     rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
-    cache = cache_images(table, canvas_size(64, 1.15), cfg.data.cache_dir)
-    loader = make_loader(BTXRDImages(rows, cache, 64, train=False), 32, False, 0, torch.device("cpu"), 0)
-    before = reconstruct(untrained, loader, torch.device("cpu"), TrainSettings(mean=0.0, std=1.0))
-    assert metrics["test_psnr"] > before["psnr"] + 1.0
+    loader = make_loader(BTXRDImages(rows, cache_for(table, 64, run.data), 64, train=False), 32, train=False,
+                         workers=0, device=torch.device("cpu"))  # fmt: skip
+    before, _, _ = reconstruct(untrained, loader, InputPipeline(torch.device("cpu"), RAW), amp=False)
+    assert metrics["test_psnr"] > before["psnr"].mean() + 1.0
     assert (tmp_path / "outputs" / "reconstructions_test.png").stat().st_size > 5000
     assert metrics["epochs_run"] == 1 and "test_psnr_malignant" in metrics
     counts = rows["label"].value_counts()  # per-class scores come from the same pass as the overall one
     weighted = sum(counts[k] * metrics[f"test_psnr_{name}"] for k, name in enumerate(CLASS_NAMES) if k in counts)
     assert weighted / len(rows) == pytest.approx(metrics["test_psnr"], abs=1e-9)
+    per_image = pd.read_csv(tmp_path / "outputs" / "reconstruction_test.csv")
+    assert len(per_image) == len(rows) and per_image["psnr"].mean() == pytest.approx(metrics["test_psnr"])

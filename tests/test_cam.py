@@ -6,15 +6,23 @@ import torch
 from torch import nn
 
 from btxrd.cam import class_activation_map, grad_cam
-from btxrd.engine.training import attention_loss
-from btxrd.metrics.localization import cam_iou, energy_in_boxes, localization_scores, pointing_hit
+from btxrd.metrics.localization import (
+    cam_iou,
+    energy_in_boxes,
+    localization_per_image,
+    localization_scores,
+    pointing_hit,
+)
 from btxrd.models import build_model, cam_target, list_models
+from btxrd.tasks.classify import attention_loss
+
+from .helpers import settings
 
 
 @pytest.fixture(params=list_models(task="classify"))
 def classifier(request) -> nn.Module:
     torch.manual_seed(0)
-    model = build_model({"name": request.param, "pretrained": False, "dropout": 0.3})
+    model = build_model(settings([f"model={request.param}", "model.pretrained=false"]).model)
     nn.init.normal_(model.get_classifier().weight, std=0.5)  # heads start at zero; give them content
     return model
 
@@ -82,8 +90,10 @@ def test_iou_and_aggregate_scores() -> None:
     half = np.zeros((64, 64))
     half[30:50, 20:30] = 1
     assert cam_iou(half, mask) == pytest.approx(0.5)
-    scores = localization_scores(np.stack([mask.astype(float), np.ones((64, 64))]), [BOX, BOX],
-                                 np.stack([mask, mask]), image_size=64)  # fmt: skip
+    per_image = localization_per_image(np.stack([mask.astype(float), np.ones((64, 64)), mask.astype(float)]),
+                                       [BOX, BOX, []], np.stack([mask, mask, mask]), image_size=64)  # fmt: skip
+    assert per_image["cam_pointing"].tolist()[:2] == [1.0, 0.0] and per_image.iloc[2].isna().all()  # no box: NaN
+    scores = localization_scores(per_image)
     assert scores["cam_pointing"] == pytest.approx(0.5) and scores["cam_n"] == 2
     assert scores["cam_energy"] == pytest.approx((1 + scores["cam_energy_baseline"]) / 2, rel=0.05)
 

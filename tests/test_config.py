@@ -1,61 +1,195 @@
+"""The configuration: every combination composes, and every bad value fails before any work, naming its key."""
+
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import OmegaConfBaseException
+
+from btxrd.config import run_settings
+from btxrd.errors import ConfigError
+from btxrd.jobs.train import train_job
+from btxrd.settings import (
+    AnnotationsConfig,
+    AutoencoderConfig,
+    CenterSplitConfig,
+    ClassifierConfig,
+    DataConfig,
+    EvalConfig,
+    KFoldSplitConfig,
+    StratifiedSplitConfig,
+    TrainConfig,
+)
+from btxrd.tasks import make_task
+from btxrd.tasks.reconstruct import ReconstructSettings
 
 from .conftest import PROJECT_ROOT
-from .helpers import compose_config, run_script
+from .helpers import compose_config, run_script, settings
 
 MODELS = ("b0", "b3", "resnet50_cbam")
 SPLITS = ("stratified", "center", "kfold")
-ANNOTATIONS = ("on", "off")
-EXPERIMENTS = (None, "demo", "E1_b0_baseline", "E2_b0_annotated", "E3_b3_annotated", "E4_resnet50_cbam")
 
 
-@pytest.mark.parametrize(("model", "split", "annotations"), list(itertools.product(MODELS, SPLITS, ANNOTATIONS)))
-def test_every_group_combination_composes(model: str, split: str, annotations: str) -> None:
-    cfg = compose_config([f"model={model}", f"split={split}", f"annotations={annotations}"])
-    assert cfg.model.name == model and cfg.split.name == split
-    assert cfg.annotations.enabled is (annotations == "on")
-    assert cfg.split.seed == cfg.seed  # interpolations resolve
-    assert cfg.data.root.startswith(str(PROJECT_ROOT))
+@pytest.mark.parametrize(("model", "split", "annotations"),
+                         list(itertools.product(MODELS, SPLITS, ("on", "off"))))  # fmt: skip
+def test_every_group_combination_composes_into_typed_settings(model: str, split: str, annotations: str) -> None:
+    run = settings([f"model={model}", f"split={split}", f"annotations={annotations}"])
+    assert isinstance(run.model, ClassifierConfig) and run.model.name == model
+    assert type(run.split).__name__.lower().startswith(split) and run.split.name == split
+    assert run.annotations.enabled is (annotations == "on")
+    assert run.data.root.startswith(str(PROJECT_ROOT))  # interpolations resolve
+    assert make_task(run).name == "classify"
 
 
-def test_model_defaults_of_the_plan() -> None:
-    sizes = {m: compose_config([f"model={m}"]).model for m in MODELS}
-    assert (sizes["b0"].image_size, sizes["b0"].batch_size, sizes["b0"].dropout) == (224, 32, 0.2)
-    assert (sizes["b3"].image_size, sizes["b3"].batch_size, sizes["b3"].dropout) == (300, 16, 0.3)
-    assert (sizes["resnet50_cbam"].image_size, sizes["resnet50_cbam"].batch_size) == (224, 16)
-    assert all(m.in_chans == 1 for m in sizes.values())
+def test_task_reconstruct_alone_picks_an_autoencoder() -> None:
+    run = settings(["task=reconstruct"])
+    assert isinstance(run.model, AutoencoderConfig) and run.model.name == "ae_residual"
+    task = make_task(run)
+    assert (task.name, task.monitor, task.settings.normal_only) == ("reconstruct", "val_psnr", False)
+    assert settings(["task=reconstruct", "model=ae_attention"]).model.name == "ae_attention"
+    assert settings(["experiment=ae_demo"]).model.image_size == 128
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e])
-def test_experiment_presets(experiment: str) -> None:
-    cfg = compose_config([f"experiment={experiment}", "split=center"])
-    expected = {
-        "E1_b0_baseline": ("b0", False), "E2_b0_annotated": ("b0", True),
-        "E3_b3_annotated": ("b3", True), "E4_resnet50_cbam": ("resnet50_cbam", True),
-    }  # fmt: skip
-    if experiment == "demo":
-        assert cfg.model.pretrained is False and cfg.model.image_size == 64
-        assert cfg.data.root.endswith("data/demo")
-    else:
-        assert (cfg.model.name, cfg.annotations.enabled) == expected[experiment]
-    assert cfg.split.name == "center"
+@pytest.mark.parametrize(("experiment", "model", "annotations"), [
+    ("E1_b0_baseline", "b0", False), ("E2_b0_annotated", "b0", True), ("E3_b3_annotated", "b3", True),
+    ("E4_resnet50_cbam", "resnet50_cbam", True)])  # fmt: skip
+def test_experiment_presets_pick_their_model_and_annotations(experiment: str, model: str, annotations: bool) -> None:
+    run = settings([f"experiment={experiment}", "split=center"])
+    assert (run.model.name, run.annotations.enabled, run.split.name) == (model, annotations, "center")
 
 
-def test_demo_keeps_small_settings_for_every_model() -> None:
+def test_demo_and_debug_presets_keep_the_model_the_user_chose() -> None:
     for model in MODELS:
-        cfg = compose_config(["experiment=demo", f"model={model}"])
-        assert cfg.model.name == model and cfg.model.image_size == 64 and not cfg.model.pretrained
+        for preset in ("experiment=demo", "debug=tiny"):
+            run = settings([preset, f"model={model}"])
+            assert run.model.name == model and not run.model.pretrained
+    assert settings(["debug=tiny", "task=reconstruct"]).model.name == "ae_residual"
 
 
 def test_cfg_job_shows_every_number(tmp_path) -> None:
     result = run_script("train.py", ["--cfg", "job", "model=b3"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    for key in ("image_size: 300", "batch_size: 16", "lr:", "weight_decay:", "patience:", "crop_min_scale:"):
+    for key in ("image_size: 300", "batch_size: 16", "lr:", "weight_decay:", "patience:", "crop_min_scale:",
+                "n_bootstrap:"):  # fmt: skip
         assert key in result.stdout
+
+
+# --------------------------------------------------------------- every bad value, before any work
+
+
+def _violations(schema: type, prefix: str) -> list[tuple[str, str]]:
+    """(key, a value outside its declared range) for every ranged field of ``schema``, recursively."""
+    cases = []
+    for f in fields(schema):
+        key, meta = f"{prefix}{f.name}", f.metadata
+        nested = f.default_factory() if callable(f.default_factory) else None
+        if is_dataclass(nested):
+            cases += _violations(type(nested), f"{key}.")
+            continue
+        integer = str(f.type).startswith("int")
+        if meta.get("choices"):
+            cases.append((key, "nonsense"))
+        elif meta.get("check") is not None:
+            cases.append((key, "-7"))
+        for bound, step in (("ge", -1), ("gt", 0), ("le", 1), ("lt", 0)):
+            if meta.get(bound) is not None:
+                value = meta[bound] + step * (1 if integer else 0.5)
+                cases.append((key, str(int(value) if integer else value)))
+    return cases
+
+
+GROUPS = {  # the schemas of every group, and the overrides that select it
+    "data": (DataConfig, []), "annotations": (AnnotationsConfig, []), "train": (TrainConfig, []),
+    "eval": (EvalConfig, []), "model (classifier)": (ClassifierConfig, ["model=b0"]),
+    "model (autoencoder)": (AutoencoderConfig, ["task=reconstruct"]),
+    "split (stratified)": (StratifiedSplitConfig, ["split=stratified"]),
+    "split (center)": (CenterSplitConfig, ["split=center"]), "split (kfold)": (KFoldSplitConfig, ["split=kfold"]),
+    "task (reconstruct)": (ReconstructSettings, ["task=reconstruct"]),
+}  # fmt: skip
+PREFIX = {"model (classifier)": "model.", "model (autoencoder)": "model.", "task (reconstruct)": "task."}
+RANGE_CASES = [(group, key, value) for group, (schema, _) in GROUPS.items()
+               for key, value in _violations(schema, PREFIX.get(group, f"{group.split()[0]}."))]  # fmt: skip
+RELATION_CASES = [  # values that are fine alone but not together
+    (["split.train=0.8"], "split.train + split.val + split.test = 1.100; they must sum to 1"),
+    (["split=center", "split.train_centers=[1,2]"], "share centre(s) [2]"),
+    (["split=center", "split.test_centers=[]"], "split.test_centers is empty"),
+    (["split=kfold", "split.fold=5"], "split.fold=5 is out of range for split.k=5"),
+    (["data.crop_min_scale=0.9", "data.crop_max_scale=0.8"], "larger than data.crop_max_scale"),
+    (["eval.specificities=[0.9,1.0]"], "eval.specificities=[0.9, 1.0]: give one or more values"),
+    (["task=reconstruct", "model.image_size=72"], "model.image_size=72: the autoencoders downsample 16x"),
+    (["train.monitor=val_psnr"], "train.monitor='val_psnr': task=classify reports val_macro_f1"),
+    (["optimized_metric=test_accuracy"], "optimized_metric='test_accuracy': task=classify reports"),
+    (["task=reconstruct", "model=b0"], "model=b0 is a classify model but task=reconstruct; choose one of"),
+    (["model.name=vgg"], "model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0"),
+    (["task.name=segment"], "task='segment': choose one of classify, reconstruct"),
+]  # fmt: skip
+
+
+def test_every_group_and_ranged_key_is_covered() -> None:
+    covered = {group for group, _, _ in RANGE_CASES}
+    assert covered == set(GROUPS) and len(RANGE_CASES) > 60
+    assert {"train.lr", "model.image_size", "split.val_fraction", "eval.n_bootstrap", "data.num_workers",
+            "task.ssim_weight", "data.clahe.tiles"} <= {key for _, key, _ in RANGE_CASES}  # fmt: skip
+
+
+@pytest.mark.parametrize(("group", "key", "value"), RANGE_CASES, ids=[f"{k}={v}" for _, k, v in RANGE_CASES])
+def test_a_value_out_of_range_fails_naming_its_key_before_any_work(tmp_path: Path, group: str, key: str,
+                                                                   value: str) -> None:  # fmt: skip
+    overrides = [*GROUPS[group][1], f"paths.root={tmp_path / 'work'}", f"{key}={value}"]
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}="):
+        train_job(cfg)
+    assert not (tmp_path / "work").exists()  # no store, cache, output or checkpoint folder
+
+
+@pytest.mark.parametrize(("overrides", "message"), RELATION_CASES, ids=[m[:40] for _, m in RELATION_CASES])
+def test_settings_that_contradict_each_other_fail_before_any_work(tmp_path: Path, overrides: list[str],
+                                                                  message: str) -> None:  # fmt: skip
+    cfg = compose_config([*overrides, f"paths.root={tmp_path / 'work'}"])
+    with pytest.raises(ConfigError) as failed:
+        train_job(cfg)
+    assert message in str(failed.value)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("train.lr=abc", "train.lr"), ("model.image_size=big", "model.image_size"), ("data.hflip=maybe", "data.hflip"),
+    ("train.lrr=0.1", "lrr"), ("model.cbam_placement=after", "cbam_placement"),
+    ("split.val_fraction=0.2", "val_fraction"), ("task.ssim_weight=0.5", "ssim_weight")])  # fmt: skip
+def test_a_misspelt_key_or_a_wrong_type_fails_at_composition_naming_it(override: str, key: str) -> None:
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as failed:
+        compose_config([override])
+    assert key in str(failed.value) or key in str(failed.value.__cause__)
+
+
+def test_a_task_setting_of_the_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"^task.ssim_weight: Value 'lots' of type 'str' could not be converted"):
+        make_task(settings(["task=reconstruct", "task.ssim_weight=lots"]))
+
+
+def test_stored_settings_are_checked_like_composed_ones() -> None:
+    from btxrd.config import stored_run_settings, to_dict
+
+    config = to_dict(compose_config(["debug=tiny"]))
+    assert stored_run_settings(config, ClassifierConfig, "x").model.image_size == 64
+    config["train"]["lr"] = -1.0
+    with pytest.raises(ConfigError, match=r"^train.lr=-1.0: must be > 0$"):
+        stored_run_settings(config, ClassifierConfig, "x")
+    del config["train"]["epochs"]
+    with pytest.raises(ConfigError, match=r"^x: train.epochs: .* missing mandatory value: epochs$"):
+        stored_run_settings(config, ClassifierConfig, "x")
+
+
+def test_run_settings_read_no_file_and_are_plain_dataclasses() -> None:
+    run = run_settings(compose_config([]))
+    assert type(run.train).__module__ == "btxrd.settings" and run.train.epochs >= 1
+
+
+# --------------------------------------------------------------- launchers
 
 
 def test_unknown_group_option_is_refused(tmp_path) -> None:
@@ -65,7 +199,7 @@ def test_unknown_group_option_is_refused(tmp_path) -> None:
 
 
 def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:
-    from btxrd.sweep.context import is_submitit
+    from btxrd.jobs.context import is_submitit
 
     cfg = compose_config(["experiment=demo"], with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 1
@@ -117,16 +251,17 @@ def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.M
 def test_jobs_get_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    from btxrd import pipeline
-    from btxrd.sweep.context import concurrent_jobs
+    from btxrd.jobs.context import concurrent_jobs
+    from btxrd.runtime import environment
 
-    monkeypatch.setattr(pipeline, "available_cores", lambda: 8)
+    monkeypatch.setattr(environment, "available_cores", lambda: 8)
     pool = compose_config(["hydra.launcher.n_jobs=2"], with_hydra=True).hydra.launcher
     slurm_overrides = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"]
     slurm = compose_config(slurm_overrides, with_hydra=True).hydra.launcher
     local = compose_config(["hydra/launcher=local"], with_hydra=True).hydra.launcher
-    assert concurrent_jobs(pool) == (2, None) and pipeline.threads_per_job("auto", 2) == 4
-    assert concurrent_jobs(slurm) == (1, 6) and pipeline.threads_per_job("auto", 1, 6) == 6
-    assert concurrent_jobs(local) == (1, 1) and pipeline.threads_per_job("auto", 1, 1) == 1
-    assert pipeline.threads_per_job("auto", 1, 64) == 8  # never more than the machine has
+    assert concurrent_jobs(pool) == (2, None) and environment.threads_per_job(None, 2) == 4
+    assert concurrent_jobs(slurm) == (1, 6) and environment.threads_per_job(None, 1, 6) == 6
+    assert concurrent_jobs(local) == (1, 1) and environment.threads_per_job(None, 1, 1) == 1
+    assert environment.threads_per_job(None, 1, 64) == 8  # never more than the machine has
+    assert environment.threads_per_job(3, 2) == 3  # a number is taken as it is
     assert concurrent_jobs(OmegaConf.create({"n_jobs": -1}))[0] >= 1

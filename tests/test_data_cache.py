@@ -14,9 +14,8 @@ from btxrd.data.annotations import rasterise
 from btxrd.data.cache import Preprocess, cache_for, cache_images, letterbox
 from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window, lesions_in_input
 from btxrd.data.reader import load_dataset
-from btxrd.errors import DataError
 
-from .helpers import compose_config, run_python_at_once
+from .helpers import run_python_at_once, settings
 
 
 @pytest.mark.parametrize("source_size", [None, 144], ids=["decoded", "resized-from-source"])
@@ -57,19 +56,21 @@ def test_lesion_boxes_land_on_the_same_pixels(synth_root: Path, tmp_path: Path, 
 
 def test_changed_image_invalidates_the_cache(synth_copy: Path, tmp_path: Path) -> None:
     table = load_dataset(synth_copy)
-    first = cache_images(table, 64, tmp_path)
+    first = cache_images(table, 64, tmp_path, source_size=512)
     path = Path(table["path"].iat[3])
     Image.new("L", (80, 100), 255).save(path, format="JPEG")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
-    second = cache_images(load_dataset(synth_copy), 64, tmp_path)
+    second = cache_images(load_dataset(synth_copy), 64, tmp_path, source_size=512)
     assert second.path != first.path
     assert second.pixels[3].max() == 255 and first.pixels[3].max() < 255
 
 
+@pytest.mark.slow
 def test_two_processes_build_the_cache_once(synth_root: Path, tmp_path: Path) -> None:
     outputs = run_python_at_once(
         "from btxrd.data.reader import load_dataset; from btxrd.data.cache import cache_images;"
-        f"c = cache_images(load_dataset({str(synth_root)!r}), 112, {str(tmp_path)!r}); print('rows', len(c.image_ids))"
+        f"c = cache_images(load_dataset({str(synth_root)!r}), 112, {str(tmp_path)!r}, source_size=512);"
+        "print('rows', len(c.image_ids))"
     )
     assert all("rows 160" in out for out in outputs), outputs
     # Two files (the decoded source and the 112 px canvas resized from it), each built once.
@@ -110,16 +111,14 @@ def test_clahe_is_applied_once_to_the_image_not_the_border(synth_root: Path, tmp
 
 
 def test_preprocessing_comes_from_the_data_config(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config([f"data.cache_dir={tmp_path}", "data.preprocess=clahe", "data.clahe.tiles=2"])
-    cache = cache_for(load_dataset(synth_root), 64, cfg.data, workers=1)
-    assert cache.size == round(64 * cfg.data.canvas_scale)
-    assert cache.path.name.endswith(f"_clahe2x2_from{cfg.data.cache_source_size}.npy")
-    with pytest.raises(DataError, match=r"data.preprocess='gamma' is not supported; choose one of \('none', 'clahe'\)"):
-        Preprocess("gamma")
+    data = settings([f"data.cache_dir={tmp_path}", "data.preprocess=clahe", "data.clahe.tiles=2"]).data
+    cache = cache_for(load_dataset(synth_root), 64, data, workers=1)
+    assert cache.size == round(64 * data.canvas_scale)
+    assert cache.path.name.endswith(f"_clahe2x2_from{data.cache_source_size}.npy")
 
 
 def test_lesion_crops_keep_the_lesion_and_share_the_scale_distribution() -> None:
-    crop = CropSettings(min_scale=0.6, max_scale=1.0)
+    crop = CropSettings(min_scale=0.6, max_scale=1.0, hflip=True)
     lesion = (50.0, 60.0, 70.0, 75.0)
     for seed in range(500):
         left, top, side = crop_window(np.random.default_rng(seed), 100, crop, lesion)
@@ -128,18 +127,19 @@ def test_lesion_crops_keep_the_lesion_and_share_the_scale_distribution() -> None
         _, _, side_normal = crop_window(np.random.default_rng(seed), 100, crop, None)
         assert side == side_normal  # same scale draw with or without a lesion
     big = (5.0, 5.0, 95.0, 95.0)  # larger than the crop: centred on it
-    left, top, side = crop_window(np.random.default_rng(0), 100, CropSettings(0.5, 0.5), big)
+    left, top, side = crop_window(np.random.default_rng(0), 100, CropSettings(0.5, 0.5, True), big)
     assert (left, top, side) == (25, 25, 50)
 
 
 def test_evaluation_items_never_carry_annotations(synth_root: Path, tmp_path: Path) -> None:
     table = load_dataset(synth_root)
-    cache = cache_images(table, 74, tmp_path)
+    cache = cache_images(table, 74, tmp_path, source_size=None)
     evaluation = BTXRDImages(table, cache, 64, train=False, lesion_crops=True, with_masks=True)
     assert not evaluation.use_annotations and all(b == () for b in evaluation.boxes)
     tumour = int(np.flatnonzero(table["label"].to_numpy() > 0)[0])
     image, _, mask, has_mask, _ = evaluation[tumour]
     assert image.shape == (1, 64, 64) and image.dtype == torch.uint8
     assert not has_mask and mask.sum() == 0
-    training = BTXRDImages(table, cache, 64, train=True, lesion_crops=True, with_masks=True)
+    training = BTXRDImages(table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True,
+                           with_masks=True)  # fmt: skip
     assert training[tumour][3] and training[tumour][2].sum() > 0

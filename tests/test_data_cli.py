@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from .conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # each test runs the command in a process of its own
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

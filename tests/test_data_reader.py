@@ -197,6 +197,7 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
     assert probed[-1] == 1  # only the changed file was decoded again
 
 
+@pytest.mark.slow
 def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
     outputs = run_python_at_once(
         "import time; from btxrd.data import reader; from btxrd.data.reader import load_dataset;"

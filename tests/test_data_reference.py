@@ -14,6 +14,7 @@ import pytest
 from btxrd.data.annotations import read_annotation
 from btxrd.data.reader import patient_groups, read_sheet
 from btxrd.data.splits import make_split
+from btxrd.settings import StratifiedSplitConfig
 
 from .conftest import REFERENCE
 
@@ -46,7 +47,8 @@ def test_real_grouped_split_keeps_patients_together(real_sheet: pd.DataFrame) ->
         {"label": real_sheet["benign"] + 2 * real_sheet["malignant"], "center": real_sheet["center"],
          "group": patient_groups(real_sheet)}
     )  # fmt: skip
-    parts = make_split(table, {"name": "stratified", "train": 0.7, "val": 0.15, "test": 0.15, "seed": 0}, (0, 1, 2))
+    spec = StratifiedSplitConfig(name="stratified", seed=0, group_patients=True, train=0.7, val=0.15, test=0.15)
+    parts = make_split(table, spec, (0, 1, 2))
     assert table.assign(part=parts).groupby("group")["part"].nunique().max() == 1
     assert (parts == "test").mean() == pytest.approx(0.15, abs=0.01)
 

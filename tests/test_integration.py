@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from btxrd.tracking.server import MlflowServer, tracking_server
 
-from .helpers import run_script, tiny_overrides
+from .helpers import run_script, sweep_runs, tiny
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -43,12 +43,10 @@ def server() -> Iterator[MlflowServer]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def children_of_single_parent(client: MlflowClient, experiment: str = "btxrd"):
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+def children_of_single_parent(client: MlflowClient):
+    parents, children = sweep_runs(Path("."), uri=client.tracking_uri)
     assert len(parents) == 1
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    return parents[0], children
+    return parents[0], [r for r in children if r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id]
 
 
 def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgres_server(
@@ -57,7 +55,7 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     assert server.backend_store_uri.startswith("postgresql://")
     with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as answer:
         assert answer.read().strip() == b"OK"
-    args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
+    args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
             "hydra.launcher.n_jobs=2", f"tracking.uri={server.uri}"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,7 +65,7 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     parent, children = children_of_single_parent(client)
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"demo | b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))  # fmt: skip
+        f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))  # fmt: skip
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.info.artifact_uri.startswith("mlflow-artifacts:/")  # served by the server, not a local path
@@ -86,12 +84,12 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
 
 
 def test_submitit_local_launcher_logs_both_jobs_under_one_parent(synth_root: Path, tmp_path: Path) -> None:
-    args = ["-m", *tiny_overrides(synth_root, tmp_path), "hydra/launcher=local", "annotations=on,off"]
+    args = ["-m", *tiny(synth_root, tmp_path), "hydra/launcher=local", "annotations=on,off"]
     result = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert parent.info.status == "FINISHED"
-    assert sorted(c.info.run_name for c in children) == [f"demo | b0 | stratified | ann-{a}" for a in ("off", "on")]
+    assert sorted(c.info.run_name for c in children) == [f"b0 | stratified | ann-{a}" for a in ("off", "on")]
     assert all(c.info.status == "FINISHED" and "test_macro_f1" in c.data.metrics for c in children)
     # Each job ran in a process of its own started by submitit (its logs are in the sweep folder),
     # with the CPUs the preset gives it.
@@ -102,13 +100,13 @@ def test_submitit_local_launcher_logs_both_jobs_under_one_parent(synth_root: Pat
 
 
 def test_optuna_search_runs_3_trials_and_reports_the_best(synth_root: Path, tmp_path: Path) -> None:
-    args = ["-m", *tiny_overrides(synth_root, tmp_path), "hparams_search=optuna", "hydra.sweeper.n_trials=3"]
+    args = ["-m", *tiny(synth_root, tmp_path), "hparams_search=optuna", "hydra.sweeper.n_trials=3"]
     result = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert parent.info.status == "FINISHED" and len(children) == 3
     names = sorted(c.info.run_name for c in children)
-    assert names == [f"demo | b0 | stratified | ann-off | trial {n}" for n in range(3)]
+    assert names == [f"b0 | stratified | ann-off | trial {n}" for n in range(3)]
     best_f1 = {c.data.tags["trial_params"]: c.data.metrics["best_val_macro_f1"] for c in children}
     assert len(best_f1) == 3 and all("train.lr=" in p and "model.dropout=" in p for p in best_f1)
     # The sweeper's result is the best trial's best validation macro-F1, tagged on the parent.

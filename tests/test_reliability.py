@@ -18,14 +18,19 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from btxrd import runtime
-from btxrd.engine.training import NonFiniteLossError, TrainSettings, fit
+from btxrd.data.loaders import collate_batch
+from btxrd.engine import NonFiniteLossError, fit
 from btxrd.entry import hydra_task
 from btxrd.errors import BTXRDError
-from btxrd.pipeline import evaluate_task, train_task
+from btxrd.jobs.evaluate import evaluate_job
+from btxrd.jobs.train import train_job
+from btxrd.runtime import process as runtime
+from btxrd.tasks import make_task
 
 from .conftest import PROJECT_ROOT
-from .helpers import compose_config, start_script, tiny_overrides
+from .helpers import compose_config, runs, settings, start_script, tiny
+
+pytestmark = pytest.mark.slow
 
 
 class _Labelled(TensorDataset):
@@ -36,6 +41,8 @@ class _Labelled(TensorDataset):
 
 def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
     class Exploding(nn.Module):
+        cam_target_name = ""
+
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(4, 3)
@@ -54,25 +61,22 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
         torch.zeros(n, dtype=torch.bool),
         torch.arange(n),
     )
-    loader = DataLoader(data, batch_size=4)
+    loader = DataLoader(data, batch_size=4, collate_fn=collate_batch)
+    run = settings(["debug=tiny", "train.epochs=2"])
+    model = Exploding()
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at epoch 1, step 3"):
-        fit(Exploding(), loader, loader, TrainSettings(epochs=2), torch.device("cpu"), tmp_path)
+        fit(model, loader, loader, make_task(run).objective(model), run.train, monitor="val_macro_f1", seed=0,
+            device=torch.device("cpu"), out_dir=tmp_path)  # fmt: skip
     assert not list(tmp_path.glob("*.pt"))
 
 
-def _runs(work: Path):
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("btxrd")
-    return client.search_runs([experiment.experiment_id]) if experiment else []
-
-
 def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path) -> None:
-    small = {"train.epochs": "3", "model.image_size": "32"}
+    small = ["train.epochs=3", "model.image_size=32"]
     # Uninterrupted reference, in its own project folder (in-process: same code, no start-up cost).
-    train_task(compose_config(tiny_overrides(synth_root, tmp_path / "a", **small)))
-    expected = _runs(tmp_path / "a")[0].data.metrics
+    train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))
+    expected = runs(tmp_path / "a")[0].data.metrics
 
-    args = tiny_overrides(synth_root, tmp_path / "b", **small)
+    args = tiny(synth_root, tmp_path / "b", *small)
     proc = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     last = None
@@ -86,11 +90,11 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
     assert last is not None, "no epoch finished before the deadline"
     killed_at = torch.load(last, weights_only=True)["epoch"]
     assert killed_at < 3
-    [interrupted] = _runs(tmp_path / "b")
+    [interrupted] = runs(tmp_path / "b")
     assert interrupted.info.status == "RUNNING"  # killed: nobody closed it
 
-    train_task(compose_config(args))  # started again with the same overrides: resumes automatically
-    [run] = _runs(tmp_path / "b")
+    train_job(compose_config(args))  # started again with the same overrides: resumes automatically
+    [run] = runs(tmp_path / "b")
     assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags["resumed_from_epoch"] == str(killed_at)
     for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "best_val_macro_f1", "val_loss"):
@@ -100,7 +104,7 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
 
 def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"train.epochs": "50", "model.image_size": "32"}))
+    cfg = compose_config(tiny(synth_root, tmp_path, "train.epochs=50", "model.image_size=32"))
 
     def stop_after_the_first_epoch() -> None:  # as `kill PID` would, from outside the training loop
         deadline = time.time() + 120
@@ -112,9 +116,9 @@ def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, 
 
     threading.Thread(target=stop_after_the_first_epoch, daemon=True).start()
     with pytest.raises(SystemExit) as stopped:
-        hydra_task(train_task, cfg)
+        hydra_task(train_job, cfg)
     assert stopped.value.code == 143  # 128 + SIGTERM, as the signal itself would give
-    [run] = _runs(tmp_path)
+    [run] = runs(tmp_path)
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == (
         "interrupted by SIGTERM; its last checkpoint is kept: the same command resumes it"
@@ -124,16 +128,16 @@ def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, 
 
 
 def test_a_stopped_evaluation_ends_its_run_killed(tmp_path: Path, monkeypatch) -> None:
-    from btxrd import pipeline
+    from btxrd.jobs import evaluate
 
     def stopped(*args, **kwargs):
         raise runtime.Terminated(143)  # what the SIGTERM handler raises
 
     monkeypatch.setattr(runtime, "_stop_signals_received", ["SIGTERM"])
-    monkeypatch.setattr(pipeline, "evaluate_checkpoint", stopped)
+    monkeypatch.setattr(evaluate, "load_checkpoint", stopped)
     with pytest.raises(runtime.Terminated):
-        evaluate_task(compose_config([f"checkpoint={tmp_path / 'best.pt'}", f"paths.root={tmp_path}"], "evaluate"))
-    [run] = _runs(tmp_path)
+        evaluate_job(compose_config([f"checkpoint={tmp_path / 'best.pt'}", f"paths.root={tmp_path}"], "evaluate"))
+    [run] = runs(tmp_path)
     assert (run.info.status, run.data.tags["error"]) == ("KILLED", "interrupted by SIGTERM")
 
 
@@ -149,39 +153,29 @@ def test_a_stopped_evaluation_ends_its_run_killed(tmp_path: Path, monkeypatch) -
 def test_bad_evaluate_input_is_named(tmp_path: Path, overrides: list[str], message: str) -> None:
     cfg = compose_config([*overrides, f"paths.root={tmp_path}"], config_name="evaluate")
     with pytest.raises(BTXRDError, match=message.replace("{tmp}", re.escape(str(tmp_path)))):
-        evaluate_task(cfg)
+        evaluate_job(cfg)
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"data.root": "{tmp}/empty"}, r"images folder not found"),
-        ({"data.root": "{tmp}/nowhere"}, r"dataset root not found: .*nowhere"),
-        ({"split": "center", "split.test_centers": "[4]"}, r"split.test_centers: centre\(s\) \[4\] not in the data"),
-        ({"split.val": "0"}, r"split.val=0.0 is out of range"),
-        ({"split": "kfold", "split.fold": "7"}, r"split.fold=7 is out of range"),
-        (
-            {"model.name": "vgg"},
-            r"model.name='vgg' is not a registered model; "
-            r"registered: ae_attention, ae_residual, b0, b3, resnet50_cbam$",
-        ),
-        ({"model.image_size": "16"}, r"model.image_size=16 is too small"),
-        ({"model.weights": "/no/such/file.pt"}, r"model.weights=/no/such/file.pt: file not found"),
-        ({"train.device": "tpu"}, r"train.device='tpu' is not a device"),
-        ({"data.on_bad_image": "ignore"}, r"data.on_bad_image must be one of"),
-        ({"train.resume": "true"}, r"train.resume=true: no last checkpoint"),
-        ({"train.monitor": "val_fun"}, r"train.monitor='val_fun'"),
+        (["data.root={tmp}/empty"], r"images folder not found"),
+        (["data.root={tmp}/nowhere"], r"dataset root not found: .*nowhere"),
+        (["split=center", "split.test_centers=[4]"], r"split.test_centers: centre\(s\) \[4\] not in the data"),
+        (["model.weights=/no/such/file.pt"], r"model.weights=/no/such/file.pt: file not found"),
+        (["train.resume=true"], r"train.resume=true: no last checkpoint"),
     ],
 )
-def test_bad_input_is_named_and_leaves_a_failed_run(synth_root: Path, tmp_path: Path, overrides, message) -> None:
+def test_bad_input_is_named_and_leaves_no_run_running(synth_root: Path, tmp_path: Path, overrides, message) -> None:
+    """Errors found by reading (data, files): one named error; a run if one was opened, FAILED. (Bad
+    settings fail before any work, with no run: test_config.)"""
     (tmp_path / "empty").mkdir()
-    settings = {k: v.format(tmp=tmp_path) for k, v in overrides.items()}
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **settings))
+    cfg = compose_config(tiny(synth_root, tmp_path, *(o.format(tmp=tmp_path) for o in overrides)))
     with pytest.raises(BTXRDError, match=message):
-        train_task(cfg)
-    runs = _runs(tmp_path)
-    assert [r.info.status for r in runs] in ([], ["FAILED"])
-    assert all(not r.info.status == "RUNNING" for r in runs)
+        train_job(cfg)
+    found = runs(tmp_path)
+    assert [r.info.status for r in found] in ([], ["FAILED"])
+    assert all(re.search(message, r.data.tags["error"]) for r in found)
 
 
 def test_documented_servers_bind_to_loopback() -> None:
@@ -192,42 +186,42 @@ def test_documented_servers_bind_to_loopback() -> None:
 
 
 def test_checkpoints_logged_by_default_are_best_only(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path))
-    train_task(cfg)
+    cfg = compose_config(tiny(synth_root, tmp_path))
+    train_job(cfg)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    [run] = _runs(tmp_path)
+    [run] = runs(tmp_path)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert json.loads(json.dumps(run.data.tags))["config_hash"]
 
 
 def test_a_skipped_job_returns_the_earlier_best_value(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path, **{"sweep.skip_finished": "true"}))
-    first = train_task(cfg)
-    assert train_task(cfg) == first  # the value Hydra sweepers optimise, not NaN
-    assert [r.data.tags.get("skipped") for r in _runs(tmp_path)].count("true") == 1
+    cfg = compose_config(tiny(synth_root, tmp_path, "sweep.skip_finished=true"))
+    first = train_job(cfg)
+    assert train_job(cfg) == first  # the value Hydra sweepers optimise, not NaN
+    assert [r.data.tags.get("skipped") for r in runs(tmp_path)].count("true") == 1
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tmp_path: Path) -> None:
     """Same config, other code (another commit or uncommitted change): auto starts afresh and closes
     the interrupted run; forcing it into a model it does not fit is a one-line error."""
     from btxrd.config import config_hash, to_dict
-    from btxrd.engine.checkpoint import save_checkpoint
+    from btxrd.engine.checkpoint import find_resume, save_checkpoint
     from btxrd.errors import ConfigError
-    from btxrd.pipeline import code_version, find_resume
+    from btxrd.runtime.provenance import code_version
     from btxrd.tracking import Tracker
 
-    cfg = compose_config(tiny_overrides(synth_root, tmp_path))
+    cfg = compose_config(tiny(synth_root, tmp_path))
     folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
     interrupted = tracker.start_run("demo | b0 | stratified | ann-off")
     stale = {"model": {"stale.weight": torch.zeros(1)}, "epoch": 1, "mlflow_run_id": interrupted,
              "code_version": "0123abc"}  # fmt: skip
     save_checkpoint(stale, folder / "last.pt")
-    state, reason = find_resume("auto", folder, code_version())
-    assert state["epoch"] == 1 and reason.startswith("its last checkpoint was written by code version 0123abc")
-    assert find_resume("true", folder, code_version())[1] == ""
+    point = find_resume(folder, None, code_version())
+    assert point.epoch == 1 and point.not_resumed.startswith("its last checkpoint was written by code version 0123abc")
+    assert find_resume(folder, True, code_version()).not_resumed == ""
 
-    train_task(cfg)  # auto: trains afresh in a new run and closes the interrupted one
+    train_job(cfg)  # auto: trains afresh in a new run and closes the interrupted one
     runs = {r.info.run_id: r for r in MlflowClient(tracker.uri).search_runs([tracker.experiment_id])}
     assert runs[interrupted].info.status == "KILLED"
     assert (
@@ -237,13 +231,11 @@ def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tm
 
     save_checkpoint(stale, folder / "last.pt")
     with pytest.raises(ConfigError, match=r"train.resume: the last checkpoint in .* does not fit this model"):
-        train_task(compose_config(tiny_overrides(synth_root, tmp_path, **{"train.resume": "true"})))
+        train_job(compose_config(tiny(synth_root, tmp_path, "train.resume=true")))
 
 
 def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) -> None:
-    from btxrd.pipeline import _resumed_run
-    from btxrd.sweep.context import JobContext
-    from btxrd.tracking import Tracker
+    from btxrd.tracking import Tracker, job_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "btxrd", tmp_path / "mlruns")
@@ -251,13 +243,29 @@ def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) ->
     interrupted = tracker.start_run("b0 | stratified | ann-on", {"job_num": "3"}, parent_id=old_parent)
     tracker.set_tags(interrupted, {"error": "the sweep was stopped by SIGTERM"})
     tracker.end_run(interrupted, "KILLED")
-    ctx = JobContext(job_num=1, sweep_dir=str(tmp_path / "sweep2"), output_dir=tmp_path / "sweep2" / "1")
-    assert _resumed_run(tracker, {"mlflow_run_id": interrupted, "epoch": 2}, new_parent, ctx) == interrupted
-    run = tracker.get_run(interrupted)
-    assert run.info.status == "RUNNING" and run.data.tags["mlflow.parentRunId"] == new_parent
-    assert (run.data.tags["job_num"], run.data.tags["resumed_from_epoch"]) == ("1", "2")
-    # Why it stopped stays on record, but not as an error of a run that goes on to finish.
-    assert "error" not in run.data.tags and run.data.tags["interruption"] == "the sweep was stopped by SIGTERM"
+    tags = {"job_num": "1", "sweep_dir": str(tmp_path / "sweep2"), "resumed_from_epoch": "2", "model": "b0"}
+    with job_run(tracker, "b0 | stratified | ann-on", tags, output_dir=tmp_path, parent_id=new_parent,
+                 earlier_run_id=interrupted) as recorder:  # fmt: skip
+        assert recorder.run_id == interrupted
+        run = tracker.get_run(interrupted)
+        assert run.info.status == "RUNNING" and run.data.tags["mlflow.parentRunId"] == new_parent
+        assert (run.data.tags["job_num"], run.data.tags["resumed_from_epoch"]) == ("1", "2")
+        # Why it stopped stays on record, but not as an error of a run that goes on to finish.
+        assert "error" not in run.data.tags and run.data.tags["interruption"] == "the sweep was stopped by SIGTERM"
+    assert tracker.get_run(interrupted).info.status == "FINISHED"
     # A checkpoint whose run lives in another experiment (or store) gets a new run instead.
     elsewhere = Tracker(uri, "other", tmp_path / "mlruns")
-    assert _resumed_run(elsewhere, {"mlflow_run_id": interrupted, "epoch": 2}, None, ctx) is None
+    with job_run(elsewhere, "b0", tags, output_dir=tmp_path, earlier_run_id=interrupted) as recorder:
+        assert recorder.run_id != interrupted
+
+
+def test_a_failing_job_closes_its_run_even_when_its_folder_is_not_writable(tmp_path: Path) -> None:
+    from btxrd.tracking import Tracker, job_run
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="boom"):
+        with job_run(tracker, "job", {}, output_dir=tmp_path / "file" / "out") as recorder:
+            raise ValueError("boom")
+    run = tracker.get_run(recorder.run_id)
+    assert (run.info.status, run.data.tags["error"]) == ("FAILED", "ValueError: boom")

@@ -12,23 +12,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from btxrd.runtime import GLIBC_TUNABLES
+from btxrd.runtime.process import GLIBC_TUNABLES
 
-from .helpers import run_script, start_script, tiny_overrides
+from .helpers import run_script, runs, start_script, sweep_runs, tiny
+
+pytestmark = pytest.mark.slow
 
 
 def runs_by_role(work: Path):
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("btxrd")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
+    return MlflowClient(f"sqlite:///{work / 'mlflow.db'}"), *sweep_runs(work)
 
 
 def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
     # Two jobs at a time on a store the sweep creates (more writers at once: test_tracking).
-    args = ["-m", *tiny_overrides(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
+    args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
             "hydra.launcher.n_jobs=2"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,7 +34,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     names = sorted(c.info.run_name for c in children)
-    assert names == sorted(f"demo | b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))
+    assert names == sorted(f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["model.name"] == "b0" and "split.name" in child.data.params
@@ -81,7 +78,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
 
 
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
-    args = ["-m", *tiny_overrides(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
+    args = ["-m", *tiny(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
             "hydra.launcher.n_jobs=2"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode != 0
@@ -116,8 +113,8 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
 def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tmp_path: Path) -> None:
     # SIGTERM to the launching process only (kill PID, a scheduler's cancel): joblib then kills its
     # workers outright, so the jobs' runs are closed by the launcher's exit hook.
-    args = ["-m", *tiny_overrides(synth_root, tmp_path, **{"model.image_size": "32", "train.epochs": "50"}),
-            "annotations=on,off", "hydra.launcher.n_jobs=2"]  # fmt: skip
+    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"), "annotations=on,off",
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
     with (tmp_path / "stderr.txt").open("w") as stderr:
         sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 180
@@ -136,11 +133,16 @@ def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tm
 def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_path: Path) -> None:
     # The entry point's handling; the messages of every other user error: test_reliability (in-process).
     message = "error: dataset root not found: /no/such/dataset (set data.root)"
-    result = run_script("train.py", [*tiny_overrides(synth_root, tmp_path), "data.root=/no/such/dataset"], cwd=tmp_path)
+    result = run_script("train.py", [*tiny(synth_root, tmp_path), "data.root=/no/such/dataset"], cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("btxrd").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
-    assert message.removeprefix("error: ")[:30] in runs[0].data.tags["error"]
+    found = runs(tmp_path)
+    assert [r.info.status for r in found] == ["FAILED"]
+    assert message.removeprefix("error: ")[:30] in found[0].data.tags["error"]
+
+    # A bad setting: the same one line, and nothing was started (no store, cache or checkpoint; only
+    # Hydra's own log folder of the run).
+    result = run_script("train.py", [*tiny(synth_root, tmp_path / "other"), "train.lr=-1"], cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (2, "error: train.lr=-1.0: must be > 0")
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["outputs"]

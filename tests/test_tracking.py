@@ -28,6 +28,7 @@ def _job(uri: str, artifact_root: str, parent_id: str, job: int, scratch: str) -
     return run_id
 
 
+@pytest.mark.slow
 def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> None:
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
     # One pool for the three stores, as loky reuses its workers from one sweep's jobs to the next.
@@ -81,7 +82,7 @@ def test_a_launched_job_without_a_run_fails_the_sweep(tmp_path: Path, capsys) ->
 def test_a_stopped_sweep_ends_killed_and_closes_only_runs_whose_jobs_died_with_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, launcher: str
 ) -> None:
-    from btxrd import runtime
+    from btxrd.runtime import process as runtime
     from btxrd.sweep.callback import MLflowSweepCallback
 
     monkeypatch.setattr(runtime, "_stop_signals_received", ["SIGTERM"])  # this process was sent SIGTERM

@@ -1,5 +1,5 @@
-"""Grad-CAM maps (batched, autograd.grad at the target layer) and their overlays."""
+"""Grad-CAM maps (batched, autograd.grad at the target layer), their localisation scores and overlays."""
 
-from btxrd.cam.gradcam import capture_activation, class_activation_map, grad_cam, upsample
+from btxrd.cam.gradcam import class_activation_map, grad_cam, upsample
 
-__all__ = ["capture_activation", "class_activation_map", "grad_cam", "upsample"]
+__all__ = ["class_activation_map", "grad_cam", "upsample"]

@@ -6,17 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from btxrd.cam.gradcam import grad_cam, upsample
 from btxrd.cam.overlay import save_cam_grid
-from btxrd.data.annotations import Box
+from btxrd.data.cache import ImageCache
 from btxrd.data.dataset import lesions_in_input
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.engine.training import InputPipeline, TrainSettings, autocast
-from btxrd.metrics.localization import localization_scores
+from btxrd.engine import InputPipeline, autocast
+from btxrd.metrics.localization import localization_per_image
 from btxrd.models import cam_target
 
 
@@ -33,20 +34,19 @@ class Explanation:
         return self.probs.argmax(axis=1)
 
 
-def explain_loader(
-    model: nn.Module, loader: DataLoader, device: torch.device, settings: TrainSettings, target_layer: nn.Module
-) -> Explanation:
-    inputs = InputPipeline(device, settings)
+def explain_loader(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool) -> Explanation:
+    """Grad-CAM maps of the predicted class for every image of ``loader``, at input resolution."""
+    target_layer = cam_target(model)
     images, cams, probs, labels, index = [], [], [], [], []
-    for batch_images, y, _mask, _has_mask, batch_index in loader:
-        with autocast(device, settings.amp):
-            maps, logits = grad_cam(model, inputs(batch_images), target_layer)
-        size = batch_images.shape[-1]
+    for batch in loader:
+        with autocast(inputs.device, amp):
+            maps, logits = grad_cam(model, inputs(batch.images), target_layer)
+        size = batch.images.shape[-1]
         cams.append(upsample(maps.float(), size).cpu())
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        images.append(batch_images[:, 0])
-        labels.append(y)
-        index.append(batch_index)
+        images.append(batch.images[:, 0])
+        labels.append(batch.labels)
+        index.append(batch.index)
     return Explanation(
         images=torch.cat(images).numpy(),
         cams=torch.cat(cams).numpy().astype(np.float32),
@@ -56,52 +56,33 @@ def explain_loader(
     )
 
 
-def score_and_draw(
-    explanation: Explanation,
-    boxes: list[tuple[Box, ...]],
-    masks: np.ndarray,
-    class_names: tuple[str, ...],
-    image_size: int,
-    out_dir: Path,
-    title: str,
-    prefix: str = "test_",
-) -> tuple[dict[str, float], list[Path]]:
-    """Localisation scores on tumour images (boxes/masks in input pixels, per dataset row) and CAM grids."""
-    ordered_boxes = [boxes[i] for i in explanation.index]
-    ordered_masks = masks[explanation.index]
-    tumour = explanation.labels > 0
-    scores = localization_scores(
-        explanation.cams[tumour],
-        [b for b, t in zip(ordered_boxes, tumour, strict=True) if t],
-        ordered_masks[tumour],
-        image_size,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, name in enumerate(class_names):
-        path = save_cam_grid(
-            explanation.images, explanation.cams, ordered_boxes, explanation.labels, explanation.preds,
-            explanation.probs, class_names, k, out_dir / f"gradcam_{name}.png", title=f"{title}: true {name}",
-        )  # fmt: skip
-        if path is not None:
-            paths.append(path)
-    return {f"{prefix}{k}": v for k, v in scores.items()}, paths
-
-
 def explain_rows(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
-    settings: TrainSettings,
-    rows,
-    cache,
+    inputs: InputPipeline,
+    amp: bool,
+    rows: pd.DataFrame,
+    cache: ImageCache,
     out_dir: Path,
     title: str,
-    prefix: str,
-) -> tuple[dict[str, float], list[Path]]:
-    """Grad-CAM over ``loader`` (built on ``rows``, which carry their lesion shapes), localisation
-    scores against those lesions in the input frame, and the per-class overlay grids."""
+) -> tuple[pd.DataFrame, list[Path]]:
+    """Grad-CAM over ``loader`` (built on ``rows``, which carry their lesion shapes): per dataset row,
+    the localisation scores against its lesions in the input frame (NaN for images without a
+    lesion box, and for normal images), and the per-class overlay grids (in ``out_dir``)."""
     image_size = loader.dataset.image_size
     boxes, masks = lesions_in_input(rows, cache, image_size)
-    explanation = explain_loader(model, loader, device, settings, cam_target(model))
-    return score_and_draw(explanation, boxes, masks, CLASS_NAMES, image_size, out_dir / "gradcam", title, prefix)
+    explanation = explain_loader(model, loader, inputs, amp)
+    ordered_boxes = [boxes[i] for i in explanation.index]
+    per_image = localization_per_image(explanation.cams, ordered_boxes, masks[explanation.index], image_size)
+    per_image[explanation.labels == 0] = np.nan  # scored on tumour images only
+    per_image.index = explanation.index
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grids = []
+    for k, name in enumerate(CLASS_NAMES):
+        path = save_cam_grid(
+            explanation.images, explanation.cams, ordered_boxes, explanation.labels, explanation.preds,
+            explanation.probs, CLASS_NAMES, k, out_dir / f"gradcam_{name}.png", title=f"{title}: true {name}",
+        )  # fmt: skip
+        if path is not None:
+            grids.append(path)
+    return per_image.sort_index(), grids

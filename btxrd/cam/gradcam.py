@@ -9,26 +9,11 @@ Maps stay tensors; the model's train/eval mode is restored and no hook is left.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@contextmanager
-def capture_activation(layer: nn.Module):
-    """Yield a dict whose 'value' is the layer's output of the next forward (graph kept)."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, _inputs, output):
-        store["value"] = output
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
+from btxrd.models.hooks import capture_activation
 
 
 def grad_cam(

@@ -21,11 +21,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,27 +32,21 @@ from filelock import FileLock
 from PIL import Image
 
 from btxrd.errors import DataError
+from btxrd.settings import DataConfig
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
-PREPROCESS = ("none", "clahe")
-DEFAULT_SOURCE_SIZE = 512
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Contrast enhancement applied once, when an image is decoded into the cache."""
+    """Contrast enhancement applied once, when an image is decoded into the cache (data.preprocess,
+    data.clahe.*; their ranges are checked with the rest of the settings)."""
 
-    name: str = "none"  # none | clahe
-    clip_limit: float = 2.0  # CLAHE: contrast limit per tile (OpenCV's clipLimit)
-    tiles: int = 8  # CLAHE: the image is split into tiles x tiles regions
-
-    def __post_init__(self) -> None:
-        if self.name not in PREPROCESS:
-            raise DataError(f"data.preprocess={self.name!r} is not supported; choose one of {PREPROCESS}")
-        if self.name == "clahe" and (self.clip_limit <= 0 or self.tiles < 1):
-            raise DataError(f"data.clahe: clip_limit must be > 0 and tiles >= 1 (got {self.clip_limit}, {self.tiles})")
+    name: str  # none | clahe
+    clip_limit: float = 0.0  # CLAHE: contrast limit per tile (OpenCV's clipLimit)
+    tiles: int = 0  # CLAHE: the image is split into tiles x tiles regions
 
     @property
     def key(self) -> str:
@@ -115,7 +108,10 @@ def _placed(image: np.ndarray, size: int, original: tuple[float, float]) -> Geom
     return canvas, (new_w / original[0], new_h / original[1]), (float(ox), float(oy)), (new_w, new_h)
 
 
-def letterbox(path: str | Path, size: int, preprocess: Preprocess = Preprocess()) -> Geometry:
+NO_PREPROCESS = Preprocess("none")
+
+
+def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS) -> Geometry:
     """Decode one image to grayscale and fit it, aspect kept, centred on a ``size`` square."""
     with Image.open(path) as img:
         width, height = img.size
@@ -186,16 +182,16 @@ def cache_images(
     table: pd.DataFrame,
     size: int,
     cache_dir: str | Path,
-    preprocess: Preprocess | str = "none",
+    preprocess: Preprocess = NO_PREPROCESS,
     workers: int | None = None,
-    source_size: int | None = DEFAULT_SOURCE_SIZE,
+    *,
+    source_size: int | None,
 ) -> ImageCache:
     """The cache for ``table`` at canvas ``size``; built (once, under a lock) if missing.
 
     Sizes below ``source_size`` are resized from the source cache (decoded once for all sizes);
     ``source_size=None`` decodes every size directly.
     """
-    preprocess = preprocess if isinstance(preprocess, Preprocess) else Preprocess(str(preprocess))
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or max(1, os.cpu_count() or 1)
@@ -223,16 +219,11 @@ def cache_images(
     return _cached(cache_dir, f"{prefix}{size}_{preprocess.key}_from{source_size}", image_ids, build)
 
 
-def cache_for(
-    table: pd.DataFrame, image_size: int, data: Mapping[str, Any], cache_dir: str | Path | None = None,
-    workers: int | None = None,
-) -> ImageCache:  # fmt: skip
-    """The cache a run's ``data`` settings ask for, for model input ``image_size`` (settings missing
-    from configs saved by older versions take ``Preprocess``'s defaults)."""
-    clahe = data.get("clahe") or {}
-    preprocess = Preprocess(str(data.get("preprocess", Preprocess.name)),
-                            float(clahe.get("clip_limit", Preprocess.clip_limit)),
-                            int(clahe.get("tiles", Preprocess.tiles)))  # fmt: skip
-    canvas = canvas_size(image_size, float(data["canvas_scale"]))
-    source = data.get("cache_source_size", DEFAULT_SOURCE_SIZE)
-    return cache_images(table, canvas, cache_dir or data["cache_dir"], preprocess, workers, source and int(source))
+def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir: str | Path | None = None,
+              workers: int | None = None) -> ImageCache:  # fmt: skip
+    """The cache a run's ``data`` settings ask for, for model input ``image_size`` (in ``cache_dir``,
+    default ``data.cache_dir``)."""
+    preprocess = Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
+    canvas = canvas_size(image_size, data.canvas_scale)
+    return cache_images(table, canvas, cache_dir or data.cache_dir, preprocess, workers,
+                        source_size=data.cache_source_size)

@@ -24,9 +24,11 @@ from btxrd.data.cache import ImageCache
 
 @dataclass(frozen=True)
 class CropSettings:
-    min_scale: float = 0.7
-    max_scale: float = 1.0
-    hflip: bool = True
+    """Training crops (data.crop_min_scale, data.crop_max_scale, data.hflip)."""
+
+    min_scale: float
+    max_scale: float
+    hflip: bool
 
 
 def union_box(boxes, scale: np.ndarray, offset: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -87,10 +89,12 @@ class BTXRDImages(Dataset):
         # Annotations are read only for training with annotations on; evaluation never sees them.
         self.boxes = list(rows["boxes"]) if self.use_annotations else [()] * len(rows)
         self.polygons = list(rows["polygons"]) if self.use_annotations else [()] * len(rows)
+        if train and crop is None:
+            raise ValueError("a training dataset needs its crop settings")
         self.cache = cache
         self.image_size = image_size
         self.train = train
-        self.crop = crop or CropSettings()
+        self.crop = crop
         self.lesion_crops = lesion_crops
         self.with_masks = with_masks
         self.seed = seed

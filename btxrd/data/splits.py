@@ -12,23 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
+from btxrd.settings import CenterSplitConfig, KFoldSplitConfig, SplitConfig, StratifiedSplitConfig
 
 PARTS = ("train", "val", "test")
-SPLIT_NAMES = ("stratified", "center", "kfold")
-
-
-def _check_fraction(key: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"split.{key}={value} is out of range: it must lie strictly between 0 and 1")
-    return value
 
 
 def _assign_groups(
@@ -64,58 +56,39 @@ def _assign_groups(
     return out
 
 
-def make_split(table: pd.DataFrame, spec: Mapping[str, Any], required_classes: Sequence[int] = ()) -> pd.Series:
-    """One part name per row of ``table`` for the split described by ``spec`` (cfg.split as a dict)."""
-    name = spec.get("name")
-    if name not in SPLIT_NAMES:
-        raise ConfigError(f"split.name={name!r} is not a split; choose one of {', '.join(SPLIT_NAMES)}")
-    rng = np.random.default_rng(int(spec.get("seed", 0)))
-    grouped = bool(spec.get("group_patients", True))
-    groups = table["group"].to_numpy() if grouped else np.arange(len(table))
+def make_split(table: pd.DataFrame, spec: SplitConfig, required_classes: Sequence[int] = ()) -> pd.Series:
+    """One part name per row of ``table`` for the split ``spec`` (its ranges already checked by the schema)."""
+    rng = np.random.default_rng(spec.seed)
+    groups = table["group"].to_numpy() if spec.group_patients else np.arange(len(table))
     strata = (table["label"].astype(str) + "|" + table["center"].astype(str)).to_numpy()
     parts = np.full(len(table), "unused", dtype=object)
 
-    if name == "stratified":
-        fractions = {p: _check_fraction(p, spec[p]) for p in PARTS}
-        if abs(sum(fractions.values()) - 1.0) > 1e-6:
-            raise ConfigError(
-                f"split.train + split.val + split.test = {sum(fractions.values()):.3f}; they must sum to 1"
-            )
+    if isinstance(spec, StratifiedSplitConfig):
+        fractions = {p: getattr(spec, p) for p in PARTS}
         parts[:] = _assign_groups(strata, groups, fractions, rng)
-    elif name == "center":
-        train_centers = [int(c) for c in spec["train_centers"]]
-        test_centers = [int(c) for c in spec["test_centers"]]
+    elif isinstance(spec, CenterSplitConfig):
         present = set(table["center"].unique().tolist())
-        for key, centers in (("train_centers", train_centers), ("test_centers", test_centers)):
-            if not centers:
-                raise ConfigError(f"split.{key} is empty")
+        for key, centers in (("train_centers", spec.train_centers), ("test_centers", spec.test_centers)):
             absent = [c for c in centers if c not in present]
             if absent:
                 raise ConfigError(
                     f"split.{key}: centre(s) {absent} not in the data (centres present: {sorted(present)})"
                 )
-        overlap = sorted(set(train_centers) & set(test_centers))
-        if overlap:
-            raise ConfigError(f"split.train_centers and split.test_centers share centre(s) {overlap}")
-        val = _check_fraction("val_fraction", spec["val_fraction"])
-        source = table["center"].isin(train_centers).to_numpy()
+        val = spec.val_fraction
+        source = table["center"].isin(spec.train_centers).to_numpy()
         parts[source] = _assign_groups(strata[source], groups[source], {"train": 1 - val, "val": val}, rng)
-        parts[table["center"].isin(test_centers).to_numpy()] = "test"
-    else:  # kfold: a fixed test part, k folds over the rest, fold `fold` is validation
-        k, fold = int(spec["k"]), int(spec["fold"])
-        if k < 2:
-            raise ConfigError(f"split.k={k}: k-fold needs at least 2 folds")
-        if not 0 <= fold < k:
-            raise ConfigError(f"split.fold={fold} is out of range for split.k={k} (0..{k - 1})")
-        test = _check_fraction("test", spec["test"])
-        outer = _assign_groups(strata, groups, {"test": test, "rest": 1 - test}, rng)
+        parts[table["center"].isin(spec.test_centers).to_numpy()] = "test"
+    elif isinstance(spec, KFoldSplitConfig):  # a fixed test part, k folds over the rest, fold `fold` validates
+        outer = _assign_groups(strata, groups, {"test": spec.test, "rest": 1 - spec.test}, rng)
         rest = outer == "rest"
-        folds = _assign_groups(strata[rest], groups[rest], {str(i): 1.0 for i in range(k)}, rng)
+        folds = _assign_groups(strata[rest], groups[rest], {str(i): 1.0 for i in range(spec.k)}, rng)
         parts[~rest] = "test"
-        parts[rest] = np.where(folds == str(fold), "val", "train")
+        parts[rest] = np.where(folds == str(spec.fold), "val", "train")
+    else:
+        raise TypeError(f"not a split config: {spec!r}")
 
     result = pd.Series(parts, index=table.index, name="part")
-    _check_parts(result, table, name, required_classes)
+    _check_parts(result, table, spec.name, required_classes)
     return result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from btxrd.data.annotations import Box, fill_box
 
@@ -61,27 +62,26 @@ def cam_iou(cam: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> float:
     return float(np.logical_and(region, lesion).sum() / union) if union else 0.0
 
 
-def localization_scores(
+LOCALIZATION_COLUMNS = ("cam_pointing", "cam_energy", "cam_energy_baseline", "cam_iou")
+
+
+def localization_per_image(
     cams: np.ndarray, boxes: Sequence[Sequence[Box]], masks: np.ndarray, image_size: int, threshold: float = 0.5
-) -> dict[str, float]:
-    """Mean scores over images (those with at least one box): pointing, energy, its baseline, IoU."""
+) -> pd.DataFrame:
+    """Per image: pointing hit (0/1), energy in box, its uniform-map baseline, IoU; NaN without a lesion box."""
     tolerance = pointing_tolerance(image_size)
-    hits, energies, baselines, ious = [], [], [], []
+    rows = []
     for cam, image_boxes, mask in zip(cams, boxes, masks, strict=True):
         if not image_boxes:
+            rows.append((np.nan,) * len(LOCALIZATION_COLUMNS))
             continue
-        hits.append(pointing_hit(cam, image_boxes, tolerance))
         energy, baseline = energy_in_boxes(cam, image_boxes)
-        energies.append(energy)
-        baselines.append(baseline)
-        ious.append(cam_iou(cam, mask, threshold))
-    if not hits:
-        nan = float("nan")
-        return {"cam_pointing": nan, "cam_energy": nan, "cam_energy_baseline": nan, "cam_iou": nan, "cam_n": 0}
-    return {
-        "cam_pointing": float(np.mean(hits)),
-        "cam_energy": float(np.mean(energies)),
-        "cam_energy_baseline": float(np.mean(baselines)),
-        "cam_iou": float(np.mean(ious)),
-        "cam_n": len(hits),
-    }
+        rows.append((float(pointing_hit(cam, image_boxes, tolerance)), energy, baseline, cam_iou(cam, mask, threshold)))
+    return pd.DataFrame(rows, columns=list(LOCALIZATION_COLUMNS), dtype=float)
+
+
+def localization_scores(per_image: pd.DataFrame) -> dict[str, float]:
+    """Means over the images that have a lesion box, and how many there are (``cam_n``)."""
+    scored = per_image.dropna()
+    means = {name: float(scored[name].mean()) if len(scored) else float("nan") for name in LOCALIZATION_COLUMNS}
+    return {**means, "cam_n": len(scored)}

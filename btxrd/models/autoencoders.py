@@ -9,14 +9,13 @@ a final Conv7x7 to one channel and a sigmoid. Variant C puts CBAM after every bl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
+from btxrd.errors import ConfigError
 from btxrd.models.blocks import CBAM, PreActResidualBlock, ResidualBlockWithCBAM
-from btxrd.models.registry import register_model
+from btxrd.models.registry import ModelBuilder, register_model
+from btxrd.settings import AutoencoderConfig
 
 
 def _stage(block: type[nn.Module], in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -106,17 +105,16 @@ class AttentionAutoencoder(ResidualAutoencoder):
     block = ResidualBlockWithCBAM
 
 
-def _build(cls: type[ResidualAutoencoder]):
-    def build(cfg: Mapping[str, Any]) -> nn.Module:
-        return cls(
-            in_channels=int(cfg.get("in_chans", 1)),
-            base_channels=int(cfg.get("base_channels", 64)),
-            latent_channels=int(cfg.get("latent_channels", 16)),
-            image_size=int(cfg.get("image_size", 256)),
-        )
+def _autoencoder(cls: type[ResidualAutoencoder]) -> ModelBuilder:
+    def build(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int,
+              pretrained: bool) -> nn.Module:  # fmt: skip
+        if pretrained:
+            raise ConfigError("model.pretrained=true: there are no ImageNet weights for the autoencoders; "
+                              "they train from scratch (model.pretrained=false)")  # fmt: skip
+        return cls(in_chans, base_channels, latent_channels, image_size)
 
     return build
 
 
-register_model("ae_residual", task="reconstruct")(_build(ResidualAutoencoder))
-register_model("ae_attention", task="reconstruct")(_build(AttentionAutoencoder))
+register_model("ae_residual", task="reconstruct", config=AutoencoderConfig)(_autoencoder(ResidualAutoencoder))
+register_model("ae_attention", task="reconstruct", config=AutoencoderConfig)(_autoencoder(AttentionAutoencoder))

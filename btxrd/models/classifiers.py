@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -13,7 +12,7 @@ import timm
 from torch import nn
 
 from btxrd.errors import ConfigError
-from btxrd.models.registry import register_model
+from btxrd.models.registry import ModelBuilder, register_model
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +29,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _pretrained_args(cfg: Mapping[str, Any], timm_name: str) -> dict[str, Any]:
+def _pretrained_args(pretrained: bool, weights: str | None, timm_name: str) -> dict[str, Any]:
     """timm arguments for ImageNet weights: from model.weights (a local file) or the hub."""
-    weights = cfg.get("weights")
     if weights:
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise ConfigError(f"model.weights={weights}: file not found")
         return {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}}
-    if not cfg.get("pretrained", False):
+    if not pretrained:
         return {"pretrained": False}
     if not _hub_reachable():
         raise ConfigError(
@@ -48,20 +46,12 @@ def _pretrained_args(cfg: Mapping[str, Any], timm_name: str) -> dict[str, Any]:
     return {"pretrained": True}
 
 
-def _create(timm_name: str, cfg: Mapping[str, Any], **extra: Any) -> nn.Module:
-    kwargs = dict(cfg.get("kwargs") or {})
-    kwargs.update(extra)
+def _create(timm_name: str, in_chans: int, num_classes: int, dropout: float, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        return timm.create_model(
-            timm_name,
-            num_classes=int(cfg.get("num_classes", 3)),
-            in_chans=int(cfg.get("in_chans", 1)),
-            drop_rate=float(cfg.get("dropout", 0.0)),
-            **kwargs,
-        )
+        return timm.create_model(timm_name, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, **kwargs)
     except (RuntimeError, OSError) as exc:
         if kwargs.get("pretrained"):
-            raise ConfigError(f"model {cfg['name']}: loading pretrained weights failed: {exc}") from None
+            raise ConfigError(f"model {timm_name}: loading pretrained weights failed: {exc}") from None
         raise
 
 
@@ -74,26 +64,29 @@ def _zero_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def _efficientnet(timm_name: str) -> Any:
-    def build(cfg: Mapping[str, Any]) -> nn.Module:
-        model = _create(timm_name, cfg, **_pretrained_args(cfg, timm_name))
+def _efficientnet(timm_name: str) -> ModelBuilder:
+    def build(*, in_chans: int, num_classes: int, dropout: float, pretrained: bool, weights: str | None,
+              kwargs: dict[str, Any]) -> nn.Module:  # fmt: skip
+        extra = {**kwargs, **_pretrained_args(pretrained, weights, timm_name)}
+        model = _create(timm_name, in_chans, num_classes, dropout, extra)
         model.cam_target_name = "bn2"  # last BN (+ activation) before global pooling
         return _zero_head(model)
 
     return build
 
 
-register_model("b0")(_efficientnet("efficientnet_b0"))
-register_model("b3")(_efficientnet("efficientnet_b3"))
+register_model("b0", task="classify")(_efficientnet("efficientnet_b0"))
+register_model("b3", task="classify")(_efficientnet("efficientnet_b3"))
 
 
-@register_model("resnet50_cbam")
-def resnet50_cbam(cfg: Mapping[str, Any]) -> nn.Module:
+@register_model("resnet50_cbam", task="classify")
+def resnet50_cbam(*, in_chans: int, num_classes: int, dropout: float, pretrained: bool, weights: str | None,
+                  kwargs: dict[str, Any]) -> nn.Module:  # fmt: skip
     """ResNet-50 with CBAM in all 16 bottlenecks; ImageNet weights go into everything else."""
-    model = _create("resnet50", cfg, block_args={"attn_layer": "cbam"})
-    pretrained = _pretrained_args(cfg, "resnet50")
-    if pretrained["pretrained"]:
-        source = _create("resnet50", cfg, **pretrained)
+    model = _create("resnet50", in_chans, num_classes, dropout, {**kwargs, "block_args": {"attn_layer": "cbam"}})
+    source_weights = _pretrained_args(pretrained, weights, "resnet50")
+    if source_weights["pretrained"]:
+        source = _create("resnet50", in_chans, num_classes, dropout, {**kwargs, **source_weights})
         result = model.load_state_dict(source.state_dict(), strict=False)
         cbam_missing = [k for k in result.missing_keys if ".se." in k]
         other = [k for k in result.missing_keys if ".se." not in k]

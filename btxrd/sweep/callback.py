@@ -26,9 +26,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
+from btxrd.jobs.context import is_submitit
 from btxrd.report import write_report
-from btxrd.runtime import handle_stop_signals, stop_signal
-from btxrd.sweep.context import is_submitit
+from btxrd.runtime.process import handle_stop_signals, stop_signal
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """The only package that talks to MLflow."""
 
+from btxrd.tracking.lifecycle import RunRecorder, error_text, job_run, record_skip
 from btxrd.tracking.mlflow_store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
@@ -13,11 +14,15 @@ from btxrd.tracking.mlflow_store import (
 
 __all__ = [
     "PARENT_RUN_ENV",
+    "RunRecorder",
     "TRACKING_URI_ENV",
     "Tracker",
     "active_statuses",
     "default_tracking_uri",
+    "error_text",
     "flatten",
+    "job_run",
     "parent_from_env",
+    "record_skip",
     "tracker_for",
 ]

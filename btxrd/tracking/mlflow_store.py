@@ -40,15 +40,16 @@ def default_tracking_uri(project_root: str | Path) -> str:
     return f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
 
 
-def tracker_for(tracking: Mapping[str, Any], project_root: str | Path) -> Tracker | None:
-    """The Tracker a ``tracking`` config section asks for, or None when tracking is disabled.
+def tracker_for(tracking: Any, project_root: str | Path) -> Tracker | None:
+    """The Tracker a ``tracking`` config section (TrackingConfig, or the composed node) asks for, or
+    None when tracking is disabled.
 
     URI: ``tracking.uri``, else the one the sweep's launcher exported, else the project's SQLite store.
     """
-    if not tracking.get("enabled", True):
+    if not tracking.enabled:
         return None
-    uri = tracking.get("uri") or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(project_root)
-    return Tracker(uri, tracking.get("experiment", "btxrd"), tracking.get("artifact_root"))
+    uri = tracking.uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(project_root)
+    return Tracker(uri, tracking.experiment, tracking.artifact_root)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

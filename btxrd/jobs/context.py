@@ -20,14 +20,14 @@ class JobContext:
     multirun: bool = False
     trial: bool = False  # the sweeper picks values (Optuna): several jobs share their config choices
     trial_params: dict[str, str] = field(default_factory=dict)  # the values the sweeper picked for this job
-
-    task: str = "classify"
+    name_part: str = ""  # what the task adds to the run's name (e.g. 'ann-on', 'reconstruct')
 
     @property
     def run_name(self) -> str:
         """e.g. 'b0 | center | ann-on' or 'ae_attention | stratified | reconstruct' (plus any experiment)."""
         parts = [self.choices.get("model", "?"), self.choices.get("split", "?")]
-        parts.append(f"ann-{self.choices.get('annotations', '?')}" if self.task == "classify" else self.task)
+        if self.name_part:
+            parts.append(self.name_part)
         if self.choices.get("experiment"):
             parts.insert(0, self.choices["experiment"])
         if self.trial:
@@ -57,13 +57,15 @@ def concurrent_jobs(launcher: Any) -> tuple[int, int | None]:
     return n_jobs, None
 
 
-def job_context(task: str = "classify") -> JobContext:
-    """The running Hydra job's context; defaults when called outside Hydra (tests, notebooks)."""
+def job_context(name_part: str = "") -> JobContext:
+    """The running Hydra job's context; defaults when called outside Hydra (tests, notebooks).
+
+    ``name_part``: what the task adds to the run's name after model and split."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return JobContext(output_dir=Path.cwd() / "outputs", task=task)
+        return JobContext(output_dir=Path.cwd() / "outputs", name_part=name_part)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     n_jobs, cpus_per_job = concurrent_jobs(hc.launcher) if multirun else (1, None)
@@ -83,5 +85,5 @@ def job_context(task: str = "classify") -> JobContext:
         multirun=multirun,
         trial=trial,
         trial_params=trial_params,
-        task=task,
+        name_part=name_part,
     )

@@ -1,0 +1,161 @@
+"""Training with early stopping: set-up, resume, the epochs, checkpoints.
+
+Knows nothing of Hydra, MLflow or the task: the objective (``btxrd.tasks``) says what the
+batches are trained for and how validation is scored; per-epoch metrics go to any object with
+``log_metrics(metrics, step)``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from btxrd.engine.checkpoint import save_checkpoint
+from btxrd.engine.inputs import InputPipeline, place_model
+from btxrd.engine.loop import Objective, train_one_epoch
+from btxrd.engine.schedule import EarlyStopping, warmup_cosine
+from btxrd.errors import ConfigError
+from btxrd.settings import TrainConfig, parse_auto_bool
+
+
+class MetricLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class FitResult:
+    best_path: Path
+    last_path: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]]
+    first_step_at: float = float("nan")  # wall-clock time (time.time()) after the first optimiser step
+
+
+@dataclass
+class _Training:
+    """Everything that changes while training and is saved in a checkpoint to resume from."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stopper: EarlyStopping
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state(self, row: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "metrics": {k: float(v) for k, v in row.items()},
+            **self.stopper.state_dict(),
+            "history": self.history,
+            "rng_state": torch.get_rng_state(),
+            **extra,
+        }
+
+    def resume_from(self, state: dict[str, Any], out_dir: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:  # same config, other code: other layers or shapes
+            raise ConfigError(f"train.resume: the last checkpoint in {out_dir} does not fit this model "
+                              f"(written by code version {state.get('code_version', 'unknown')}); "
+                              "train.resume=false starts afresh") from None  # fmt: skip
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_state"])
+        self.epoch = int(state["epoch"])
+        self.stopper.load_state_dict(state)
+        self.history = [dict(row) for row in state["history"]]
+
+
+def _set_up(model: nn.Module, train_loader: DataLoader, objective: Objective, train: TrainConfig,
+            device: torch.device) -> tuple[_Training, InputPipeline, torch.amp.GradScaler]:  # fmt: skip
+    place_model(model, device, train.channels_last)
+    inputs = InputPipeline(device, objective.inputs, train.channels_last)
+    objective.setup(model, device, np.asarray(train_loader.dataset.labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    steps_per_epoch = len(train_loader)
+    schedule = warmup_cosine(train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch),
+                             train.min_lr_ratio)  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_scaler = train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    objective: Objective,
+    train: TrainConfig,
+    *,
+    monitor: str,
+    seed: int,
+    device: torch.device,
+    out_dir: str | Path,
+    logger: MetricLogger | None = None,
+    resume: dict[str, Any] | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train with early stopping on ``monitor``; best and last checkpoints go to ``out_dir``.
+
+    ``resume``: a last checkpoint of this same run; training continues after its epoch with the
+    model, optimiser, schedule, early-stopping state and RNG state it holds, so on CPU the result
+    equals an uninterrupted run (data order and augmentation are seeded per epoch).
+    ``extra_state``: stored in every checkpoint (e.g. the config, the code version).
+    """
+    out_dir = Path(out_dir)
+    training, inputs, scaler = _set_up(model, train_loader, objective, train, device)
+    if resume is not None:
+        training.resume_from(resume, out_dir)
+    progress = parse_auto_bool(train.progress)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    first_step_at = math.nan
+    while training.epoch < train.epochs and not training.stopper.should_stop:
+        epoch = training.epoch
+        for holder in (train_loader.sampler, train_loader.dataset):
+            if hasattr(holder, "set_epoch"):
+                holder.set_epoch(epoch)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False) if show_bar else None
+        stats = train_one_epoch(
+            model, train_loader, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
+            generator=torch.Generator().manual_seed(seed * 7919 + epoch), amp=train.amp,
+            grad_clip=train.grad_clip, sync_every=train.sync_every, bar=bar,
+        )  # fmt: skip
+        if math.isnan(first_step_at):
+            first_step_at = stats.first_step_at
+        validation_start = time.perf_counter()
+        row = {"train_loss": stats.loss, **stats.extras, **objective.validate(model, val_loader, device),
+               "lr": training.optimizer.param_groups[0]["lr"],
+               "epoch_seconds": stats.seconds + time.perf_counter() - validation_start,
+               "train_images_per_second": stats.images / stats.seconds}  # fmt: skip
+        row = {k: float(v) for k, v in row.items()}  # plain floats: checkpoints load with weights_only=True
+        training.epoch = epoch + 1
+        training.history.append(row)
+        if logger is not None:
+            logger.log_metrics(row, step=training.epoch)
+        improved = training.stopper.update(row[monitor], training.epoch)
+        state = training.state(row, extra_state or {})
+        if improved:
+            save_checkpoint(state, best_path)
+        save_checkpoint(state, last_path)  # after best: a kill in between only repeats this epoch
+    stopper = training.stopper
+    return FitResult(best_path, last_path, stopper.best_epoch, stopper.best_score, training.epoch,
+                     stopper.should_stop, training.history, first_step_at)  # fmt: skip

@@ -1,0 +1,94 @@
+"""Re-score a trained model: the run's own split part, or all images of another dataset.
+
+The checkpoint carries its resolved training config, so the model, input size, canvas and
+split are rebuilt exactly as in training, and the same scoring function as the run's test phase
+gives the run's own test metrics back. Checkpoints load with weights_only=True only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from btxrd.config import evaluate_settings, stored_run_settings
+from btxrd.engine import load_checkpoint, place_model
+from btxrd.errors import ConfigError, DataError
+from btxrd.jobs.context import job_context
+from btxrd.jobs.parts import load_evaluation_part
+from btxrd.jobs.scoring import score_part
+from btxrd.models import build_model, model_entry
+from btxrd.runtime.environment import prepare_runtime
+from btxrd.settings import EvaluateConfig, ModelConfig, RunConfig, parse_auto_int
+from btxrd.tasks import make_task
+from btxrd.tracking import Tracker, job_run, tracker_for
+
+
+def evaluate_job(cfg: DictConfig) -> dict[str, float]:
+    """Re-score ``run_id``'s best checkpoint (or ``checkpoint``); log a nested evaluation run."""
+    settings = evaluate_settings(cfg)
+    out_dir = job_context().output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = tracker_for(settings.tracking, settings.paths.root)
+    checkpoint, expected_split, name = _checkpoint_source(settings, tracker, out_dir)
+    tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(settings.data.root or "")}
+    with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir,
+                 parent_id=settings.run_id or None) as recorder:  # fmt: skip
+        state = load_checkpoint(checkpoint)
+        run = _trained_with(state, checkpoint)
+        task = make_task(run)
+        runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
+        part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
+                                    expected_split)  # fmt: skip
+        model = build_model(_without_pretrained_weights(run.model))
+        model.load_state_dict(state["model"])
+        place_model(model, runtime.device, run.train.channels_last)
+        title = f"{Path(checkpoint).name} on {part.name}"
+        metrics = score_part(task, model, part, runtime.device, out_dir, title, settings.eval, recorder)
+        recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
+                             "checkpoint": str(checkpoint)})  # fmt: skip
+        recorder.log_metrics(metrics)
+        (out_dir / f"metrics_{part.name}.json").write_text(json.dumps(metrics, indent=2))
+        recorder.artifact(out_dir / f"metrics_{part.name}.json")
+    print(f"evaluated {checkpoint} on {part.name} of {part.root} ({len(part.rows)} images):")
+    for key, value in metrics.items():
+        print(f"  {key:40s} {value:.4f}")
+    print(f"outputs: {out_dir}" + (f"; MLflow run {recorder.run_id}" if recorder.run_id else ""))
+    return metrics
+
+
+def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_dir: Path
+                       ) -> tuple[Path, pd.DataFrame | None, str]:  # fmt: skip
+    """(checkpoint file, the run's logged split or None, a name for the evaluation run)."""
+    if not settings.run_id:
+        checkpoint = Path(str(settings.checkpoint)).expanduser()
+        return checkpoint, None, checkpoint.name
+    if tracker is None:
+        raise ConfigError("run_id=... needs tracking.enabled=true (use checkpoint=PATH without tracking)")
+    trained = tracker.find_run(settings.run_id)
+    if trained is None:
+        raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.uri}")
+    if "checkpoints/best.pt" not in tracker.artifact_paths(settings.run_id, "checkpoints"):
+        raise ConfigError(f"run_id={settings.run_id}: the run has no checkpoint artifact (checkpoints/best.pt)")
+    checkpoint = tracker.download_artifact(settings.run_id, "checkpoints/best.pt", out_dir)
+    split = None
+    if "split.csv" in tracker.artifact_paths(settings.run_id):
+        split = pd.read_csv(tracker.download_artifact(settings.run_id, "split.csv", out_dir))
+    return checkpoint, split, trained.info.run_name
+
+
+def _trained_with(state: dict, checkpoint: Path) -> RunConfig:
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        raise DataError(f"{checkpoint}: no training config inside; not a btxrd checkpoint")
+    schema = model_entry(str(config["model"].get("name"))).config
+    return stored_run_settings(config, schema, f"the config stored in {checkpoint}")
+
+
+def _without_pretrained_weights(model: ModelConfig) -> ModelConfig:
+    """The trained weights come from the checkpoint: nothing to download or read first."""
+    changes = {"pretrained": False, **({"weights": None} if hasattr(model, "weights") else {})}
+    return dataclasses.replace(model, **changes)

@@ -1,0 +1,99 @@
+"""The data step of a job: read the dataset, split it, cache its pixels once, make the loaders.
+
+Training and evaluate.py build their parts here, through the same loader factory, so a run's test
+phase and a later re-scoring see exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from btxrd.data.cache import ImageCache, cache_for
+from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.loaders import loader_workers, make_loader
+from btxrd.data.reader import load_dataset
+from btxrd.data.splits import PARTS, make_split, write_split_csv
+from btxrd.errors import DataError
+from btxrd.runtime.environment import Runtime
+from btxrd.settings import RunConfig, parse_auto_int
+from btxrd.tasks import ScoredPart, Task
+
+EVALUATION_PARTS = (*PARTS, "all")
+
+
+@dataclass
+class RunData:
+    """A training run's data: its parts' rows, the loaders to train and validate on, the test part."""
+
+    rows: dict[str, pd.DataFrame]  # train / val / test rows (train and val as the task trains on them)
+    train: DataLoader
+    val: DataLoader
+    test: ScoredPart
+    cache: ImageCache
+    split_csv: Path
+
+
+def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime,
+                root: str) -> ScoredPart:  # fmt: skip
+    """A part to score: its whole images, in order, batched by ``train.eval_batch_size``."""
+    dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
+    workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
+    loader = make_loader(dataset, run.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
+    return ScoredPart(name, rows, loader, cache, root)
+
+
+def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
+    """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training run."""
+    table = load_dataset(run.data.root, on_bad_image=run.data.on_bad_image, read_annotations=task.reads_annotations,
+                         memo_dir=run.data.cache_dir)  # fmt: skip
+    parts = make_split(table, run.split, required_classes=task.required_classes)
+    split_csv = write_split_csv(table, parts, out_dir / "split.csv")
+    cache = cache_for(table, run.model.image_size, run.data, workers=runtime.threads)
+    rows = {part: table[parts == part].reset_index(drop=True) for part in PARTS}
+    rows["train"], rows["val"] = (task.training_rows(p, rows[p]) for p in ("train", "val"))
+    crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
+    train_set = BTXRDImages(rows["train"], cache, run.model.image_size, train=True, crop=crop, seed=run.seed,
+                            **task.training_dataset_options())  # fmt: skip
+    workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
+    train = make_loader(train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device,
+                        seed=run.seed)  # fmt: skip
+    val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root).loader
+    test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
+    return RunData(rows, train, val, test, cache, split_csv)
+
+
+def load_evaluation_part(
+    run: RunConfig,
+    part: str,
+    runtime: Runtime,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    expected_split: pd.DataFrame | None = None,
+) -> ScoredPart:
+    """The part of a trained run to re-score: ``part`` of its own split, or all images of another dataset.
+
+    ``data_root`` None: the run's dataset and split (``expected_split``, the run's logged split CSV,
+    must match: a mismatch means the dataset changed). A path: external validation on that
+    dataset (``part='all'`` unless another part is asked).
+    """
+    external = data_root is not None and Path(data_root).expanduser().resolve() != Path(run.data.root).resolve()
+    root = str(data_root) if data_root else run.data.root
+    table = load_dataset(root, on_bad_image=run.data.on_bad_image, read_annotations=False)
+    if part == "all" or (external and part == "test"):
+        part, rows = "all", table.reset_index(drop=True)
+    else:
+        parts = make_split(table, run.split)
+        if expected_split is not None:
+            same = (expected_split["image_id"].tolist() == table["image_id"].tolist()
+                    and (expected_split["part"].to_numpy() == parts.to_numpy()).all())  # fmt: skip
+            if not same:
+                raise DataError(f"the dataset at {root} changed since training: its split differs from the run's")
+        rows = table[parts == part].reset_index(drop=True)
+    if len(rows) == 0:
+        raise DataError(f"no image in part '{part}' of {root}")
+    cache = cache_for(table, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
+    return scored_part(run, part, rows, cache, runtime, root)

@@ -1,0 +1,135 @@
+"""One training job, from a composed config to a closed MLflow run, in named steps.
+
+1. settings: every key typed and range-checked, the task's too; no file read yet;
+2. identity: the config hash; with ``sweep.skip_finished`` an earlier FINISHED run is reused;
+3. the configuration's checkpoint folder (locked) and where to resume from;
+4. the run (opened, or continued after an interruption), then inside it: runtime, data, model,
+   training, and the test part scored by the same function as evaluate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from btxrd.config import config_hash, run_settings, to_dict
+from btxrd.data.schema import CLASS_NAMES
+from btxrd.engine import fit, load_checkpoint
+from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume
+from btxrd.jobs.context import JobContext, job_context
+from btxrd.jobs.parts import load_run_data
+from btxrd.jobs.scoring import score_part
+from btxrd.models import build_model
+from btxrd.runtime.environment import prepare_runtime, seed_everything
+from btxrd.runtime.provenance import code_version, git_commit, process_start_time
+from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
+from btxrd.tasks import Task, make_task
+from btxrd.tracking import RunRecorder, flatten, job_run, parent_from_env, record_skip, tracker_for
+
+log = logging.getLogger(__name__)
+
+
+def train_job(cfg: DictConfig) -> float:
+    """Run one training job; returns the best validation value of the optimised metric (for sweepers)."""
+    job_start = time.time()
+    run = run_settings(cfg)
+    task = make_task(run)
+    job = job_context(task.run_name_part())
+    tracker = tracker_for(run.tracking, run.paths.root)
+    config = to_dict(cfg)
+    identity = config_hash(config)
+    commit = git_commit()
+    tags = {**task.tags(), **_job_tags(run, job, commit), "config_hash": identity}
+    parent_id = parent_from_env()  # set by the sweep callback (hydra.job.env_set)
+    if tracker is not None and run.sweep.skip_finished:
+        earlier = tracker.finished_run_with_tag("config_hash", identity)
+        if earlier is not None:
+            record_skip(tracker, job.run_name, tags, earlier, parent_id)
+            return float(earlier.data.metrics.get(f"best_{task.optimized_metric}", math.nan))
+    with checkpoint_folder(Path(run.train.checkpoint_dir) / identity) as folder:
+        version = code_version(commit=commit)
+        resume = find_resume(folder, parse_auto_bool(run.train.resume), version)
+        if resume is not None and resume.not_resumed:
+            log.warning("%s: starting afresh, not resuming: %s (train.resume=true forces it)", job.run_name,
+                        resume.not_resumed)  # fmt: skip
+        elif resume is not None:
+            tags["resumed_from_epoch"] = str(resume.epoch)
+        with job_run(tracker, job.run_name, tags, output_dir=job.output_dir, parent_id=parent_id,
+                     earlier_run_id=resume.run_id if resume else None,
+                     abandon_reason=resume.not_resumed if resume else "", resumable=True) as recorder:  # fmt: skip
+            continued = resume if resume is not None and not resume.not_resumed else None
+            best = _train(run, task, job, recorder, config, folder, continued, version, job_start)
+        (folder / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
+        return best
+
+
+def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
+    return {
+        "model": run.model.name,
+        "split": run.split.name,
+        "sweep_dir": job.sweep_dir,
+        "job_num": str(job.job_num),
+        "overrides": " ".join(job.overrides),
+        "trial_params": " ".join(f"{k}={v}" for k, v in job.trial_params.items()),
+        "output_dir": str(job.output_dir),
+        "mlflow.source.git.commit": commit,
+    }
+
+
+def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, config: dict, folder: Path,
+           resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
+    out_dir = job.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime = prepare_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.job_num, job.n_jobs,
+                              job.cpus_per_job)  # fmt: skip
+    seed_everything(run.seed, run.train.deterministic)
+    fresh = resume is None  # a continued run has its parameters already
+    if fresh:
+        recorder.log_params({**flatten(config), "runtime.device": str(runtime.device),
+                             "runtime.threads": str(runtime.threads),
+                             "runtime.glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")})  # fmt: skip
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    recorder.artifact(out_dir / "config.json")
+
+    data = load_run_data(run, task, runtime, out_dir)
+    recorder.artifact(data.split_csv)
+    model = build_model(run.model)
+    if fresh:
+        sizes = {f"data.n_{p}": len(r) for p, r in data.rows.items()}
+        recorder.log_params({**sizes, "data.cache_file": str(data.cache.path),
+                             **task.describe_model(model, runtime.device)})  # fmt: skip
+    if resume is not None:
+        log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
+    result = fit(model, data.train, data.val, task.objective(model), run.train, monitor=task.monitor, seed=run.seed,
+                 device=runtime.device, out_dir=folder, logger=recorder, resume=resume.state if resume else None,
+                 extra_state={"config": config, "class_names": list(CLASS_NAMES), "code_version": version,
+                              "mlflow_run_id": recorder.run_id or ""})  # fmt: skip
+    pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
+    recorder.artifact(result.best_path, "checkpoints")
+    if run.tracking.log_last_checkpoint:
+        recorder.artifact(result.last_path, "checkpoints")
+
+    model.load_state_dict(load_checkpoint(result.best_path)["model"])
+    test_metrics = score_part(task, model, data.test, runtime.device, out_dir, job.run_name, run.eval, recorder)
+    optimized = task.optimized_metric
+    summary = {
+        **test_metrics,
+        # job start (task function entered) to the first optimiser step: data, split, cache, model
+        "startup_seconds": result.first_step_at - job_start,
+        "process_startup_seconds": result.first_step_at - process_start_time(),
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        f"best_{task.monitor}": result.best_score,
+        f"best_{optimized}": max(row[optimized] for row in result.history),
+    }
+    recorder.log_metrics(summary, step=result.epochs_run)
+    (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
+    log.info("%s: %s", job.run_name, ", ".join(f"{k} {summary[k]:.3f}" for k in task.headline))
+    return float(summary[f"best_{optimized}"])

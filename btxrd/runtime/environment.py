@@ -1,0 +1,64 @@
+"""Where a job computes: its device, its share of the CPU cores, and its seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from btxrd.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    threads: int  # torch intra-op threads of this job (also its cache-building threads)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def select_device(setting: str, job_num: int = 0) -> torch.device:
+    """``auto``: CUDA if present, jobs spread over GPUs by job number; else CPU."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", job_num % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={setting}: CUDA is not available on this machine")
+    return device
+
+
+def threads_per_job(threads: int | None, n_jobs: int, cpus_per_job: int | None = None) -> int:
+    """None (``auto``): the job's share of the cores, so n_jobs x threads never exceeds them
+    (or the CPUs the launcher gave the job, when it says)."""
+    if threads is None:
+        if cpus_per_job:
+            return max(1, min(cpus_per_job, available_cores()))
+        return max(1, available_cores() // max(1, n_jobs))
+    return max(1, threads)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def prepare_runtime(device: str, threads: int | None, job_num: int = 0, n_jobs: int = 1,
+                    cpus_per_job: int | None = None) -> Runtime:  # fmt: skip
+    """Pick the device and set this process's torch threads (loky workers keep them between jobs)."""
+    chosen = select_device(device, job_num)
+    count = threads_per_job(threads, n_jobs, cpus_per_job)
+    torch.set_num_threads(count)
+    return Runtime(chosen, count)

@@ -1,0 +1,348 @@
+"""The typed schema of every setting: types and keys checked by Hydra when it composes, ranges here.
+
+The values live in ``conf/`` (YAML), once: these dataclasses declare what each key is (type,
+allowed range or choices), never its value, so every field defaults to MISSING. Hydra merges the
+YAML onto them (``btxrd.config`` registers them in its ConfigStore), which refuses an unknown
+key or a value of the wrong type at composition with an error naming the key. Ranges and
+choices, which OmegaConf cannot express, are field metadata checked by ``check`` right after
+composition, before any file is read: a bad value fails in one line naming its full key.
+
+Plain dataclasses, standard library only: the data, models and engine layers may take these
+objects without knowing anything of Hydra. Task-specific settings (``task.*``) are declared by
+each task's own module (``btxrd.tasks``), so that a new task is one module and one YAML file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from btxrd.errors import ConfigError
+
+MISSING = "???"  # OmegaConf's marker of a mandatory value (omegaconf.MISSING), without importing OmegaConf
+
+
+def setting(
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """A field without a default (the value comes from conf/) and with the range it must lie in.
+
+    ``check(value)`` returns what is wrong with a value (e.g. "must be auto or an integer >= 0"), or None.
+    """
+    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
+                                            "check": check})  # fmt: skip
+
+
+def _problem(value: Any, meta: dict[str, Any]) -> str | None:
+    if value is None:  # Optional fields: None is checked by the type, not the range
+        return None
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return "choose one of " + ", ".join(str(c) for c in meta["choices"])
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        bounds = (("ge", ">=", value >= (meta["ge"] if meta.get("ge") is not None else -math.inf)),
+                  ("gt", ">", value > (meta["gt"] if meta.get("gt") is not None else -math.inf)),
+                  ("le", "<=", value <= (meta["le"] if meta.get("le") is not None else math.inf)),
+                  ("lt", "<", value < (meta["lt"] if meta.get("lt") is not None else math.inf)))  # fmt: skip
+        broken = [f"{sign} {meta[key]:g}" for key, sign, ok in bounds if not ok]
+        if broken:
+            return "must be " + " and ".join(broken)
+    if meta.get("check") is not None:
+        return meta["check"](value)
+    return None
+
+
+def check(settings: Any, prefix: str = "") -> None:
+    """Check every field's range and choices, recursively; raise ConfigError naming the first bad key."""
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            check(value, f"{key}.")
+            continue
+        problem = _problem(value, dict(f.metadata))
+        if problem:
+            raise ConfigError(f"{key}={value!r}: {problem}")
+    validate = getattr(settings, "validate", None)
+    if validate is not None:  # relations between fields (e.g. split fractions summing to 1); names its keys
+        problem = validate()
+        if problem:
+            raise ConfigError(problem)
+
+
+def auto_or_int(minimum: int) -> Callable[[Any], str | None]:
+    """For settings that are ``auto`` or a whole number (threads, loader workers)."""
+
+    def test(value: Any) -> str | None:
+        if str(value) == "auto":
+            return None
+        try:
+            ok = int(str(value)) >= minimum
+        except ValueError:
+            ok = False
+        return None if ok else f"must be auto or a whole number >= {minimum}"
+
+    return test
+
+
+def auto_or_bool(value: Any) -> str | None:
+    return None if str(value).lower() in ("auto", "true", "false") else "must be auto, true or false"
+
+
+def device_name(value: Any) -> str | None:
+    text = str(value)
+    if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
+
+
+def parse_auto_int(value: Any) -> int | None:
+    """``auto`` -> None, else the number."""
+    return None if str(value) == "auto" else int(str(value))
+
+
+def parse_auto_bool(value: Any) -> bool | None:
+    """``auto`` -> None, else the boolean."""
+    text = str(value).lower()
+    return None if text == "auto" else text == "true"
+
+
+# ----------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class PathsConfig:
+    root: str = setting()
+    cache_dir: str = setting()
+
+
+@dataclass
+class ClaheConfig:
+    clip_limit: float = setting(gt=0)
+    tiles: int = setting(ge=1)
+
+
+@dataclass
+class DataConfig:
+    root: str = setting()
+    on_bad_image: str = setting(choices=("error", "skip"))
+    canvas_scale: float = setting(ge=1.0, le=2.0)
+    cache_source_size: int | None = setting(ge=32)
+    cache_dir: str = setting()
+    preprocess: str = setting(choices=("none", "clahe"))
+    clahe: ClaheConfig = field(default_factory=ClaheConfig)
+    num_workers: str = setting(check=auto_or_int(0))
+    mean: float = setting(ge=0, le=1)
+    std: float = setting(gt=0)
+    crop_min_scale: float = setting(gt=0, le=1)
+    crop_max_scale: float = setting(gt=0, le=1)
+    hflip: bool = setting()
+    brightness: float = setting(ge=0, le=1)
+    contrast: float = setting(ge=0, le=1)
+
+    def validate(self) -> str | None:
+        if self.crop_min_scale > self.crop_max_scale:
+            return f"data.crop_min_scale={self.crop_min_scale} is larger than data.crop_max_scale={self.crop_max_scale}"
+        return None
+
+
+@dataclass
+class ModelConfig:
+    """What every model has; a model family adds its own keys (below)."""
+
+    name: str = setting()
+    image_size: int = setting(ge=32, le=4096)  # the networks downsample 32x
+    batch_size: int = setting(ge=1)
+    in_chans: int = setting(ge=1)
+    pretrained: bool = setting()  # start from ImageNet weights (where the model has them)
+
+
+@dataclass
+class ClassifierConfig(ModelConfig):
+    weights: str | None = setting()  # a local weights file instead of the hub
+    num_classes: int = setting(ge=2)
+    dropout: float = setting(ge=0, lt=1)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+
+@dataclass
+class AutoencoderConfig(ModelConfig):
+    base_channels: int = setting(ge=1)
+    latent_channels: int = setting(ge=1)
+
+    def validate(self) -> str | None:
+        if self.image_size % 16:
+            return f"model.image_size={self.image_size}: the autoencoders downsample 16x; use a multiple of 16"
+        return None
+
+
+def _fraction(**bounds: float) -> Any:
+    return setting(gt=0, lt=1, **bounds)
+
+
+@dataclass
+class SplitConfig:
+    name: str = setting(choices=("stratified", "center", "kfold"))
+    seed: int = setting(ge=0)
+    group_patients: bool = setting()
+
+
+@dataclass
+class StratifiedSplitConfig(SplitConfig):
+    train: float = _fraction()
+    val: float = _fraction()
+    test: float = _fraction()
+
+    def validate(self) -> str | None:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            return f"split.train + split.val + split.test = {total:.3f}; they must sum to 1"
+        return None
+
+
+@dataclass
+class CenterSplitConfig(SplitConfig):
+    train_centers: list[int] = setting()
+    test_centers: list[int] = setting()
+    val_fraction: float = _fraction()
+
+    def validate(self) -> str | None:
+        for key in ("train_centers", "test_centers"):
+            if not getattr(self, key):
+                return f"split.{key} is empty"
+        overlap = sorted(set(self.train_centers) & set(self.test_centers))
+        if overlap:
+            return f"split.train_centers and split.test_centers share centre(s) {overlap}"
+        return None
+
+
+@dataclass
+class KFoldSplitConfig(SplitConfig):
+    k: int = setting(ge=2)
+    fold: int = setting(ge=0)
+    test: float = _fraction()
+
+    def validate(self) -> str | None:
+        if self.fold >= self.k:
+            return f"split.fold={self.fold} is out of range for split.k={self.k} (0..{self.k - 1})"
+        return None
+
+
+@dataclass
+class AnnotationsConfig:
+    enabled: bool = setting()
+    lesion_crops: bool = setting()
+    cam_loss_weight: float = setting(ge=0)
+    mask_dilation: float = setting(ge=0, le=0.5)  # fraction of the input size
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = setting(ge=1)
+    lr: float = setting(gt=0, le=10)
+    weight_decay: float = setting(ge=0)
+    warmup_epochs: float = setting(ge=0)
+    min_lr_ratio: float = setting(ge=0, le=1)
+    patience: int = setting(ge=0)
+    monitor: str = setting()  # checked against the task's metrics (btxrd.tasks)
+    class_weights: bool = setting()
+    label_smoothing: float = setting(ge=0, lt=1)
+    grad_clip: float = setting(ge=0)
+    device: str = setting(check=device_name)
+    amp: bool = setting()
+    channels_last: bool = setting()
+    num_threads: str = setting(check=auto_or_int(1))
+    deterministic: bool = setting()
+    progress: str = setting(check=auto_or_bool)
+    sync_every: int = setting(ge=1)
+    eval_batch_size: int = setting(ge=1)
+    resume: str = setting(check=auto_or_bool)
+    checkpoint_dir: str = setting()
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = setting()
+    uri: str | None = setting()
+    experiment: str = setting()
+    artifact_root: str = setting()
+    log_last_checkpoint: bool = setting()
+
+
+@dataclass
+class SweepConfig:
+    skip_finished: bool = setting()
+
+
+@dataclass
+class EvalConfig:
+    """Uncertainty and operating points of every scored part (training's test phase and evaluate.py)."""
+
+    ci_level: float = _fraction(ge=0.5)
+    n_bootstrap: int = setting(ge=100)  # 0 would mean no intervals: refused, intervals are the point
+    bootstrap_seed: int = setting(ge=0)
+    specificities: list[float] = setting()  # malignant sensitivity at these specificities
+
+    def validate(self) -> str | None:
+        bad = [s for s in self.specificities if not 0 < s < 1]
+        if bad or not self.specificities:
+            return f"eval.specificities={self.specificities}: give one or more values strictly between 0 and 1"
+        return None
+
+
+@dataclass
+class RunConfig:
+    """Everything one training job is made of (conf/config.yaml)."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = setting()  # ClassifierConfig or AutoencoderConfig, chosen by the model's YAML
+    split: Any = setting()  # one of the split configs, chosen by the split's YAML
+    annotations: AnnotationsConfig = field(default_factory=AnnotationsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    task: Any = setting()  # name + the task's own settings (declared by the task's module)
+    seed: int = setting(ge=0)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    optimized_metric: str = setting()
+
+
+@dataclass
+class EvaluateDataConfig:
+    root: str | None = setting()
+    cache_dir: str | None = setting()
+
+
+@dataclass
+class EvaluateConfig:
+    """Re-scoring a trained model (conf/evaluate.yaml)."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_id: str | None = setting()
+    checkpoint: str | None = setting()
+    part: str = setting(choices=("train", "val", "test", "all"))
+    device: str = setting(check=device_name)
+    num_threads: str = setting(check=auto_or_int(1))
+    data: EvaluateDataConfig = field(default_factory=EvaluateDataConfig)
+
+    def validate(self) -> str | None:
+        if bool(self.run_id) == bool(self.checkpoint):
+            return "give exactly one of run_id=<mlflow run id> or checkpoint=PATH"
+        return None
+
+
+MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"classifier": ClassifierConfig, "autoencoder": AutoencoderConfig}
+SPLITS: dict[str, type[SplitConfig]] = {"stratified": StratifiedSplitConfig, "center": CenterSplitConfig,
+                                        "kfold": KFoldSplitConfig}  # fmt: skip

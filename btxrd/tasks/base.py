@@ -1,0 +1,178 @@
+"""What a task is: what it needs from the data, its models, its objective, how it scores a part.
+
+A task is one module in ``btxrd/tasks/`` (registered with ``@register_task``) and one YAML file
+in ``conf/task/``; nothing outside the task modules tests a task's name. Its own settings (the
+keys under ``task:`` besides ``name``) are a dataclass of the module, checked like every other
+setting before any work (``btxrd.settings.check``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from btxrd.config import typed_settings
+from btxrd.data.cache import ImageCache
+from btxrd.engine import Objective
+from btxrd.errors import ConfigError
+from btxrd.models import model_entry
+from btxrd.settings import EvalConfig, RunConfig
+
+
+@dataclass
+class ScoredPart:
+    """A part of a dataset to score: its rows (in loader order), loader, image cache and dataset root."""
+
+    name: str  # train | val | test | all
+    rows: pd.DataFrame
+    loader: DataLoader
+    cache: ImageCache
+    root: str
+
+
+@dataclass
+class Scores:
+    """What scoring a part gives: metrics (``<part>_<name>``), files to log, and one row per image."""
+
+    metrics: dict[str, float]
+    artifacts: list[Path] = field(default_factory=list)
+    per_image: pd.DataFrame | None = None
+
+
+@dataclass
+class NoSettings:
+    """A task without settings of its own."""
+
+
+class Task(ABC):
+    """One kind of learning problem on the radiographs."""
+
+    name: ClassVar[str]
+    settings_type: ClassVar[type] = NoSettings
+    monitors: ClassVar[tuple[str, ...]]  # validation metrics early stopping may follow; the first is the default
+    headline: ClassVar[tuple[str, ...]]  # test metrics a finished run names in its log line
+    report_columns: ClassVar[dict[str, str]]  # test metric -> column title in the sweep report
+    chart_metrics: ClassVar[tuple[str, ...]]  # test metrics drawn in the sweep report's chart
+    chart_unit: ClassVar[str] = "test score"
+    report_notes: ClassVar[str] = ""  # appended to a sweep report holding runs of this task
+    reads_annotations: ClassVar[bool] = False  # whether training may read the lesion annotations
+    required_classes: ClassVar[Sequence[int]] = ()  # classes every split part must hold
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+        self.settings = self._own_settings(run.task)
+        entry = model_entry(run.model.name)
+        if entry.task != self.name:
+            raise ConfigError(f"model={entry.name} is a {entry.task} model but task={self.name}; "
+                              f"choose one of {', '.join(_models_of(self.name))}")  # fmt: skip
+        if not isinstance(run.model, entry.config):
+            raise ConfigError(f"conf/model/{entry.name}.yaml: its schema must be /schema/model for "
+                              f"{entry.config.__name__}")  # fmt: skip
+        monitor = run.train.monitor
+        if monitor != "auto" and monitor not in self.monitors:
+            raise ConfigError(f"train.monitor={monitor!r}: task={self.name} reports {', '.join(self.monitors)}")
+        optimized = run.optimized_metric
+        if optimized != "auto" and optimized not in self.monitors:
+            raise ConfigError(f"optimized_metric={optimized!r}: task={self.name} reports {', '.join(self.monitors)}")
+
+    def _own_settings(self, node: dict[str, Any]) -> Any:
+        values = {k: v for k, v in dict(node).items() if k != "name"}
+        return typed_settings(values, self.settings_type, "task.")
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best checkpoint and stops early."""
+        return self.monitors[0] if self.run.train.monitor == "auto" else self.run.train.monitor
+
+    @property
+    def optimized_metric(self) -> str:
+        """The validation metric whose best value the job returns to a Hydra sweeper (Optuna)."""
+        return self.monitor if self.run.optimized_metric == "auto" else self.run.optimized_metric
+
+    # --- data
+    def training_rows(self, part: str, rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``part`` (train | val) the model trains and validates on."""
+        return rows
+
+    def training_dataset_options(self) -> dict[str, bool]:
+        """Keyword arguments of the training ``BTXRDImages`` (lesion-keeping crops, masks)."""
+        return {}
+
+    # --- naming
+    def run_name_part(self) -> str:
+        """What this task adds to a run's name after model and split (e.g. 'ann-on')."""
+        return self.name
+
+    def tags(self) -> dict[str, str]:
+        return {"task": self.name}
+
+    # --- training and scoring
+    def describe_model(self, model: nn.Module, device: torch.device) -> dict[str, str]:
+        """Extra MLflow params about the network (e.g. its memory)."""
+        return {}
+
+    @abstractmethod
+    def objective(self, model: nn.Module) -> Objective: ...
+
+    @abstractmethod
+    def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
+              evaluation: EvalConfig) -> Scores:  # fmt: skip
+        """Metrics (with confidence intervals), pictures and per-image results of ``model`` on ``part``.
+
+        The one scoring path: a run's test phase and evaluate.py both call it.
+        """
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in _TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    _load_tasks()
+    return sorted(_TASKS)
+
+
+def task_type(name: str) -> type[Task]:
+    """The registered task class (for what it declares: report columns, monitors)."""
+    _load_tasks()
+    if name not in _TASKS:
+        raise ConfigError(f"task={name!r}: choose one of {', '.join(task_names())}")
+    return _TASKS[name]
+
+
+def make_task(run: RunConfig) -> Task:
+    """The task ``run.task.name`` names, with its settings checked (no file is read)."""
+    return task_type(str(dict(run.task).get("name")))(run)
+
+
+def _models_of(task: str) -> list[str]:
+    from btxrd.models import list_models
+
+    return list_models(task=task)
+
+
+def _load_tasks() -> None:
+    """Import every module of this package: each registers its task (a new task is one new module)."""
+    import importlib
+    import pkgutil
+
+    import btxrd.tasks
+
+    for module in pkgutil.iter_modules(btxrd.tasks.__path__):
+        if module.name != "base":
+            importlib.import_module(f"btxrd.tasks.{module.name}")
+
