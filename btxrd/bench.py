@@ -13,6 +13,7 @@ be shared and noisy; compare ratios, not absolute numbers across runs).
 - cache build vs a naive full decode + resize, images/s (and another input size, resized from
   the decoded source without decoding again);
 - Grad-CAM cost per image relative to a forward pass;
+- the cost of a run's confidence intervals (group bootstrap, 2,000 resamples, 600 images);
 - the glibc allocator tunables suggested for this machine, A/B on model-only steps;
 - per-job start-up in a real 2-job multirun (process start and job start to first step).
 """
@@ -199,6 +200,37 @@ def allocator_ab(image_size: int, batch: int, steps: int) -> dict[str, float]:
     return out
 
 
+def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = ROUNDS) -> dict[str, float]:
+    """Seconds to give a 600-image test part every interval a run logs: the group bootstrap's weights,
+    all classification metrics, three Grad-CAM means, two operating points (median of ``rounds``)."""
+    from btxrd.data.schema import CLASS_NAMES
+    from btxrd.metrics.uncertainty import (
+        classification_replicates,
+        group_bootstrap,
+        mean_replicates,
+        operating_point_replicates,
+    )
+
+    rng = np.random.default_rng(0)
+    groups = np.sort(rng.integers(0, n_images // 2, n_images))  # patients with 1-4 views
+    labels = rng.choice(3, n_images // 2 + 1, p=[0.5, 0.4, 0.1])[groups]
+    logits = rng.normal(size=(n_images, 3)) + 2 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cams = rng.random((n_images, 3))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        weights = group_bootstrap(groups, labels, resamples, seed=0)
+        classification_replicates(labels, probs, weights, CLASS_NAMES)
+        for column in cams.T:
+            mean_replicates(column, weights)
+        for threshold in (0.5, 0.7):
+            operating_point_replicates(probs[:, 2], labels == 2, threshold, weights)
+        times.append(time.perf_counter() - start)
+    return {"bootstrap_seconds_median": float(np.median(times)), "bootstrap_seconds_min": float(min(times)),
+            "bootstrap_seconds_max": float(max(times)), "bootstrap_images": n_images, "bootstrap_resamples": resamples}
+
+
 def startup(data_root: Path, work: Path) -> dict[str, float]:
     """A real 2-job multirun on this dataset, run twice: cold (builds the image cache and the probe
     memo, as the first sweep on a dataset does) and warm (every later sweep). Start-up times are
@@ -244,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in throughput(table, work / "cache", args.model, size, args.batch, args.steps).items():
             results[f"{key}_{size}"] = value
     results.update(allocator_ab(min(args.sizes), args.batch, args.steps))
+    results.update(bootstrap_cost())
     startup_work = work / "startup"
     shutil.rmtree(startup_work, ignore_errors=True)
     startup_work.mkdir(parents=True)
@@ -268,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         f"glibc tunables: {results['allocator_ratio']:.2f}x model-only throughput "
         f"({results['allocator_tunables_ips']:.1f} vs {results['allocator_default_ips']:.1f} img/s)"
     )
+    print(f"confidence intervals of a {results['bootstrap_images']}-image test part, "
+          f"{results['bootstrap_resamples']} group-bootstrap resamples: {results['bootstrap_seconds_median']:.2f} s "
+          f"(min {results['bootstrap_seconds_min']:.2f}, max {results['bootstrap_seconds_max']:.2f})")  # fmt: skip
     for phase in ("cold", "warm"):
         print(f"start-up per job, 2-job multirun, {phase}: job start to first step "
               f"{results[f'job_startup_seconds_{phase}']:.1f} s, process start to first step "

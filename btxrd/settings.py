@@ -138,6 +138,7 @@ class DataConfig:
     canvas_scale: float = setting(ge=1.0, le=2.0)
     cache_source_size: int | None = setting(ge=32)
     cache_dir: str = setting()
+    duplicate_distance: int | None = setting(ge=0, le=128)  # perceptual-hash bits; null: identical files only
     preprocess: str = setting(choices=("none", "clahe"))
     clahe: ClaheConfig = field(default_factory=ClaheConfig)
     num_workers: str = setting(check=auto_or_int(0))
@@ -300,6 +301,25 @@ class EvalConfig:
 
 
 @dataclass
+class EvalOverrides:
+    """evaluate.py's ``eval.*``: null keeps the trained run's own setting (so a re-scoring reproduces
+    the run's intervals); a value replaces it."""
+
+    ci_level: float | None = _fraction(ge=0.5)
+    n_bootstrap: int | None = setting(ge=100)
+    bootstrap_seed: int | None = setting(ge=0)
+    specificities: list[float] | None = setting()
+
+    def applied_to(self, run: EvalConfig) -> EvalConfig:
+        changes = {k: v for k, v in vars(self).items() if v is not None}
+        merged = EvalConfig(**{**vars(run), **changes})
+        problem = merged.validate()
+        if problem:
+            raise ConfigError(problem)
+        return merged
+
+
+@dataclass
 class RunConfig:
     """Everything one training job is made of (conf/config.yaml)."""
 
@@ -329,7 +349,7 @@ class EvaluateConfig:
 
     paths: PathsConfig = field(default_factory=PathsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalOverrides = field(default_factory=EvalOverrides)
     run_id: str | None = setting()
     checkpoint: str | None = setting()
     part: str = setting(choices=("train", "val", "test", "all"))

@@ -33,6 +33,18 @@ def test_check_json_reports_counts(synth_root: Path) -> None:
     assert summary["n_annotated"] == int(sheet["tumor"].sum())
     assert summary["n_lesions"] >= summary["n_annotated"]
     assert summary["problems"] == []
+    # the generated release holds no duplicates (distinct pictures differ in dozens of hash bits)
+    assert summary["duplicates"] == [] and summary["n_groups"] == summary["n_patient_groups"]
+
+
+def test_check_names_duplicates_with_the_configured_threshold(synth_copy: Path) -> None:
+    import shutil
+
+    images = sorted((synth_copy / "images").iterdir())
+    shutil.copyfile(images[0], images[50])
+    result = run("check", str(synth_copy), "--json")
+    duplicates = json.loads(result.stdout)["duplicates"]
+    assert [(d["image_a"], d["image_b"], d["exact"]) for d in duplicates] == [(images[0].name, images[50].name, True)]
 
 
 def test_check_text_table_and_broken_dataset(synth_copy: Path) -> None:

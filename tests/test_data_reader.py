@@ -206,3 +206,29 @@ def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path
     )
     assert all("rows 160" in out for out in outputs), outputs
     assert sum(out.count("probing 160 images") for out in outputs) == 1  # the other waited and read the memo
+
+
+def test_duplicate_images_are_named_and_kept_in_one_group(synth_copy: Path) -> None:
+    """An identical file and a re-encoded, rescaled copy: both found (different patients), their groups joined."""
+    import shutil
+
+    table = load_dataset(synth_copy)
+    ids = table["image_id"].tolist()
+    original, copy, source, resaved = (synth_copy / "images" / ids[i] for i in (3, 40, 7, 90))
+    shutil.copyfile(original, copy)
+    with Image.open(source) as img:
+        img.resize((round(img.width * 0.9), round(img.height * 0.9))).save(resaved, format="JPEG", quality=70)
+    inspection = inspect_dataset(synth_copy, duplicate_distance=12)
+    found = inspection.table.attrs["duplicates"]
+    assert sorted(zip(found["image_a"], found["image_b"], found["exact"], strict=True)) == [
+        (ids[3], ids[40], True), (ids[7], ids[90], False)]  # fmt: skip
+    assert found.loc[~found["exact"], "distance"].iloc[0] <= 6  # a few bits; unrelated images differ in dozens
+    messages = " ".join(str(p) for p in inspection.problems)
+    assert f"1 pair(s) of identical image files, kept in one split part: {ids[3]} = {ids[40]}" in messages
+    assert "1 pair(s) of near-duplicate images (perceptual hash within 12 bits)" in messages
+    joined = inspection.table.set_index("image_id")
+    for a, b in ((ids[3], ids[40]), (ids[7], ids[90])):
+        assert joined.loc[a, "group"] == joined.loc[b, "group"]
+        assert joined.loc[a, "patient_group"] != joined.loc[b, "patient_group"]
+    only_files = inspect_dataset(synth_copy, duplicate_distance=None).table.attrs["duplicates"]
+    assert only_files["exact"].tolist() == [True]  # null: identical files only

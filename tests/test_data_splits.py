@@ -95,3 +95,23 @@ def test_split_csv(tmp_path) -> None:
     out = pd.read_csv(write_split_csv(table, parts, tmp_path / "split.csv"))
     assert list(out.columns[:4]) == ["image_id", "part", "label", "center"]
     assert out["part"].tolist() == parts.tolist()
+
+
+def test_a_group_spanning_two_strata_stays_in_one_part() -> None:
+    """Duplicate images can join groups of different classes or centres: the split must not separate them."""
+    table = make_table(400)
+    joined = table.index[:60:3]  # every third of the first images: join them into one group of mixed strata
+    table.loc[joined, "group"] = table.loc[joined[0], "group"]
+    for spec in (STRATIFIED, KFOLD):
+        parts = make_split(table, spec, ALL)
+        assert parts[joined].nunique() == 1
+        assert table.assign(part=parts).groupby("group")["part"].nunique().max() == 1
+
+
+def test_a_centre_split_leaves_out_training_images_duplicated_in_the_test_centres() -> None:
+    table = make_table(400)
+    test_image = table.index[table["center"] == 2][0]
+    train_image = table.index[table["center"] == 1][0]
+    table.loc[train_image, "group"] = table.loc[test_image, "group"]  # the same picture in both centres
+    parts = make_split(table, CENTER, ALL)
+    assert (parts[test_image], parts[train_image]) == ("test", "unused")

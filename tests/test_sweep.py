@@ -59,9 +59,20 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     for _, row in report.iterrows():
         assert row["test_macro_f1"] == pytest.approx(by_run[row["run_id"]].data.metrics["test_macro_f1"])
         assert 0 <= row["test_cam_pointing"] <= 1 and 0 <= row["test_cam_energy"] <= 1
-    assert "| macro-F1 |" in (sweep_dir / "sweep_report.md").read_text().replace("macro-F1 | malig", "macro-F1 |")
+    for child in children:  # every test metric has its interval, in MLflow and in the report
+        m = child.data.metrics
+        assert m["test_macro_f1_ci_low"] <= m["test_macro_f1"] <= m["test_macro_f1_ci_high"]
+        assert "test_malignant_sensitivity_at_spec90_ci_high" in m and "malignant_threshold_at_spec95" in m
+    assert report["test_macro_f1_ci_low"].notna().all()
+    markdown = (sweep_dir / "sweep_report.md").read_text()
+    assert "| macro-F1 |" in markdown.replace("macro-F1 | malig", "macro-F1 |") and "## Comparisons" in markdown
+    tested = pd.read_csv(sweep_dir / "sweep_comparisons.csv")
+    annotations = tested[tested["choice"] == "annotations"]  # on vs off, within each split: paired
+    assert len(annotations) == 2 * 5 and annotations["paired"].all()  # 3 bootstrap + DeLong + McNemar each
+    assert not tested.loc[tested["choice"] == "split", "paired"].any()  # other test images: unpaired
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
-        "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png"}  # fmt: skip
+        "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png",
+        "report/sweep_configurations.csv", "report/sweep_comparisons.csv"}  # fmt: skip
 
     # evaluate.py re-scores a child's checkpoint as a nested run with the same test metrics.
     child = children[0]
@@ -75,6 +86,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert "test_ece" in evaluation[0].data.metrics
     eval_artifacts = {a.path for a in client.list_artifacts(evaluation[0].info.run_id)}
     assert {"roc_test.png", "reliability_test.png", "confusion_matrix_test.png", "gradcam"} <= eval_artifacts
+    assert evaluation[0].data.metrics["test_macro_f1_ci_low"] == child.data.metrics["test_macro_f1_ci_low"]
 
 
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:

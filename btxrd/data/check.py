@@ -9,9 +9,10 @@ from btxrd.data.reader import inspect_dataset
 from btxrd.data.schema import CENTERS, CLASS_NAMES
 
 
-def summarise(root: str | Path, on_bad_image: str = "error") -> dict[str, Any]:
-    """Counts, sizes and every problem of the dataset at ``root``; ``usable`` says if it can be trained on."""
-    inspection = inspect_dataset(root, on_bad_image=on_bad_image)
+def summarise(root: str | Path, on_bad_image: str = "error", duplicate_distance: int | None = None) -> dict[str, Any]:
+    """Counts, sizes, duplicates and every problem of the dataset at ``root``; ``usable`` says if it can
+    be trained on."""
+    inspection = inspect_dataset(root, on_bad_image=on_bad_image, duplicate_distance=duplicate_distance)
     table = inspection.table
     summary: dict[str, Any] = {
         "root": str(Path(root).expanduser().resolve()),
@@ -24,6 +25,8 @@ def summarise(root: str | Path, on_bad_image: str = "error") -> dict[str, Any]:
         "width_range": None,
         "height_range": None,
         "n_patient_groups": 0,
+        "n_groups": 0,
+        "duplicates": [],
         "problems": [str(p) for p in inspection.problems],
     }
     if table is None or len(table) == 0:
@@ -41,7 +44,9 @@ def summarise(root: str | Path, on_bad_image: str = "error") -> dict[str, Any]:
     summary["n_lesions"] = int(table["n_lesions"].sum())
     summary["width_range"] = [int(table["width"].min()), int(table["width"].max())]
     summary["height_range"] = [int(table["height"].min()), int(table["height"].max())]
-    summary["n_patient_groups"] = int(table["group"].nunique())
+    summary["n_patient_groups"] = int(table["patient_group"].nunique())
+    summary["n_groups"] = int(table["group"].nunique())
+    summary["duplicates"] = table.attrs["duplicates"].to_dict(orient="records")
     return summary
 
 
@@ -55,7 +60,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'all':>8}" + "".join(f"{by_class[n]:>11}" for n in CLASS_NAMES) + f"{summary['n_images']:>9}")
     lines.append("")
     lines.append(f"annotated images: {summary['n_annotated']}, lesions: {summary['n_lesions']}")
-    lines.append(f"patient-proxy groups: {summary['n_patient_groups']}")
+    lines.append(f"patient-proxy groups: {summary['n_patient_groups']}; with duplicate images joined: "
+                 f"{summary['n_groups']} groups ({len(summary['duplicates'])} duplicate pair(s))")
     if summary["width_range"]:
         (w0, w1), (h0, h1) = summary["width_range"], summary["height_range"]
         lines.append(f"image width {w0}-{w1} px, height {h0}-{h1} px")

@@ -7,6 +7,7 @@ of error, so training never runs on silently broken data.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
+from btxrd.data.duplicates import duplicate_pairs, fingerprint, merge_groups
 from btxrd.data.schema import (
     ANATOMY_COLUMNS,
     ANNOTATIONS_DIR,
@@ -129,24 +131,32 @@ def patient_groups(sheet: pd.DataFrame) -> np.ndarray:
     return ((key != key.shift()).cumsum() - 1).to_numpy(dtype=np.int64)
 
 
-def _probe_image(path: str) -> tuple[int, int]:
-    """Width and height of an image, after decoding it at reduced scale.
+# width, height, perceptual hash, SHA-1 of the file (btxrd.data.duplicates)
+Probe = tuple[int, int, str, str]
+_HASH_SIDE = 128  # decode at least this many pixels on the short side for the perceptual hash
 
-    JPEG draft mode decodes at 1/8 scale (a few ms for a full-size radiograph)
+
+def _probe_image(path: str) -> Probe:
+    """Size and fingerprints of an image, after decoding it at reduced scale.
+
+    JPEG draft mode decodes at up to 1/8 scale (a few ms for a full-size radiograph)
     but still reads the whole entropy-coded stream, so a truncated or corrupt
     file fails here, before any split or training is made from it.
     """
-    with Image.open(path) as img:
-        size = img.size
-        img.draft("L", (max(1, size[0] // 8), max(1, size[1] // 8)))
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        scale = max(1, min(8, min(width, height) // _HASH_SIDE))
+        img.draft("L", (max(1, width // scale), max(1, height // scale)))
         img.load()
-    return size
+        phash, sha1 = fingerprint(img, data)
+    return width, height, phash, sha1
 
 
-def _probe_all(paths: list[str]) -> list[tuple[int, int] | str]:
+def _probe_all(paths: list[str]) -> list[Probe | str]:
     """Probe images in threads (Pillow releases the GIL while decoding)."""
 
-    def probe(path: str) -> tuple[int, int] | str:
+    def probe(path: str) -> Probe | str:
         try:
             return _probe_image(path)
         except FileNotFoundError:
@@ -158,7 +168,7 @@ def _probe_all(paths: list[str]) -> list[tuple[int, int] | str]:
         return list(pool.map(probe, paths, chunksize=64))
 
 
-def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[tuple[int, int] | str]:
+def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[Probe | str]:
     """``_probe_all`` with a memo of decodable images keyed by (path, file size, mtime).
 
     Probing reads every JPEG's entropy-coded stream (~10 ms for a full-size radiograph, JPEG
@@ -174,7 +184,7 @@ def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[tuple[int, 
         return _probe_with_memo(paths, memo_path)
 
 
-def _probe_with_memo(paths: list[str], memo_path: Path) -> list[tuple[int, int] | str]:
+def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
@@ -186,10 +196,10 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[tuple[int, int] 
             keys.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
         except OSError:
             keys.append("")
-    todo = [i for i, key in enumerate(keys) if key not in memo]
+    todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != 4]  # also memos without fingerprints
     if todo:
-        log.info("probing %d images (decodability and size; memo %s)", len(todo), memo_path)
-    results: list[tuple[int, int] | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
+        log.info("probing %d images (decodability, size, fingerprints; memo %s)", len(todo), memo_path)
+    results: list[Probe | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
     for i, result in zip(todo, _probe_all([paths[i] for i in todo]), strict=True):
         results[i] = result
         if not isinstance(result, str) and keys[i]:
@@ -202,7 +212,11 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[tuple[int, int] 
 
 
 def inspect_dataset(
-    root: str | Path, on_bad_image: str = "error", read_annotations: bool = True, memo_dir: str | Path | None = None
+    root: str | Path,
+    on_bad_image: str = "error",
+    read_annotations: bool = True,
+    memo_dir: str | Path | None = None,
+    duplicate_distance: int | None = None,
 ) -> Inspection:
     """Read the release at ``root`` and list every problem found.
 
@@ -210,7 +224,11 @@ def inspect_dataset(
     missing or unreadable images (unless ``on_bad_image='skip'``), malformed
     annotation files. Warnings: clipped annotation points, annotations with no
     row, tumour images without annotation, annotation sizes that disagree with
-    the image (coordinates are rescaled), skipped images.
+    the image (coordinates are rescaled), skipped images, duplicate images.
+
+    ``group``: the patient proxy (``patient_group``), with duplicate images (identical files, or
+    within ``duplicate_distance`` bits of perceptual hash; None: identical files only) joined to
+    the group of their copies, so no split separates them.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
@@ -246,14 +264,13 @@ def inspect_dataset(
     )
 
     # Images: present and decodable.
-    widths, heights, bad = [], [], []
+    probes, bad = [], []
     for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None):
         if isinstance(result, str):
             bad.append(result)
-            result = (0, 0)
-        widths.append(result[0])
-        heights.append(result[1])
-    table["width"], table["height"] = widths, heights
+            result = (0, 0, "", "")
+        probes.append(result)
+    table["width"], table["height"], table["phash"], table["sha1"] = map(list, zip(*probes, strict=True))
     if bad:
         if on_bad_image == "error":
             problems.append(
@@ -265,6 +282,7 @@ def inspect_dataset(
         else:
             problems.append(Problem("warning", f"skipped {len(bad)} missing or unreadable image(s): {_names(bad)}"))
             table = table[table["width"] > 0].reset_index(drop=True)
+    _join_duplicates(table, duplicate_distance, problems)
 
     if read_annotations:
         _attach_annotations(table, root / ANNOTATIONS_DIR, problems)
@@ -274,6 +292,30 @@ def inspect_dataset(
         table["polygons"] = [()] * len(table)
         table["n_lesions"] = 0
     return Inspection(table, problems)
+
+
+def _join_duplicates(table: pd.DataFrame, max_distance: int | None, problems: list[Problem]) -> None:
+    """``table.attrs['duplicates']``: the duplicate pairs; ``group``: patient groups joined through them."""
+    table["patient_group"] = table["group"]
+    readable = table["phash"] != ""
+    pairs = duplicate_pairs(table.loc[readable, "image_id"].tolist(), table.loc[readable, "phash"].tolist(),
+                            table.loc[readable, "sha1"].tolist(), max_distance or 0)  # fmt: skip
+    if max_distance is None:  # identical files only
+        pairs = pairs[pairs["exact"]].reset_index(drop=True)
+    table.attrs["duplicates"] = pairs
+    if pairs.empty:
+        return
+    table["group"] = merge_groups(table["group"].to_numpy(), table["image_id"].tolist(), pairs)
+    exact, near = pairs[pairs["exact"]], pairs[~pairs["exact"]]
+    if len(exact):
+        listed = [f"{a} = {b}" for a, b in zip(exact["image_a"], exact["image_b"], strict=True)]
+        problems.append(Problem("warning", f"{len(exact)} pair(s) of identical image files, kept in one split "
+                                           f"part: {_names(listed, 10)}"))  # fmt: skip
+    if len(near):
+        listed = [f"{a} ~ {b} ({d} bits)" for a, b, d in zip(near["image_a"], near["image_b"], near["distance"],
+                                                              strict=True)]  # fmt: skip
+        problems.append(Problem("warning", f"{len(near)} pair(s) of near-duplicate images (perceptual hash within "
+                                           f"{max_distance} bits), kept in one split part: {_names(listed, 10)}"))
 
 
 def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Problem]) -> None:
@@ -365,14 +407,19 @@ def with_annotations(table: pd.DataFrame, root: str | Path) -> pd.DataFrame:
 
 
 def load_dataset(
-    root: str | Path, on_bad_image: str = "error", read_annotations: bool = True, memo_dir: str | Path | None = None
+    root: str | Path,
+    on_bad_image: str = "error",
+    read_annotations: bool = True,
+    memo_dir: str | Path | None = None,
+    duplicate_distance: int | None = None,
 ) -> pd.DataFrame:
     """The dataset table; raises DataError (one line) if the dataset is not usable.
 
-    ``memo_dir``: where to remember which image files (by size and mtime) decoded fine.
+    ``memo_dir``: where to remember which image files (by size and mtime) decoded fine, and their
+    fingerprints. ``duplicate_distance``: see ``inspect_dataset``.
     """
     inspection = inspect_dataset(root, on_bad_image=on_bad_image, read_annotations=read_annotations,
-                                 memo_dir=memo_dir)  # fmt: skip
+                                 memo_dir=memo_dir, duplicate_distance=duplicate_distance)  # fmt: skip
     if inspection.errors:
         raise DataError(inspection.errors[0].message)
     if inspection.table is None or len(inspection.table) == 0:

@@ -36,6 +36,10 @@ def _assign_groups(
     names = list(fractions)
     shares = np.asarray([fractions[n] for n in names], dtype=float)
     shares = shares / shares.sum()
+    # A group counts in the stratum of its first image: duplicate images may join groups of two strata,
+    # and a group must get one part. (Patient groups alone never span strata: unchanged for them.)
+    _, first, index = np.unique(groups, return_index=True, return_inverse=True)
+    strata = np.asarray(strata)[first][index]
     out = np.empty(len(groups), dtype=object)
     labels = np.asarray([str(s).split("|", 1)[0] for s in strata])
     for label in np.unique(labels):
@@ -75,9 +79,12 @@ def make_split(table: pd.DataFrame, spec: SplitConfig, required_classes: Sequenc
                     f"split.{key}: centre(s) {absent} not in the data (centres present: {sorted(present)})"
                 )
         val = spec.val_fraction
-        source = table["center"].isin(spec.train_centers).to_numpy()
+        test = table["center"].isin(spec.test_centers).to_numpy()
+        # A training-centre image whose group reaches into the test centres (a duplicate of a test
+        # image) would leak: it is left out of training and validation.
+        source = table["center"].isin(spec.train_centers).to_numpy() & ~np.isin(groups, groups[test])
         parts[source] = _assign_groups(strata[source], groups[source], {"train": 1 - val, "val": val}, rng)
-        parts[table["center"].isin(spec.test_centers).to_numpy()] = "test"
+        parts[test] = "test"
     elif isinstance(spec, KFoldSplitConfig):  # a fixed test part, k folds over the rest, fold `fold` validates
         outer = _assign_groups(strata, groups, {"test": spec.test, "rest": 1 - spec.test}, rng)
         rest = outer == "rest"
@@ -106,7 +113,8 @@ def _check_parts(parts: pd.Series, table: pd.DataFrame, name: str, required_clas
 
 
 def split_table(table: pd.DataFrame, parts: pd.Series) -> pd.DataFrame:
-    """The split as a table (image_id, part, label, center, group), for runs to log as CSV."""
+    """The split as a table, for runs to log as CSV: image_id, part, label, center, group (what the
+    split kept together: the patient proxy joined with duplicate images) and patient_group."""
     return pd.DataFrame(
         {
             "image_id": table["image_id"],
@@ -114,6 +122,7 @@ def split_table(table: pd.DataFrame, parts: pd.Series) -> pd.DataFrame:
             "label": table["label"],
             "center": table["center"],
             "group": table["group"],
+            "patient_group": table.get("patient_group", table["group"]),
         }
     )
 

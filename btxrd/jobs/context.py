@@ -23,6 +23,12 @@ class JobContext:
     name_part: str = ""  # what the task adds to the run's name (e.g. 'ann-on', 'reconstruct')
 
     @property
+    def overridden(self) -> dict[str, str]:
+        """The job's command-line overrides as {key: value} (what a sweep varies between its jobs)."""
+        pairs = (override.partition("=") for override in self.overrides)
+        return {key.lstrip("+~"): value for key, _, value in pairs}
+
+    @property
     def run_name(self) -> str:
         """e.g. 'b0 | center | ann-on' or 'ae_attention | stratified | reconstruct' (plus any experiment)."""
         parts = [self.choices.get("model", "?"), self.choices.get("split", "?")]

@@ -47,7 +47,9 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         model.load_state_dict(state["model"])
         place_model(model, runtime.device, run.train.channels_last)
         title = f"{Path(checkpoint).name} on {part.name}"
-        metrics = score_part(task, model, part, runtime.device, out_dir, title, settings.eval, recorder)
+        evaluation = settings.eval.applied_to(run.eval)
+        metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,
+                             state.get("operating_points", {}), recorder)  # fmt: skip
         recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
                              "checkpoint": str(checkpoint)})  # fmt: skip
         recorder.log_metrics(metrics)

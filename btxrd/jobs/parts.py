@@ -31,7 +31,7 @@ class RunData:
 
     rows: dict[str, pd.DataFrame]  # train / val / test rows (train and val as the task trains on them)
     train: DataLoader
-    val: DataLoader
+    val: ScoredPart
     test: ScoredPart
     cache: ImageCache
     split_csv: Path
@@ -49,7 +49,7 @@ def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache
 def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
     """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training run."""
     table = load_dataset(run.data.root, on_bad_image=run.data.on_bad_image, read_annotations=task.reads_annotations,
-                         memo_dir=run.data.cache_dir)  # fmt: skip
+                         memo_dir=run.data.cache_dir, duplicate_distance=run.data.duplicate_distance)  # fmt: skip
     parts = make_split(table, run.split, required_classes=task.required_classes)
     split_csv = write_split_csv(table, parts, out_dir / "split.csv")
     cache = cache_for(table, run.model.image_size, run.data, workers=runtime.threads)
@@ -61,7 +61,7 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
     workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
     train = make_loader(train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device,
                         seed=run.seed)  # fmt: skip
-    val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root).loader
+    val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root)
     test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
     return RunData(rows, train, val, test, cache, split_csv)
 
@@ -82,7 +82,8 @@ def load_evaluation_part(
     """
     external = data_root is not None and Path(data_root).expanduser().resolve() != Path(run.data.root).resolve()
     root = str(data_root) if data_root else run.data.root
-    table = load_dataset(root, on_bad_image=run.data.on_bad_image, read_annotations=False)
+    table = load_dataset(root, on_bad_image=run.data.on_bad_image, read_annotations=False,
+                         duplicate_distance=run.data.duplicate_distance)  # fmt: skip
     if part == "all" or (external and part == "test"):
         part, rows = "all", table.reset_index(drop=True)
     else:

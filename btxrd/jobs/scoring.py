@@ -12,12 +12,22 @@ from btxrd.tasks import ScoredPart, Task
 from btxrd.tracking import RunRecorder
 
 
-def score_part(task: Task, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-               evaluation: EvalConfig, recorder: RunRecorder) -> dict[str, float]:  # fmt: skip
-    """The task's metrics of ``model`` on ``part`` (with their intervals); its pictures and per-image
-    table are logged to the run (Grad-CAM grids under ``gradcam/``). The caller logs the metrics."""
+def score_part(
+    task: Task,
+    model: nn.Module,
+    part: ScoredPart,
+    device: torch.device,
+    out_dir: Path,
+    title: str,
+    evaluation: EvalConfig,
+    operating_points: dict[str, float],
+    recorder: RunRecorder,
+) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``part`` with their intervals (``operating_points``: the
+    thresholds the best checkpoint carries); its pictures and per-image table are logged to the run
+    (Grad-CAM grids under ``gradcam/``). The caller logs the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    scores = task.score(model, part, device, out_dir, title, evaluation)
+    scores = task.score(model, part, device, out_dir, title, evaluation, operating_points)
     for path in scores.artifacts:
         recorder.artifact(path, "gradcam" if path.parent.name == "gradcam" else None)
     return scores.metrics

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from btxrd.config import config_hash, run_settings, to_dict
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.engine import fit, load_checkpoint
+from btxrd.engine import fit, load_checkpoint, save_checkpoint
 from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume
 from btxrd.jobs.context import JobContext, job_context
 from btxrd.jobs.parts import load_run_data
@@ -77,6 +77,8 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
         "sweep_dir": job.sweep_dir,
         "job_num": str(job.job_num),
         "overrides": " ".join(job.overrides),
+        "choices": json.dumps(job.overridden, sort_keys=True),  # the sweep report pairs jobs by these
+        "seed": str(run.seed),
         "trial_params": " ".join(f"{k}={v}" for k, v in job.trial_params.items()),
         "output_dir": str(job.output_dir),
         "mlflow.source.git.commit": commit,
@@ -107,17 +109,23 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
                              **task.describe_model(model, runtime.device)})  # fmt: skip
     if resume is not None:
         log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
-    result = fit(model, data.train, data.val, task.objective(model), run.train, monitor=task.monitor, seed=run.seed,
-                 device=runtime.device, out_dir=folder, logger=recorder, resume=resume.state if resume else None,
+    result = fit(model, data.train, data.val.loader, task.objective(model), run.train, monitor=task.monitor,
+                 seed=run.seed, device=runtime.device, out_dir=folder, logger=recorder,
+                 resume=resume.state if resume else None,
                  extra_state={"config": config, "class_names": list(CLASS_NAMES), "code_version": version,
                               "mlflow_run_id": recorder.run_id or ""})  # fmt: skip
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
+
+    # The best checkpoint, with the operating points chosen on the validation part, scores the test part.
+    best = load_checkpoint(result.best_path)
+    model.load_state_dict(best["model"])
+    best["operating_points"] = task.operating_points(model, data.val, runtime.device, run.eval)
+    save_checkpoint(best, result.best_path)
     recorder.artifact(result.best_path, "checkpoints")
     if run.tracking.log_last_checkpoint:
         recorder.artifact(result.last_path, "checkpoints")
-
-    model.load_state_dict(load_checkpoint(result.best_path)["model"])
-    test_metrics = score_part(task, model, data.test, runtime.device, out_dir, job.run_name, run.eval, recorder)
+    test_metrics = score_part(task, model, data.test, runtime.device, out_dir, job.run_name, run.eval,
+                              best["operating_points"], recorder)  # fmt: skip
     optimized = task.optimized_metric
     summary = {
         **test_metrics,

@@ -41,17 +41,30 @@ def _pyplot():
     return plt
 
 
-def plot_roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
-    """One-vs-rest ROC curve per class (scikit-learn's RocCurveDisplay)."""
+def plot_roc_curves(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    marks: Sequence[tuple[float, float, str]] = (),
+    title: str = "ROC, one vs rest",
+) -> Path:
+    """One-vs-rest ROC curve per class (scikit-learn's RocCurveDisplay); ``marks``: operating points
+    (false positive rate, true positive rate, label) drawn on top."""
     from sklearn.metrics import RocCurveDisplay
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.4, 4.8), dpi=120)
     for k, name in enumerate(class_names):
         if 0 < (labels == k).sum() < len(labels):
             RocCurveDisplay.from_predictions(labels == k, probs[:, k], name=name, ax=ax)
+    for (fpr, tpr, label), marker in zip(marks, "osD^v", strict=False):
+        ax.plot([fpr], [tpr], marker=marker, markersize=8, markerfacecolor="none", markeredgewidth=1.8,
+                color="black", linestyle="none", label=label)  # fmt: skip
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-    ax.set_title("ROC, one vs rest")
+    if marks:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from btxrd.config import typed_settings
+from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
 from btxrd.report import write_report
 from btxrd.runtime.process import handle_stop_signals, stop_signal
+from btxrd.settings import EvalConfig
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
 
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
+        self.evaluation: EvalConfig | None = None
+        self.report_error = ""
         self.tracker: Tracker | None = None
         self.parent_id: str | None = None
         self.sweep_dir: str = ""
@@ -58,6 +63,10 @@ class MLflowSweepCallback(Callback):
         self.tracker = tracker_for(config.tracking, config.paths.root)
         if self.tracker is None:
             return
+        try:  # how the report's intervals are made (a bad value fails every job anyway, with its own error)
+            self.evaluation = typed_settings(OmegaConf.to_container(config.eval, resolve=True), EvalConfig, "eval.")
+        except ConfigError as exc:
+            self.evaluation, self.report_error = None, str(exc)
         uri = self.tracker.uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         self.parent_id = self.tracker.start_run(
@@ -91,7 +100,9 @@ class MLflowSweepCallback(Callback):
         n_jobs = len(children) + len(launched - logged)
         tracker.set_tags(parent_id, {"n_jobs": n_jobs, "n_failed": len(failed)})
         try:
-            write_report(tracker, parent_id, self.sweep_dir)
+            if self.evaluation is None:
+                raise ConfigError(self.report_error)
+            write_report(tracker, parent_id, self.sweep_dir, self.evaluation)
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,5 +1,14 @@
 """Tasks: one module each (classify, reconstruct), found and registered automatically."""
 
-from btxrd.tasks.base import ScoredPart, Scores, Task, make_task, register_task, task_names, task_type
+from btxrd.tasks.base import (
+    ScoredPart,
+    Scores,
+    Task,
+    make_task,
+    register_task,
+    resample,
+    task_names,
+    task_type,
+)
 
-__all__ = ["ScoredPart", "Scores", "Task", "make_task", "register_task", "task_names", "task_type"]
+__all__ = ["ScoredPart", "Scores", "Task", "make_task", "register_task", "resample", "task_names", "task_type"]

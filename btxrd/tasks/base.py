@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from btxrd.config import typed_settings
 from btxrd.data.cache import ImageCache
 from btxrd.engine import Objective
 from btxrd.errors import ConfigError
+from btxrd.metrics.uncertainty import group_bootstrap, percentile_interval
 from btxrd.models import model_entry
 from btxrd.settings import EvalConfig, RunConfig
 
@@ -65,6 +67,8 @@ class Task(ABC):
     report_notes: ClassVar[str] = ""  # appended to a sweep report holding runs of this task
     reads_annotations: ClassVar[bool] = False  # whether training may read the lesion annotations
     required_classes: ClassVar[Sequence[int]] = ()  # classes every split part must hold
+    compared: ClassVar[dict[str, str]]  # metric -> title: what the sweep report compares between configurations
+    per_image_file: ClassVar[str]  # the per-image table a scored part leaves, e.g. "predictions_{part}.csv"
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run
@@ -122,16 +126,52 @@ class Task(ABC):
     @abstractmethod
     def objective(self, model: nn.Module) -> Objective: ...
 
+    def operating_points(self, model: nn.Module, val: ScoredPart, device: torch.device,
+                         evaluation: EvalConfig) -> dict[str, float]:  # fmt: skip
+        """Decision thresholds chosen on the validation part (never the test part), kept in the best
+        checkpoint and applied unchanged wherever the model is scored. None by default."""
+        return {}
+
     @abstractmethod
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig) -> Scores:  # fmt: skip
-        """Metrics (with confidence intervals), pictures and per-image results of ``model`` on ``part``.
+              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
+        """Metrics with confidence intervals, pictures and the per-image table of ``model`` on ``part``.
 
         The one scoring path: a run's test phase and evaluate.py both call it.
         """
 
+    # --- uncertainty: the same per-image table serves a run's intervals and the sweep report's tests
+    @classmethod
+    @abstractmethod
+    def replicates(cls, per_image: pd.DataFrame, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric with an interval, for each row of bootstrap ``weights`` over the table's images."""
+
+    @classmethod
+    def paired_tests(cls, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+        """Tests of a difference beyond the bootstrap (e.g. DeLong), on two aligned per-image tables."""
+        return {}
+
+    @classmethod
+    def with_intervals(cls, per_image: pd.DataFrame, point: dict[str, float], evaluation: EvalConfig,
+                       prefix: str) -> dict[str, float]:  # fmt: skip
+        """``point`` (metric -> value, as computed by the task) with each metric's bootstrap interval
+        over the part's patient-proxy groups (``_ci_low`` / ``_ci_high``)."""
+        weights = resample(per_image, evaluation)
+        out = dict(point)
+        for name, replicates in cls.replicates(per_image, weights).items():
+            if f"{prefix}{name}" in out:
+                low, high = percentile_interval(replicates, evaluation.ci_level)
+                out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = low, high
+        return out
+
 
 _TASKS: dict[str, type[Task]] = {}
+
+
+def resample(per_image: pd.DataFrame, evaluation: EvalConfig) -> np.ndarray:
+    """Bootstrap weights over a per-image table's patient-proxy groups (``group``), stratified by ``label``."""
+    return group_bootstrap(per_image["group"].to_numpy(), per_image["label"].to_numpy(), evaluation.n_bootstrap,
+                           evaluation.bootstrap_seed)  # fmt: skip
 
 
 def register_task(cls: type[Task]) -> type[Task]:

@@ -23,10 +23,18 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, InputSpec, autocast
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
 from btxrd.metrics.calibration import expected_calibration_error, plot_reliability, plot_roc_curves
-from btxrd.metrics.localization import localization_scores
+from btxrd.metrics.comparison import delong_macro_test, mcnemar_test
+from btxrd.metrics.localization import LOCALIZATION_COLUMNS, localization_scores
+from btxrd.metrics.uncertainty import (
+    classification_replicates,
+    mean_replicates,
+    operating_point_replicates,
+    percentile_interval,
+    threshold_at_specificity,
+)
 from btxrd.models import capture_activation
 from btxrd.settings import AnnotationsConfig, EvalConfig, TrainConfig
-from btxrd.tasks.base import ScoredPart, Scores, Task, register_task
+from btxrd.tasks.base import ScoredPart, Scores, Task, register_task, resample
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -121,6 +129,8 @@ class ClassifyTask(Task):
     name = "classify"
     monitors = ("val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro")
     headline = ("test_macro_f1", "test_accuracy")
+    compared = {"macro_f1": "macro-F1", "malignant_recall": "malignant recall", "auroc_macro": "AUROC"}
+    per_image_file = "predictions_{part}.csv"
     report_columns = {
         "test_accuracy": "accuracy",
         "test_balanced_accuracy": "bal. acc.",
@@ -166,19 +176,30 @@ Published on the real BTXRD (not measured here; different protocols):
         return ClassificationObjective(self.input_spec(), run.train, run.annotations, run.model.image_size,
                                        model.cam_target_name)  # fmt: skip
 
+    def operating_points(self, model: nn.Module, val: ScoredPart, device: torch.device,
+                         evaluation: EvalConfig) -> dict[str, float]:  # fmt: skip
+        """Malignant-vs-rest thresholds on p(malignant), each the most sensitive one that keeps its
+        specificity on the validation part."""
+        inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
+        probs, labels, _ = predict(model, val.loader, inputs, self.run.train.amp)
+        negatives = probs[labels != MALIGNANT, MALIGNANT]
+        return {_spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
+
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig) -> Scores:  # fmt: skip
+              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
         amp = self.run.train.amp
         probs, labels, index = predict(model, part.loader, inputs, amp)
-        metrics, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
-        metrics[f"{prefix}malignant_recall"] = metrics[f"{prefix}recall_malignant"]
-        metrics[f"{prefix}ece"] = expected_calibration_error(labels, probs)
+        point, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
+        point[f"{prefix}malignant_recall"] = point[f"{prefix}recall_malignant"]
+        point[f"{prefix}ece"] = expected_calibration_error(labels, probs)
+        for i, name in enumerate(CLASS_NAMES):
+            point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
         annotated = with_annotations(part.rows, part.root)
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
-        metrics.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
+        point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
         rows = part.rows.iloc[index]
         per_image = pd.DataFrame({
             "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
@@ -186,13 +207,67 @@ Published on the real BTXRD (not measured here; different protocols):
             **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
             **{name: cams.loc[index, name].to_numpy() for name in cams.columns},
         })  # fmt: skip
+        metrics = self.with_intervals(per_image, point, evaluation, prefix)
+        marks = []
+        if operating_points:
+            weights = resample(per_image, evaluation)
+            positive, scores = labels == MALIGNANT, probs[:, MALIGNANT]
+            for key, threshold in operating_points.items():
+                ones = np.ones((1, len(labels)), dtype=np.float32)
+                (sens,), (spec,) = operating_point_replicates(scores, positive, threshold, ones)
+                sens_reps, spec_reps = operating_point_replicates(scores, positive, threshold, weights)
+                for name, value, reps in (("sensitivity", sens, sens_reps), ("specificity", spec, spec_reps)):
+                    metric = f"{prefix}malignant_{name}_at_{key}"
+                    metrics[metric] = float(value)
+                    metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"] = percentile_interval(
+                        reps, evaluation.ci_level)  # fmt: skip
+                metrics[f"malignant_threshold_at_{key}"] = threshold
+                marks.append((1 - spec, sens, f"{key.replace('spec', 'val spec. ')}%: sens. {sens:.2f}, "
+                                              f"spec. {spec:.2f}"))  # fmt: skip
         predictions = out_dir / f"predictions_{part.name}.csv"
         per_image.to_csv(predictions, index=False)
         artifacts = [
             plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / f"confusion_matrix_{part.name}.png", title),
-            plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part.name}.png"),
+            plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part.name}.png", marks,
+                            f"{title}: ROC ({part.name}); markers: malignant thresholds chosen on val"),
             plot_reliability(labels, probs, out_dir / f"reliability_{part.name}.png"),
             predictions,
             *grids,
-        ]
+        ]  # fmt: skip
         return Scores(metrics, artifacts, per_image)
+
+    @classmethod
+    def replicates(cls, per_image: pd.DataFrame, weights: np.ndarray) -> dict[str, np.ndarray]:
+        labels = per_image["label"].to_numpy()
+        probs = per_image[[f"p_{name}" for name in CLASS_NAMES]].to_numpy()
+        out = classification_replicates(labels, probs, weights, CLASS_NAMES)
+        out["malignant_recall"] = out["recall_malignant"]
+        for name in LOCALIZATION_COLUMNS:
+            if name in per_image:
+                out[name] = mean_replicates(per_image[name].to_numpy(dtype=float), weights)
+        return out
+
+    @classmethod
+    def paired_tests(cls, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+        """DeLong's test of the macro AUROC (patient groups as clusters) and McNemar's of accuracy."""
+        labels, groups = a["label"].to_numpy(), a["group"].to_numpy()
+        columns = [f"p_{name}" for name in CLASS_NAMES]
+        _, z, p = delong_macro_test(labels, a[columns].to_numpy(), b[columns].to_numpy(), groups)
+        correct_a = a["predicted"].to_numpy() == labels
+        correct_b = b["predicted"].to_numpy() == labels
+        return {"delong_auroc_macro_z": z, "delong_auroc_macro_p": p, "mcnemar_accuracy_p": mcnemar_test(correct_a,
+                                                                                                        correct_b)}
+
+
+MALIGNANT = CLASS_NAMES.index("malignant")
+
+
+def _spec_key(specificity: float) -> str:
+    """0.9 -> 'spec90', 0.95 -> 'spec95' (metric names)."""
+    return f"spec{round(specificity * 100):d}"
+
+
+def _binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")

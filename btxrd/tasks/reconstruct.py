@@ -19,6 +19,7 @@ from btxrd.data.loaders import Batch
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, InputSpec, autocast
 from btxrd.metrics.reconstruction import psnr, save_reconstruction_grid, ssim
+from btxrd.metrics.uncertainty import mean_replicates
 from btxrd.models.memory import autoencoder_params
 from btxrd.settings import EvalConfig, setting
 from btxrd.tasks.base import ScoredPart, Scores, Task, register_task
@@ -92,6 +93,8 @@ class ReconstructTask(Task):
     monitors = ("val_psnr", "val_ssim")
     headline = ("test_psnr", "test_ssim")
     report_columns = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM"}
+    compared = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
+    per_image_file = "reconstruction_{part}.csv"
     chart_metrics = ("test_psnr",)
     chart_unit = "dB"
 
@@ -107,20 +110,33 @@ class ReconstructTask(Task):
         return ReconstructionObjective(self.run.train.amp, self.settings.ssim_weight)
 
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig) -> Scores:  # fmt: skip
+              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
         """PSNR / SSIM / MSE overall and per class (one pass), and a picture of reconstructions."""
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, RAW, self.run.train.channels_last)
         table, originals, outputs = reconstruct(model, part.loader, inputs, self.run.train.amp, keep=8)
-        metrics = {f"{prefix}{name}": float(table[name].mean()) for name in SCORES}
+        point = {f"{prefix}{name}": float(table[name].mean()) for name in SCORES}
         for label, by_class in table.groupby("label"):
-            metrics.update({f"{prefix}{name}_{CLASS_NAMES[int(label)]}": float(by_class[name].mean())
-                            for name in SCORES})  # fmt: skip
+            point.update({f"{prefix}{name}_{CLASS_NAMES[int(label)]}": float(by_class[name].mean())
+                          for name in SCORES})  # fmt: skip
         rows = part.rows.iloc[table["index"].to_numpy()]
         per_image = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
                                   "group": rows["group"].to_numpy(), "label": table["label"].to_numpy(),
                                   **{name: table[name].to_numpy() for name in SCORES}})  # fmt: skip
+        metrics = self.with_intervals(per_image, point, evaluation, prefix)
         scores_csv = out_dir / f"reconstruction_{part.name}.csv"
         per_image.to_csv(scores_csv, index=False)
         grid = save_reconstruction_grid(originals, outputs, out_dir / f"reconstructions_{part.name}.png", title)
         return Scores(metrics, [grid, scores_csv], per_image)
+
+    @classmethod
+    def replicates(cls, per_image: pd.DataFrame, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Mean MSE / PSNR / SSIM overall and per class, per resample."""
+        out = {name: mean_replicates(per_image[name].to_numpy(), weights) for name in SCORES}
+        labels = per_image["label"].to_numpy()
+        for label in np.unique(labels):
+            of_class = np.where(labels == label, 1.0, 0.0).astype(np.float32)
+            for name in SCORES:
+                out[f"{name}_{CLASS_NAMES[int(label)]}"] = mean_replicates(per_image[name].to_numpy(),
+                                                                           weights * of_class)  # fmt: skip
+        return out

@@ -1,0 +1,128 @@
+"""The sweep report as a reader sees it: Markdown tables and a chart with error bars."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from btxrd.report.runs import RunRecord
+from btxrd.report.stats import ALPHA
+
+
+def _value(value: float, low: float = math.nan, high: float = math.nan, digits: int = 3) -> str:
+    if not np.isfinite(value):
+        return ""
+    text = f"{value:.{digits}f}"
+    return f"{text} [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else text
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]) -> str:
+    """One row per job; each metric as value [95% interval] (metrics empty for every job are left out)."""
+    shown = [c for c in columns if c in runs and runs[c].notna().any()]
+    searched = bool(runs["params"].fillna("").astype(bool).any())
+    headers = ["job", "run", "status", *(["params"] if searched else []), *[columns[c] for c in shown],
+               "epochs", "minutes", "error"]  # fmt: skip
+    rows = []
+    for _, r in runs.iterrows():
+        cells = [str(r["job"]), r["run"], r["status"], *([r["params"]] if searched else [])]
+        cells += [_value(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"]) for c in shown]
+        cells += ["" if pd.isna(r["epochs"]) else str(int(r["epochs"])), f"{r['minutes']:.1f}", r["error"]]
+        rows.append(cells)
+    return _table(headers, rows)
+
+
+def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
+    """Per configuration: mean ± sd over its seeds (n), and the 95% interval of the mean."""
+    shown = [c for c in columns if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
+    rows = []
+    for _, r in summary.iterrows():
+        cells = [r["configuration"], str(r["n_seeds"])]
+        for c in shown:
+            sd = f" ± {r[f'{c}_sd']:.3f}" if np.isfinite(r.get(f"{c}_sd", np.nan)) else ""
+            interval = (f" [{r[f'{c}_ci_low']:.3f}, {r[f'{c}_ci_high']:.3f}]"
+                        if np.isfinite(r.get(f"{c}_ci_low", np.nan)) else "")  # fmt: skip
+            cells.append(f"{r[f'{c}_mean']:.3f}{sd}{interval}")
+        rows.append(cells)
+    return _table(["configuration", "seeds", *[f"{columns[c]} mean ± sd [95% CI]" for c in shown]], rows)
+
+
+def comparisons_markdown(table: pd.DataFrame) -> str:
+    """The verdicts first, then every tested difference."""
+    if table.empty:
+        return "No two configurations of this sweep differ in exactly one choice: nothing to compare.\n"
+    real = table[table["real"]]
+    lines = [f"{len(table)} tests; {len(real)} difference(s) real after Holm's adjustment (p < {ALPHA}):"]
+    for _, r in real.iterrows():
+        lines.append(f"- {_sentence(r)}")
+    if real.empty:
+        lines.append("- none: every difference below is within what the test parts' sampling (and the seeds) explain.")
+    rows = []
+    for _, r in table.iterrows():
+        delta = "" if not np.isfinite(r["delta"]) else _signed(r["delta"], r["ci_low"], r["ci_high"])
+        kind = ("paired" if r["paired"] else "UNPAIRED (different test images)") + (
+            f", {r['seeds']} seeds" if r["seeds"] > 1 else "")  # fmt: skip
+        rows.append([f"{r['choice']}: {r['a']} vs {r['b']}", r["other choices"], r["metric"], r["test"], delta,
+                     f"{r['p']:.3g}", f"{r['p_holm']:.3g}", "**yes**" if r["real"] else "no", kind])  # fmt: skip
+    headers = ["comparison (A vs B)", "with", "metric", "test", "Δ = A − B [95% CI]", "p", "p (Holm)", "real?",
+               "design"]  # fmt: skip
+    return "\n".join(lines) + "\n\n" + _table(headers, rows)
+
+
+def _signed(delta: float, low: float, high: float) -> str:
+    return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _sentence(r: pd.Series) -> str:
+    """e.g. 'annotations on vs off (model=resnet50_cbam, split=stratified): Δ macro-F1 +0.031 [-0.012,
+    0.074], p = 0.17 (Holm 0.51)'."""
+    delta = f" {_signed(r['delta'], r['ci_low'], r['ci_high'])}" if np.isfinite(r["delta"]) else ""
+    return (f"{r['choice']} {r['a']} vs {r['b']} ({r['other choices'] or 'all else equal'}): {r['test']} "
+            f"Δ {r['metric']}{delta}, p = {r['p']:.3g} (Holm {r['p_holm']:.3g})")  # fmt: skip
+
+
+def plot(summary: pd.DataFrame, records: list[RunRecord], chart: tuple[str, ...], unit: str, path: Path
+         ) -> Path | None:  # fmt: skip
+    """Per configuration, the chart metrics' mean over seeds with its 95% interval as error bars;
+    runs that did not finish are named in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in chart if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
+    if summary.empty or not metrics:
+        return None
+    n = len(summary)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * n + 3), 4.8), dpi=110)
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        means = summary[f"{metric}_mean"].to_numpy(dtype=float)
+        low = summary.get(f"{metric}_ci_low", pd.Series(np.nan, index=summary.index)).to_numpy(dtype=float)
+        high = summary.get(f"{metric}_ci_high", pd.Series(np.nan, index=summary.index)).to_numpy(dtype=float)
+        errors = np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)])
+        ax.bar(np.arange(n) + k * width, np.nan_to_num(means), width=width, yerr=errors, capsize=3,
+               label=metric.removeprefix("test_"))  # fmt: skip
+    labels = [f"{c} (n={n_seeds})" for c, n_seeds in zip(summary["configuration"], summary["n_seeds"], strict=True)]
+    ax.set_xticks(np.arange(n) + 0.4 - width / 2)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    failed = [r for r in records if r.status not in ("FINISHED", "SKIPPED")]
+    if failed:
+        ax.text(0.01, 0.98, "not finished: " + ", ".join(f"job {r.job}" for r in failed), color="red", fontsize=8,
+                transform=ax.transAxes, va="top")  # fmt: skip
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=8)
+    ax.set_title("sweep report: mean over seeds, 95% interval (test-part bootstrap over patient groups, seeds)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,108 @@
+"""The runs of a sweep as the report sees them: one row per job, and each run's per-image table."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from btxrd.tasks import Task, task_names, task_type
+from btxrd.tracking import Tracker
+
+SEED = "seed"
+
+
+@dataclass
+class RunRecord:
+    """One child run of a sweep."""
+
+    job: int
+    run_id: str
+    name: str
+    status: str  # FINISHED | FAILED | KILLED | SKIPPED (reused an earlier FINISHED run) | RUNNING
+    task: type[Task] | None
+    choices: dict[str, str]  # the job's overrides (what the sweep varied)
+    seed: str
+    metrics: dict[str, float]
+    minutes: float
+    error: str
+    params: str  # the values a search (Optuna) picked
+    artifacts_of: str  # the run whose artifacts hold its per-image table (an earlier one for SKIPPED)
+    per_image: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("FINISHED", "SKIPPED") and self.task is not None
+
+    @property
+    def configuration(self) -> tuple[tuple[str, str], ...]:
+        """What the job is, apart from its seed."""
+        return tuple(sorted((k, v) for k, v in self.choices.items() if k != SEED))
+
+
+def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
+    records = []
+    for run in tracker.children(parent_id):
+        tags = run.data.tags
+        end = run.info.end_time or run.info.start_time
+        error = tags.get("error", "").splitlines()[0][:200] if tags.get("error") else ""
+        if tags.get("skipped_for"):
+            error = f"finished earlier as run {tags['skipped_for']}"
+        name = tags.get("task", "")
+        choices = json.loads(tags["choices"]) if tags.get("choices") else {}
+        records.append(RunRecord(
+            job=int(tags.get("job_num", -1)), run_id=run.info.run_id, name=run.info.run_name,
+            status="SKIPPED" if tags.get("skipped") == "true" else run.info.status,
+            task=task_type(name) if name in task_names() else None, choices=choices,
+            seed=tags.get(SEED, choices.get(SEED, "")), metrics=dict(run.data.metrics),
+            minutes=round((end - run.info.start_time) / 60000, 2), error=error,
+            params=tags.get("trial_params", ""), artifacts_of=tags.get("skipped_for") or run.info.run_id,
+        ))  # fmt: skip
+    return sorted(records, key=lambda r: r.job)
+
+
+def load_per_image(tracker: Tracker, records: list[RunRecord], part: str = "test") -> None:
+    """Fetch each usable run's per-image table (sorted by image: the same images give the same resamples)."""
+    with tempfile.TemporaryDirectory(prefix="btxrd-report-") as scratch:
+        for record in records:
+            if not record.usable:
+                continue
+            name = record.task.per_image_file.format(part=part)
+            if name not in tracker.artifact_paths(record.artifacts_of):
+                continue
+            path = tracker.download_artifact(record.artifacts_of, name, Path(scratch) / record.run_id)
+            record.per_image = pd.read_csv(path).sort_values("image_id").reset_index(drop=True)
+
+
+def report_columns(records: list[RunRecord]) -> dict[str, str]:
+    """Test metric -> column title, for the tasks of these runs."""
+    tasks = dict.fromkeys(r.task for r in records if r.task is not None)
+    return {key: title for task in tasks for key, title in task.report_columns.items()}
+
+
+def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per job: its choices, status, every report metric with its interval, time, error."""
+    columns = report_columns(records)
+    varied = varied_choices(records)
+    rows: list[dict[str, Any]] = []
+    for r in records:
+        row: dict[str, Any] = {"job": r.job, "run": r.name, **{k: r.choices.get(k, "") for k in varied},
+                               "task": r.task.name if r.task else "", "status": r.status}  # fmt: skip
+        for key in columns:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                row[f"{key}{suffix}"] = r.metrics.get(f"{key}{suffix}", math.nan)
+        row.update(params=r.params, epochs=r.metrics.get("epochs_run", math.nan), minutes=r.minutes, error=r.error,
+                   run_id=r.run_id)  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def varied_choices(records: list[RunRecord]) -> list[str]:
+    """The choices that differ between the sweep's jobs (seed included), in the order first seen."""
+    keys = list(dict.fromkeys(k for r in records for k in r.choices))
+    return [k for k in keys if len({r.choices.get(k) for r in records}) > 1]

@@ -1,0 +1,112 @@
+"""The sweep report on runs with known truths: seeds aggregated, real differences found, noise not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from btxrd.data.schema import CLASS_NAMES
+from btxrd.report import write_report
+from btxrd.tracking import Tracker
+
+from .helpers import settings
+
+
+def predictions(rng: np.random.Generator, labels: np.ndarray, groups: np.ndarray, strength: float) -> pd.DataFrame:
+    logits = rng.normal(size=(len(labels), 3)) + strength * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return pd.DataFrame({"image_id": [f"IMG{i:06d}.jpeg" for i in range(len(labels))], "center": 1, "group": groups,
+                         "label": labels, "predicted": probs.argmax(1),
+                         **{f"p_{n}": probs[:, i] for i, n in enumerate(CLASS_NAMES)}})  # fmt: skip
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
+    """A finished 2 x 3-seed sweep as the jobs log it: annotations=on is a strong model, off a weak
+    one, and a third configuration (model=b3) is the strong model again on the same images."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    parent = tracker.start_run("sweep", {"sweep": "parent"})
+    rng = np.random.default_rng(0)
+    group_labels = rng.choice(3, 200, p=[0.5, 0.35, 0.15])
+    sizes = rng.integers(1, 4, 200)
+    groups, labels = np.repeat(np.arange(200), sizes), np.repeat(group_labels, sizes)
+    job = 0
+    for model, ann, strength in (("b0", "on", 2.5), ("b0", "off", 0.8), ("b3", "on", 2.5)):
+        for seed in ("0", "1", "2"):
+            table = predictions(rng, labels, groups, strength)
+            choices = {"model": model, "annotations": ann, "seed": seed}
+            run = tracker.start_run(f"{model} | ann-{ann}", {"task": "classify", "job_num": str(job),
+                                    "choices": json.dumps(choices), "seed": seed}, parent_id=parent)  # fmt: skip
+            accuracy = float((table["predicted"] == table["label"]).mean())
+            tracker.log_metrics(run, {"test_accuracy": accuracy, "test_macro_f1": accuracy, "epochs_run": 3})
+            path = tmp_path / f"predictions_{job}" / "predictions_test.csv"
+            path.parent.mkdir()
+            table.to_csv(path, index=False)
+            tracker.log_artifact(run, path)
+            tracker.end_run(run)
+            job += 1
+    failed = tracker.start_run("b3 | ann-off", {"task": "classify", "job_num": str(job), "error": "ValueError: x",
+                               "choices": json.dumps({"model": "b3", "annotations": "off", "seed": "0"})},
+                               parent_id=parent)  # fmt: skip
+    tracker.end_run(failed, "FAILED")
+    return tracker, parent, tmp_path / "report"
+
+
+def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) -> None:
+    tracker, parent, out = sweep
+    write_report(tracker, parent, out, settings(["eval.n_bootstrap=500"]).eval)
+    configurations = pd.read_csv(out / "sweep_configurations.csv")
+    assert configurations["n_seeds"].tolist() == [3, 3, 3]  # the failed job is no configuration of its own
+    assert (configurations["test_accuracy_sd"] > 0).all()
+    assert (configurations["test_accuracy_ci_low"] < configurations["test_accuracy_mean"]).all()
+
+    tested = pd.read_csv(out / "sweep_comparisons.csv")
+    bootstrap = tested[tested["test"] == "bootstrap"]
+    # on vs off (b0): real, for every compared metric; b0 vs b3 (both strong): a difference of noise only
+    annotations = bootstrap[bootstrap["choice"] == "annotations"]
+    assert len(annotations) == 3 and annotations["real"].all() and (annotations["ci_low"] > 0).all()
+    assert set(annotations["metric"]) == {"macro-F1", "malignant recall", "AUROC"}
+    models = bootstrap[bootstrap["choice"] == "model"]
+    assert len(models) == 3 and not models["real"].any()
+    assert ((models["ci_low"] < 0) & (models["ci_high"] > 0)).all()
+    assert tested["paired"].all() and (tested["seeds"] == 3).all()
+    assert (tested["p_holm"] >= tested["p"]).all()  # adjusted for the six comparisons
+
+    markdown = (out / "sweep_report.md").read_text()
+    assert "## Configurations (seeds aggregated)" in markdown and "± " in markdown
+    assert "3 difference(s) real after Holm's adjustment" in markdown
+    assert "annotations on vs off (model=b0): bootstrap Δ macro-F1 +" in markdown
+    assert (out / "sweep_report.png").stat().st_size > 5000
+    logged = {a.path for a in tracker.client.list_artifacts(parent, "report")}
+    assert {"report/sweep_comparisons.csv", "report/sweep_configurations.csv", "report/sweep_report.png"} <= logged
+
+
+def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    parent = tracker.start_run("sweep", {"sweep": "parent"})
+    rng = np.random.default_rng(1)
+    labels = np.repeat(rng.choice(3, 150, p=[0.5, 0.35, 0.15]), 2)
+    groups = np.repeat(np.arange(150), 2)
+    runs = [("stratified", "on", predictions(rng, labels, groups, 2.0)),
+            ("stratified", "off", predictions(rng, labels, groups, 2.0)),
+            ("center", "on", predictions(rng, labels[:200], groups[:200], 2.0))]  # fmt: skip
+    for job, (split, ann, table) in enumerate(runs):
+        run = tracker.start_run(f"{split} {ann}", {"task": "classify", "job_num": str(job),
+                                "choices": json.dumps({"split": split, "annotations": ann})},
+                                parent_id=parent)  # fmt: skip
+        path = tmp_path / str(job) / "predictions_test.csv"
+        path.parent.mkdir()
+        table.to_csv(path, index=False)
+        tracker.log_artifact(run, path)
+        tracker.end_run(run)
+    write_report(tracker, parent, tmp_path / "report", settings(["eval.n_bootstrap=300"]).eval)
+    tested = pd.read_csv(tmp_path / "report" / "sweep_comparisons.csv")
+    annotations = tested[tested["choice"] == "annotations"]
+    assert set(annotations["test"]) == {"bootstrap", "delong", "mcnemar"} and annotations["paired"].all()
+    split = tested[tested["choice"] == "split"]
+    assert set(split["test"]) == {"bootstrap"} and not split["paired"].any()  # other test images: unpaired
+    assert "UNPAIRED (different test images)" in (tmp_path / "report" / "sweep_report.md").read_text()
