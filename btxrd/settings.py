@@ -261,6 +261,7 @@ class TrainConfig:
     device: str = setting(check=device_name)
     amp: bool = setting()
     channels_last: bool = setting()
+    compile: bool = setting()
     num_threads: str = setting(check=auto_or_int(1))
     deterministic: bool = setting()
     progress: str = setting(check=auto_or_bool)

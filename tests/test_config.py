@@ -126,6 +126,7 @@ RELATION_CASES = [  # values that are fine alone but not together
     (["task=reconstruct", "model=b0"], "model=b0 is a classify model but task=reconstruct; choose one of"),
     (["model.name=vgg"], "model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0"),
     (["task.name=segment"], "task='segment': choose one of classify, reconstruct"),
+    (["train.compile=true", "annotations=on"], "train.compile=true cannot train with the attention loss"),
 ]  # fmt: skip
 
 

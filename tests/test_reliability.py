@@ -71,7 +71,7 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
 
 
 def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path) -> None:
-    small = ["train.epochs=3", "model.image_size=32"]
+    small = ["train.epochs=3", "model.image_size=32", "train.device=cpu"]  # equal to the bit: a CPU guarantee
     # Uninterrupted reference, in its own project folder (in-process: same code, no start-up cost).
     train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))
     expected = runs(tmp_path / "a")[0].data.metrics

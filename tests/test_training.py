@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("train")
-    cfg = compose_config(tiny(synth_root, work, "tracking.enabled=false", "train.epochs=2"))
+    # On the CPU, where results are bit-exact (the CUDA path: test_cuda)
+    cfg = compose_config(tiny(synth_root, work, "tracking.enabled=false", "train.epochs=2", "train.device=cpu"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         best = train_job(cfg)
@@ -62,7 +63,7 @@ def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_ro
     out, info = trained
     state = load_checkpoint(info["checkpoint"])  # weights_only=True inside
     assert {"model", "optimizer", "scheduler", "epoch", "config", "class_names", "code_version"} <= set(state)
-    run = settings(tiny(synth_root, out.parent, "tracking.enabled=false", "train.epochs=2"))
+    run = settings(tiny(synth_root, out.parent, "tracking.enabled=false", "train.epochs=2", "train.device=cpu"))
     model = build_model(run.model)
     model.load_state_dict(state["model"])
     table = load_dataset(synth_root, read_annotations=False)
@@ -80,7 +81,7 @@ def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_ro
 
 def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trained, monkeypatch) -> None:
     out, _ = trained
-    cfg = compose_config(tiny(synth_root, tmp_path, "tracking.enabled=false", "train.epochs=2"))
+    cfg = compose_config(tiny(synth_root, tmp_path, "tracking.enabled=false", "train.epochs=2", "train.device=cpu"))
     monkeypatch.chdir(tmp_path)
     train_job(cfg)
     a = pd.read_csv(out / "predictions_test.csv")
@@ -90,7 +91,7 @@ def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trai
 
 def test_evaluate_reproduces_the_run_through_the_same_scoring(trained, tmp_path: Path) -> None:
     out, info = trained
-    result = run_script("evaluate.py", [f"checkpoint={info['checkpoint']}", "tracking.enabled=false",
+    result = run_script("evaluate.py", [f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu",
                                         f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     trained_metrics = json.loads((out / "metrics_test.json").read_text())

@@ -83,19 +83,28 @@ class _Training:
         self.history = [dict(row) for row in state["history"]]
 
 
-def _set_up(model: nn.Module, train_loader: DataLoader, objective: Objective, train: TrainConfig,
-            device: torch.device) -> tuple[_Training, InputPipeline, torch.amp.GradScaler]:  # fmt: skip
+def set_up_training(
+    model: nn.Module,
+    objective: Objective,
+    train: TrainConfig,
+    device: torch.device,
+    train_labels: np.ndarray,
+    steps_per_epoch: int,
+) -> tuple[_Training, InputPipeline, torch.amp.GradScaler, nn.Module]:
+    """Model on the device, objective, optimiser, schedule, loss scaler, input pipeline; and the module
+    the training steps call (compiled with ``train.compile``)."""
     place_model(model, device, train.channels_last)
     inputs = InputPipeline(device, objective.inputs, train.channels_last)
-    objective.setup(model, device, np.asarray(train_loader.dataset.labels))
+    objective.setup(model, device, train_labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    steps_per_epoch = len(train_loader)
     schedule = warmup_cosine(train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch),
                              train.min_lr_ratio)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_scaler = train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler
+    # Training steps may run compiled; validation, checkpoints and Grad-CAM use the module itself.
+    stepper = torch.compile(model) if train.compile else model
+    return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler, stepper
 
 
 def fit(
@@ -121,7 +130,8 @@ def fit(
     ``extra_state``: stored in every checkpoint (e.g. the config, the code version).
     """
     out_dir = Path(out_dir)
-    training, inputs, scaler = _set_up(model, train_loader, objective, train, device)
+    training, inputs, scaler, stepper = set_up_training(model, objective, train, device,
+                                                        np.asarray(train_loader.dataset.labels), len(train_loader))
     if resume is not None:
         training.resume_from(resume, out_dir)
     progress = parse_auto_bool(train.progress)
@@ -135,7 +145,7 @@ def fit(
                 holder.set_epoch(epoch)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False) if show_bar else None
         stats = train_one_epoch(
-            model, train_loader, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
+            stepper, train_loader, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
             generator=torch.Generator().manual_seed(seed * 7919 + epoch), amp=train.amp,
             grad_clip=train.grad_clip, sync_every=train.sync_every, bar=bar,
         )  # fmt: skip

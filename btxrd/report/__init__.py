@@ -33,7 +33,7 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = collect_runs(tracker, parent_id)
-    load_per_image(tracker, records)
+    missing = load_per_image(tracker, records)
     columns = report_columns(records)
     varied = varied_choices(records)
     shown = [k for k in varied if k != "seed"]
@@ -50,6 +50,9 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):
         markdown += ["\n## Configurations (seeds aggregated)\n", render.seeds_markdown(summary, columns)]
     markdown += ["\n## Comparisons\n", render.comparisons_markdown(tested)]
+    if missing:
+        markdown += ["\nLeft out of the statistics (their per-image results could not be read):\n",
+                     *[f"- {problem}\n" for problem in missing]]  # fmt: skip
     tasks = dict.fromkeys(r.task for r in records if r.task is not None)
     markdown += [f"\n{task.report_notes}" for task in tasks if task.report_notes]
 

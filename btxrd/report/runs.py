@@ -66,17 +66,24 @@ def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
     return sorted(records, key=lambda r: r.job)
 
 
-def load_per_image(tracker: Tracker, records: list[RunRecord], part: str = "test") -> None:
-    """Fetch each usable run's per-image table (sorted by image: the same images give the same resamples)."""
+def load_per_image(tracker: Tracker, records: list[RunRecord], part: str = "test") -> list[str]:
+    """Fetch each usable run's per-image table (sorted by image: the same images give the same resamples).
+    A run whose table cannot be read stays in the report without it; what went wrong is returned."""
+    problems = []
     with tempfile.TemporaryDirectory(prefix="btxrd-report-") as scratch:
         for record in records:
             if not record.usable:
                 continue
             name = record.task.per_image_file.format(part=part)
-            if name not in tracker.artifact_paths(record.artifacts_of):
-                continue
-            path = tracker.download_artifact(record.artifacts_of, name, Path(scratch) / record.run_id)
-            record.per_image = pd.read_csv(path).sort_values("image_id").reset_index(drop=True)
+            destination = Path(scratch) / record.run_id
+            destination.mkdir()
+            try:
+                path = tracker.download_artifact(record.artifacts_of, name, destination)
+                record.per_image = pd.read_csv(path).sort_values("image_id").reset_index(drop=True)
+            except Exception as exc:  # any store error: one run without its table, rather than no report at all
+                problems.append(f"job {record.job} ({record.name}): no {name} ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160]})")  # fmt: skip
+    return problems
 
 
 def report_columns(records: list[RunRecord]) -> dict[str, str]:

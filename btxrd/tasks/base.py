@@ -86,6 +86,10 @@ class Task(ABC):
         optimized = run.optimized_metric
         if optimized != "auto" and optimized not in self.monitors:
             raise ConfigError(f"optimized_metric={optimized!r}: task={self.name} reports {', '.join(self.monitors)}")
+        self.check()
+
+    def check(self) -> None:  # noqa: B027 (a hook: most tasks have nothing more to check)
+        """Relations between settings that only this task knows (checked before any work)."""
 
     def _own_settings(self, node: dict[str, Any]) -> Any:
         values = {k: v for k, v in dict(node).items() if k != "name"}

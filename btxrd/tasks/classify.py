@@ -21,6 +21,7 @@ from btxrd.data.loaders import Batch
 from btxrd.data.reader import with_annotations
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, InputSpec, autocast
+from btxrd.errors import ConfigError
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
 from btxrd.metrics.calibration import expected_calibration_error, plot_reliability, plot_roc_curves
 from btxrd.metrics.comparison import delong_macro_test, mcnemar_test
@@ -163,6 +164,12 @@ Published on the real BTXRD (not measured here; different protocols):
 
     def run_name_part(self) -> str:
         return f"ann-{'on' if self.run.annotations.enabled else 'off'}"
+
+    def check(self) -> None:
+        ann = self.run.annotations
+        if self.run.train.compile and ann.enabled and ann.cam_loss_weight > 0:
+            raise ConfigError("train.compile=true cannot train with the attention loss (annotations=on hooks into "
+                              "the network); use annotations.cam_loss_weight=0 or train.compile=false")
 
     def tags(self) -> dict[str, str]:
         return {"task": self.name, "annotations": "on" if self.run.annotations.enabled else "off"}

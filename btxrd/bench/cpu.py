@@ -1,7 +1,4 @@
-"""Benchmark of the data path against the model, on images of the release's real sizes.
-
-    python -m btxrd.bench                 # b0 at 128 and 224 px; prints a table, writes bench/bench.json
-    make bench
+"""The CPU section of the benchmark: the data path against the model, on images of the release's real sizes.
 
 Every ratio is measured within one run on the same machine state (the machine may
 be shared and noisy; compare ratios, not absolute numbers across runs).
@@ -250,16 +247,8 @@ def startup(data_root: Path, work: Path) -> dict[str, float]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--n", type=int, default=160, help="generated images (real sizes)")
-    parser.add_argument("--model", default="b0")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=8, help="training steps per measurement round")
-    parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
-    args = parser.parse_args(argv)
+def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The CPU benchmark (the module's docstring lists what it measures); prints its table."""
     work = Path(args.workdir)
     data_root = work / f"data_real_sizes_{args.n}"
     if not (data_root / "dataset.xlsx").is_file():
@@ -308,11 +297,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"start-up per job, 2-job multirun, {phase}: job start to first step "
               f"{results[f'job_startup_seconds_{phase}']:.1f} s, process start to first step "
               f"{results[f'process_startup_seconds_{phase}']:.1f} s")  # fmt: skip
-    out = work / "bench.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return results

@@ -1,0 +1,246 @@
+"""The GPU section of the benchmark: the training step as the product runs it (btxrd.engine's
+``train_one_epoch``: bf16 autocast, channels_last, the real objective), fed two ways.
+
+- model-only: uint8 batches already on the GPU, the limit the loader is measured against;
+- end-to-end: the real loader (image cache, crops, pinned memory, ``loader_workers`` workers),
+  over several epochs as ``fit`` runs them; efficiency = end-to-end / model-only;
+- the loader alone, and one loader worker's images/s on this machine's CPU (how many workers a
+  GPU needs), with and without annotation-guided crops and masks;
+- host syncs: ``train.sync_every`` 1 (a read-back every step) against 25; ``train.compile``;
+- the autoencoders at the plan's size (256 px, base 64): peak GPU memory per batch, float32 and bf16.
+
+Every figure is the median of ``ROUNDS`` interleaved rounds with its min and max.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from btxrd.config import compose_run
+from btxrd.data.cache import cache_for
+from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.loaders import Batch, collate_batch, loader_workers, make_loader
+from btxrd.data.reader import load_dataset
+from btxrd.data.synth import generate
+from btxrd.engine.fit import set_up_training
+from btxrd.engine.loop import EpochStats, train_one_epoch
+from btxrd.models import build_model
+from btxrd.tasks import make_task
+
+ROUNDS = 3
+# (model, input size, batch): the plan's sizes, batches as large as timm's own training benchmark uses.
+MODELS = (("b0", 224, 256), ("b3", 300, 128), ("resnet50_cbam", 224, 256))
+# timm's published training throughput (results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv: AMP,
+# channels_last, RTX 3090): RGB input, 1000 classes; resnet50 there has no CBAM.
+TIMM_RTX3090 = {"b0": ("efficientnet_b0 @ 224", 1752), "b3": ("efficientnet_b3 @ 288", 572),
+                "resnet50_cbam": ("resnet50 @ 224 (no CBAM)", 1218)}  # fmt: skip
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def _gpu_batches(batch: int, size: int, device: torch.device, n: int = 4) -> list[Batch]:
+    generator = torch.Generator().manual_seed(0)
+    return [Batch(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=generator).to(device),
+                  torch.randint(0, 3, (batch,), generator=generator).to(device),
+                  torch.zeros(batch, 1, size, size, dtype=torch.uint8, device=device),
+                  torch.zeros(batch, dtype=torch.bool, device=device), torch.arange(batch, device=device))
+            for _ in range(n)]  # fmt: skip
+
+
+class _Trainer:
+    """A model set up as ``fit`` sets it up (optimiser, schedule, scaler, inputs; compiled with compile=True),
+    from the composed config with ``overrides`` and ``train`` settings replaced."""
+
+    def __init__(self, overrides: list[str], device: torch.device, labels: np.ndarray, **train: Any) -> None:
+        run = compose_run(["model.pretrained=false", *overrides])
+        self.run = replace(run, train=replace(run.train, **train))
+        self.model = build_model(self.run.model)
+        self.objective = make_task(self.run).objective(self.model)
+        self.training, self.inputs, self.scaler, self.stepper = set_up_training(
+            self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10)  # fmt: skip
+        self.epoch = 0
+
+    def run_epoch(self, batches) -> EpochStats:
+        stats = train_one_epoch(self.stepper, batches, self.objective, self.training.optimizer,
+                                self.training.scheduler, self.scaler, self.inputs, epoch=self.epoch,
+                                generator=torch.Generator().manual_seed(self.epoch), amp=self.run.train.amp,
+                                grad_clip=0.0, sync_every=self.run.train.sync_every)  # fmt: skip
+        self.epoch += 1
+        return stats
+
+    def images_per_second(self, batches) -> float:
+        stats = self.run_epoch(batches)
+        return stats.images / stats.seconds
+
+
+def _loader(table, size: int, batch: int, device: torch.device, workers: int, annotations: bool = False):
+    run = compose_run([f"model.image_size={size}"])
+    cache = cache_for(table, size, run.data)
+    crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
+    dataset = BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
+    return make_loader(dataset, batch, train=True, workers=workers, device=device, seed=0)
+
+
+def _epochs(trainer: _Trainer, loader, epochs: int) -> float:
+    """Images/s over ``epochs`` whole epochs of the real loader, as fit runs them (epoch starts included)."""
+    images, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        loader.sampler.set_epoch(trainer.epoch)
+        loader.dataset.set_epoch(trainer.epoch)
+        images += trainer.run_epoch(loader).images
+    return images / (time.perf_counter() - start)
+
+
+def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) -> dict[str, Any]:
+    """Per model: model-only and end-to-end images/s, efficiency, peak GPU memory."""
+    workers = loader_workers(None, device, torch.get_num_threads())
+    out: dict[str, Any] = {"loader_workers": workers}
+    labels = table["label"].to_numpy()
+    for name, size, batch in MODELS:
+        print(f"GPU: {name} at {size} px, batch {batch} ...", flush=True)
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark runs (the product's default is deterministic)
+        trainer = _Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
+        on_gpu = _gpu_batches(batch, size, device)
+        loader = _loader(table, size, batch, device, workers)
+        trainer.images_per_second([on_gpu[i % 4] for i in range(5)])  # warm-up (cuDNN autotuning)
+        _epochs(trainer, loader, 1)  # workers started, caches warm
+        torch.cuda.reset_peak_memory_stats(device)
+        model_only, end_to_end = [], []
+        for _ in range(ROUNDS):  # interleaved: the ratio is taken within a round
+            model_only.append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
+            end_to_end.append(_epochs(trainer, loader, epochs))
+        ratios = [e / m for e, m in zip(end_to_end, model_only, strict=True)]
+        out[name] = {"size": size, "batch": batch, "model_only_ips": _spread(model_only),
+                     "end_to_end_ips": _spread(end_to_end), "efficiency": _spread(ratios),
+                     "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+                     "timm_rtx3090": TIMM_RTX3090[name]}  # fmt: skip
+        del trainer, loader
+        torch.cuda.empty_cache()
+    return out
+
+
+def loader_ceiling(table, device: torch.device, steps: int = 12) -> dict[str, Any]:
+    """Images/s of the loader alone with the product's workers, and of one worker (in this process)."""
+    out: dict[str, Any] = {}
+    workers = loader_workers(None, device, torch.get_num_threads())
+    for size in (224, 300):
+        for guided in (False, True):
+            key = f"{size}px_{'annotations' if guided else 'plain'}"
+            dataset = _loader(table, size, 64, device, 0, guided).dataset
+            start = time.perf_counter()
+            items = [dataset[i % len(dataset)] for i in range(256)]
+            collate_batch(items)
+            one = 256 / (time.perf_counter() - start)
+            loader = _loader(table, size, 256, device, workers, guided)
+            iterator = iter(loader)
+            next(iterator)
+            start, seen = time.perf_counter(), 0
+            for _ in range(steps):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    iterator = iter(loader)
+                    batch = next(iterator)
+                batch.images.to(device, non_blocking=True)
+                seen += len(batch)
+            torch.cuda.synchronize(device)
+            out[key] = {"one_worker_ips": one, f"{workers}_workers_ips": seen / (time.perf_counter() - start)}
+    return out
+
+
+def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, Any]:
+    """b0 at 224 px: a read-back every step against every 25 steps; torch.compile against eager."""
+    labels = table["label"].to_numpy()
+    on_gpu = _gpu_batches(256, 224, device)
+    b0 = ["model=b0", "model.image_size=224"]
+    trainers = {"sync_every_1": _Trainer(b0, device, labels, sync_every=1),
+                "sync_every_25": _Trainer(b0, device, labels, sync_every=25)}  # fmt: skip
+    start = time.perf_counter()
+    trainers["compiled"] = _Trainer(b0, device, labels, compile=True)
+    trainers["compiled"].images_per_second([on_gpu[i % 4] for i in range(3)])
+    compile_seconds = time.perf_counter() - start
+    for trainer in trainers.values():
+        trainer.images_per_second([on_gpu[i % 4] for i in range(5)])
+    measured: dict[str, list[float]] = {k: [] for k in trainers}
+    for _ in range(ROUNDS):
+        for key, trainer in trainers.items():
+            measured[key].append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
+    out: dict[str, Any] = {k: _spread(v) for k, v in measured.items()}
+    out["per_step_sync_cost"] = _spread([b / a for a, b in zip(measured["sync_every_1"], measured["sync_every_25"],
+                                                                strict=True)])  # fmt: skip
+    out["compile_speedup"] = _spread([c / e for c, e in zip(measured["compiled"], measured["sync_every_25"],
+                                                             strict=True)])  # fmt: skip
+    out["compile_seconds"] = compile_seconds
+    return out
+
+
+def autoencoder_memory(device: torch.device) -> dict[str, Any]:
+    """Peak GPU memory of training steps at the plan's size (256 px, base 64), float32 and bf16."""
+    out: dict[str, Any] = {}
+    for name in ("ae_residual", "ae_attention"):
+        for batch in (16, 32):
+            for amp in (False, True):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+                trainer = _Trainer(["task=reconstruct", f"model={name}"], device, np.zeros(8, dtype=int), amp=amp)
+                batches = _gpu_batches(batch, 256, device, n=1)
+                trainer.images_per_second(batches * 2)
+                ips = trainer.images_per_second(batches * 5)
+                out[f"{name}_batch{batch}_{'bf16' if amp else 'fp32'}"] = {
+                    "peak_gib": (torch.cuda.max_memory_allocated(device) - before) / 2**30, "images_per_s": ips}
+                del trainer, batches
+    return out
+
+
+def gpu_section(work: Path, n_images: int = 1024) -> dict[str, Any]:
+    device = torch.device("cuda")
+    data_root = work / f"data_gpu_{n_images}"
+    if not (data_root / "dataset.xlsx").is_file():
+        print(f"generating {n_images} images in {data_root} ...", flush=True)
+        generate(data_root, n=n_images, seed=0, size=384)
+    run = compose_run([])
+    table = load_dataset(data_root, read_annotations=True, duplicate_distance=run.data.duplicate_distance)
+    props = torch.cuda.get_device_properties(device)
+    results: dict[str, Any] = {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
+                               "torch": torch.__version__, "cuda": torch.version.cuda,
+                               "cpu_threads": torch.get_num_threads(), "n_images": len(table)}  # fmt: skip
+    results["throughput"] = throughput(table, device)
+    results["loader"] = loader_ceiling(table, device)
+    results["sync_and_compile"] = sync_and_compile(table, device)
+    results["autoencoders"] = autoencoder_memory(device)
+    return results
+
+
+def print_gpu(results: dict[str, Any]) -> None:
+    print(f"\n{results['gpu']} ({results['gpu_memory_gib']:.0f} GiB), torch {results['torch']}, CUDA "
+          f"{results['cuda']}, {results['cpu_threads']} CPU threads; bf16 autocast, channels_last")  # fmt: skip
+    t = results["throughput"]
+    print(f"{'model':>14} {'px':>4} {'batch':>5} {'model-only img/s':>22} {'end-to-end img/s':>22} "
+          f"{'efficiency':>20} {'peak GiB':>9}  timm RTX 3090")  # fmt: skip
+    for name, _, _ in MODELS:
+        r = t[name]
+        cells = [f"{r[k]['median']:.0f} ({r[k]['min']:.0f}-{r[k]['max']:.0f})" for k in ("model_only_ips",
+                                                                                        "end_to_end_ips")]
+        eff = r["efficiency"]
+        print(f"{name:>14} {r['size']:>4} {r['batch']:>5} {cells[0]:>22} {cells[1]:>22} "
+              f"{eff['median']:.2f} ({eff['min']:.2f}-{eff['max']:.2f}){'':>4} {r['peak_memory_gib']:>8.1f}  "
+              f"{r['timm_rtx3090'][0]}: {r['timm_rtx3090'][1]}")  # fmt: skip
+    print(f"loader ({t['loader_workers']} workers): " + "; ".join(
+        f"{k}: {v['one_worker_ips']:.0f} img/s per worker, {list(v.values())[1]:.0f} all"
+        for k, v in results["loader"].items()))  # fmt: skip
+    s = results["sync_and_compile"]
+    print(f"b0 224 px model-only: sync_every=1 {s['sync_every_1']['median']:.0f}, sync_every=25 "
+          f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); compiled "
+          f"{s['compiled']['median']:.0f} img/s ({s['compile_speedup']['median']:.2f}x, "
+          f"{s['compile_seconds']:.0f} s to compile)")  # fmt: skip
+    for key, value in results["autoencoders"].items():
+        print(f"{key}: peak {value['peak_gib']:.2f} GiB, {value['images_per_s']:.0f} img/s")
