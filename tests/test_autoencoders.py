@@ -117,12 +117,12 @@ def test_psnr_and_ssim() -> None:
 
 def test_activation_memory_is_measured_and_linear() -> None:
     model = ResidualAutoencoder(base_channels=8, image_size=64)
-    one = saved_activation_bytes(model, 1, 64, torch.device("cpu"))
-    two = saved_activation_bytes(model, 2, 64, torch.device("cpu"))
-    four = saved_activation_bytes(model, 4, 64, torch.device("cpu"))
+    one = saved_activation_bytes(model, 1, 64)
+    two = saved_activation_bytes(model, 2, 64)
+    four = saved_activation_bytes(model, 4, 64)
     assert one > 64 * 64 * 4 * 8  # at least the stem's output
     assert four - two == pytest.approx(2 * (two - one), rel=0.01)
-    params = autoencoder_params(model, 64, torch.device("cpu"))
+    params = autoencoder_params(model, 64)
     assert params["model.compression_ratio"] == "16.0" and int(params["memory.activation_mb_batch64"]) > 0
 
 

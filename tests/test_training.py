@@ -49,7 +49,7 @@ def test_outputs_of_a_run(trained) -> None:
     assert metrics["best_val_macro_f1"] == pytest.approx(info["best"])
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 2 and history["lr"].iloc[1] < history["lr"].iloc[0]
-    assert metrics["best_val_macro_f1"] == history["val_macro_f1"].max()
+    assert metrics["best_val_macro_f1"] == pytest.approx(history["val_macro_f1"].max())
     split = pd.read_csv(out / "split.csv")
     assert set(split["part"]) == {"train", "val", "test"}
     predictions = pd.read_csv(out / "predictions_test.csv")

@@ -14,6 +14,7 @@ Every figure is the median of ``ROUNDS`` interleaved rounds with its min and max
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from btxrd.data.dataset import BTXRDImages, CropSettings
 from btxrd.data.loaders import Batch, collate_batch, loader_workers, make_loader
 from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
-from btxrd.engine.fit import set_up_training
+from btxrd.engine.fit import epoch_stream, set_up_training
 from btxrd.engine.loop import EpochStats, train_one_epoch
 from btxrd.models import build_model
 from btxrd.tasks import make_task
@@ -91,11 +92,10 @@ def _loader(table, size: int, batch: int, device: torch.device, workers: int, an
 
 def _epochs(trainer: _Trainer, loader, epochs: int) -> float:
     """Images/s over ``epochs`` whole epochs of the real loader, as fit runs them (epoch starts included)."""
+    next_epoch = epoch_stream(loader, trainer.epoch)
     images, start = 0, time.perf_counter()
     for _ in range(epochs):
-        loader.sampler.set_epoch(trainer.epoch)
-        loader.dataset.set_epoch(trainer.epoch)
-        images += trainer.run_epoch(loader).images
+        images += trainer.run_epoch(next_epoch()).images
     return images / (time.perf_counter() - start)
 
 
@@ -213,10 +213,12 @@ def gpu_section(work: Path, n_images: int = 1024) -> dict[str, Any]:
     results: dict[str, Any] = {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
                                "torch": torch.__version__, "cuda": torch.version.cuda,
                                "cpu_threads": torch.get_num_threads(), "n_images": len(table)}  # fmt: skip
-    results["throughput"] = throughput(table, device)
-    results["loader"] = loader_ceiling(table, device)
-    results["sync_and_compile"] = sync_and_compile(table, device)
-    results["autoencoders"] = autoencoder_memory(device)
+    sections = {"throughput": lambda: throughput(table, device), "loader": lambda: loader_ceiling(table, device),
+                "autoencoders": lambda: autoencoder_memory(device),
+                "sync_and_compile": lambda: sync_and_compile(table, device)}  # fmt: skip
+    for name, measure in sections.items():  # each section kept as soon as it is measured
+        results[name] = measure()
+        (work / "bench_gpu.partial.json").write_text(json.dumps(results, indent=2))
     return results
 
 
@@ -242,5 +244,5 @@ def print_gpu(results: dict[str, Any]) -> None:
           f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); compiled "
           f"{s['compiled']['median']:.0f} img/s ({s['compile_speedup']['median']:.2f}x, "
           f"{s['compile_seconds']:.0f} s to compile)")  # fmt: skip
-    for key, value in results["autoencoders"].items():
+    for key, value in results.get("autoencoders", {}).items():
         print(f"{key}: peak {value['peak_gib']:.2f} GiB, {value['images_per_s']:.0f} img/s")

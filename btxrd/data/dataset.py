@@ -69,7 +69,8 @@ def crop_window(
 
 
 class BTXRDImages(Dataset):
-    """Items: (image uint8 [1,S,S], label, lesion mask uint8 [1,S,S], has_mask, row index)."""
+    """Items: (image uint8 [1,S,S], label, lesion mask uint8 [1,S,S] (or [1,0,0] without ``with_masks``),
+    has_mask, row index)."""
 
     def __init__(
         self,
@@ -98,16 +99,14 @@ class BTXRDImages(Dataset):
         self.lesion_crops = lesion_crops
         self.with_masks = with_masks
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Augmentation draws depend on (seed, epoch, index): reproducible with any worker count."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``index``, or ``(epoch, index)`` for training: augmentation draws depend on (seed, epoch,
+        index) only, so they are the same with any number of loader workers."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         row = self.cache_rows[index]
         canvas = self.cache.size
         image = torch.from_numpy(np.array(self.cache.pixels[row])).unsqueeze(0)  # copy out of the mmap
@@ -117,7 +116,7 @@ class BTXRDImages(Dataset):
         if self.with_masks and (boxes or polygons):
             mask = torch.from_numpy(rasterise(boxes, polygons, (canvas, canvas), tuple(scale), tuple(offset)))[None]
         if self.train:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             lesion = union_box(boxes, scale, offset) if self.lesion_crops else None
             left, top, side = crop_window(rng, canvas, self.crop, lesion)
             size = [self.image_size, self.image_size]
@@ -129,8 +128,9 @@ class BTXRDImages(Dataset):
                 mask = TF.horizontal_flip(mask) if mask is not None else None
         elif canvas != self.image_size:
             image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
-        if mask is None:
-            mask = torch.zeros((1, self.image_size, self.image_size), dtype=torch.uint8)
+        if mask is None:  # an empty mask when none is asked for: no bytes to ship from the workers
+            side = self.image_size if self.with_masks else 0
+            mask = torch.zeros((1, side, side), dtype=torch.uint8)
             has_mask = False
         else:
             has_mask = bool(mask.any())

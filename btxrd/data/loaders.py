@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,21 +34,30 @@ def collate_batch(items: list[tuple]) -> Batch:
     return Batch(images, labels, masks, has_mask.bool(), index)
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh seeded permutation per epoch, independent of how many epochs ran before (resumable)."""
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Training batches of every epoch from ``start_epoch`` on, as one stream: keys (epoch, index).
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    Each epoch is a fresh seeded permutation, independent of how many epochs ran before (resumable),
+    cut into full batches (the last partial one dropped). One stream for the whole training, rather
+    than a new loader iterator per epoch: loader workers never idle at an epoch's start, and they
+    learn each item's epoch from its key (a persistent worker holds its own copy of the dataset, so
+    an epoch set on the dataset in the training process would never reach it). ``len`` is the
+    number of batches per epoch.
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed, self.start_epoch = n, batch_size, seed, 0
+        self.drop = n % batch_size if n > batch_size else 0
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in itertools.count(self.start_epoch):
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+            for start in range(0, self.n - self.drop, self.batch_size):
+                yield [(epoch, index) for index in order[start : start + self.batch_size]]
 
     def __len__(self) -> int:
-        return self.n
+        return max(1, (self.n - self.drop) // self.batch_size) if self.n else 0
 
 
 def loader_workers(setting: int | None, device: torch.device, threads: int) -> int:
@@ -60,13 +70,13 @@ def loader_workers(setting: int | None, device: torch.device, threads: int) -> i
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, device: torch.device,
                 seed: int = 0) -> DataLoader:  # fmt: skip
-    """Training: a seeded per-epoch shuffle, the last partial batch dropped. Evaluation: in order, all items."""
+    """Training: every epoch's seeded shuffle as one stream of batches (``EpochBatches``; iterate it
+    once). Evaluation: in order, all items."""
+    batching: dict = {"batch_sampler": EpochBatches(len(dataset), batch_size, seed)} if train else {
+        "batch_size": batch_size, "shuffle": False}  # fmt: skip
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffle(len(dataset), seed) if train else None,
-        shuffle=False,
-        drop_last=train and len(dataset) > batch_size,
+        **batching,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",

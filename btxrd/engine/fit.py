@@ -7,9 +7,11 @@ batches are trained for and how validation is scored; per-epoch metrics go to an
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from btxrd.data.loaders import EpochBatches
 from btxrd.engine.checkpoint import save_checkpoint
 from btxrd.engine.inputs import InputPipeline, place_model
 from btxrd.engine.loop import Objective, train_one_epoch
@@ -107,6 +110,18 @@ def set_up_training(
     return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler, stepper
 
 
+def epoch_stream(loader: DataLoader, start_epoch: int) -> Callable[[], Iterable]:
+    """A function giving the next epoch's batches. A loader of ``EpochBatches`` is iterated once, from
+    ``start_epoch`` on, one epoch's worth of batches at a time (its workers go on preparing the next
+    epoch meanwhile); any other loader is iterated afresh for each epoch."""
+    batches = loader.batch_sampler
+    if not isinstance(batches, EpochBatches):
+        return lambda: loader
+    batches.start_epoch = start_epoch
+    stream = iter(loader)
+    return lambda: itertools.islice(stream, len(batches))
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -138,14 +153,14 @@ def fit(
     show_bar = sys.stderr.isatty() if progress is None else progress
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     first_step_at = math.nan
+    next_epoch = epoch_stream(train_loader, training.epoch)
     while training.epoch < train.epochs and not training.stopper.should_stop:
         epoch = training.epoch
-        for holder in (train_loader.sampler, train_loader.dataset):
-            if hasattr(holder, "set_epoch"):
-                holder.set_epoch(epoch)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{train.epochs}", leave=False) if show_bar else None
+        batches = next_epoch()
+        bar = tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{train.epochs}",
+                   leave=False) if show_bar else None  # fmt: skip
         stats = train_one_epoch(
-            stepper, train_loader, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
+            stepper, batches, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
             generator=torch.Generator().manual_seed(seed * 7919 + epoch), amp=train.amp,
             grad_clip=train.grad_clip, sync_every=train.sync_every, bar=bar,
         )  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,7 +94,7 @@ class _Running:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    batches: Iterable[Batch],
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -107,14 +108,14 @@ def train_one_epoch(
     sync_every: int,
     bar: tqdm | None = None,
 ) -> EpochStats:
-    """Train ``model`` on every batch of ``loader`` once (epochs count from 0)."""
+    """Train ``model`` on ``batches`` (one epoch's; epochs count from 0); ``bar``, if given, wraps them."""
     device = inputs.device
     check_every = sync_every if device.type == "cuda" else 1
     model.train()
     start = time.perf_counter()
     running = _Running(device)
     first_step_at = math.nan
-    for step, batch in enumerate(bar if bar is not None else loader):
+    for step, batch in enumerate(bar if bar is not None else batches):
         x = inputs(batch.images, generator)
         with autocast(device, amp):
             loss, extras = objective.loss(model, x, batch)

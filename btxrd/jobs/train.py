@@ -106,7 +106,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     if fresh:
         sizes = {f"data.n_{p}": len(r) for p, r in data.rows.items()}
         recorder.log_params({**sizes, "data.cache_file": str(data.cache.path),
-                             **task.describe_model(model, runtime.device)})  # fmt: skip
+                             **task.describe_model(model)})  # fmt: skip
     if resume is not None:
         log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
     result = fit(model, data.train, data.val.loader, task.objective(model), run.train, monitor=task.monitor,

@@ -16,8 +16,9 @@ MB = 2**20
 REPORTED_BATCHES = (1, 8, 16, 32, 64)
 
 
-def saved_activation_bytes(model: nn.Module, batch: int, image_size: int, device: torch.device) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward in one training forward."""
+def saved_activation_bytes(model: nn.Module, batch: int, image_size: int) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward in one training forward (on the model's device)."""
+    device = next(model.parameters()).device
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -38,11 +39,12 @@ def saved_activation_bytes(model: nn.Module, batch: int, image_size: int, device
     return sum(nbytes for ptr, nbytes in storages.items() if ptr not in params)
 
 
-def autoencoder_params(model: nn.Module, image_size: int, device: torch.device) -> dict[str, str]:
-    """MLflow params: parameter counts, compression ratio, activation MB per batch size."""
+def autoencoder_params(model: nn.Module, image_size: int) -> dict[str, str]:
+    """MLflow params: parameter counts, compression ratio, activation MB per batch size (float32,
+    measured where the model is)."""
     counts = model.count_parameters()
-    one = saved_activation_bytes(model, 1, image_size, device)
-    two = saved_activation_bytes(model, 2, image_size, device)
+    one = saved_activation_bytes(model, 1, image_size)
+    two = saved_activation_bytes(model, 2, image_size)
     per_image, fixed = two - one, 2 * one - two
     out = {f"model.params_{k}": str(v) for k, v in counts.items()}
     out["model.compression_ratio"] = f"{model.get_compression_ratio():.1f}"

@@ -41,7 +41,7 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     configs = configurations(records)
     replicates = Replicates(evaluation)
     summary = seed_summary(configs, columns, shown, replicates)
-    tested = comparisons(configs, replicates)
+    tested = comparisons(configs, replicates, shown)
 
     level = f"{evaluation.ci_level:.0%}"
     markdown = [f"# Sweep report\n\nValues are test-part metrics with their {level} bootstrap intervals over "

@@ -70,7 +70,8 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
         delta = "" if not np.isfinite(r["delta"]) else _signed(r["delta"], r["ci_low"], r["ci_high"])
         kind = ("paired" if r["paired"] else "UNPAIRED (different test images)") + (
             f", {r['seeds']} seeds" if r["seeds"] > 1 else "")  # fmt: skip
-        rows.append([f"{r['choice']}: {r['a']} vs {r['b']}", r["other choices"], r["metric"], r["test"], delta,
+        rows.append([f"{r['choice']}: {r['a']} vs {r['b']}", r["other choices"] or "(all else equal)", r["metric"],
+                     r["test"], delta,
                      f"{r['p']:.3g}", f"{r['p_holm']:.3g}", "**yes**" if r["real"] else "no", kind])  # fmt: skip
     headers = ["comparison (A vs B)", "with", "metric", "test", "Δ = A − B [95% CI]", "p", "p (Holm)", "real?",
                "design"]  # fmt: skip

@@ -104,8 +104,9 @@ def seed_summary(configs: list[Configuration], columns: dict[str, str], shown: l
     return pd.DataFrame(rows)
 
 
-def comparisons(configs: list[Configuration], replicates: Replicates) -> pd.DataFrame:
-    """Every pair of configurations that differ in exactly one choice, every compared metric."""
+def comparisons(configs: list[Configuration], replicates: Replicates, shown: list[str]) -> pd.DataFrame:
+    """Every pair of configurations that differ in exactly one choice, every compared metric
+    (``shown``: the choices the sweep varies, to say what else the pair shares)."""
     evaluation = replicates.evaluation
     rows = []
     for a, b in combinations(configs, 2):
@@ -120,7 +121,7 @@ def comparisons(configs: list[Configuration], replicates: Replicates) -> pd.Data
         if not pairs:
             continue
         paired = all(list(x.per_image["image_id"]) == list(y.per_image["image_id"]) for x, y in pairs)
-        fixed = ", ".join(f"{k}={v}" for k, v in a.choices if k != key)
+        fixed = ", ".join(f"{k}={v}" for k, v in a.choices if k != key and k in shown)
         common = {"choice": key, "a": dict(a.choices)[key], "b": dict(b.choices)[key], "other choices": fixed,
                   "seeds": len(pairs), "paired": paired}  # fmt: skip
         for metric, title in task.compared.items():

@@ -123,8 +123,8 @@ class Task(ABC):
         return {"task": self.name}
 
     # --- training and scoring
-    def describe_model(self, model: nn.Module, device: torch.device) -> dict[str, str]:
-        """Extra MLflow params about the network (e.g. its memory)."""
+    def describe_model(self, model: nn.Module) -> dict[str, str]:
+        """Extra MLflow params about the network (e.g. its memory), measured where it is."""
         return {}
 
     @abstractmethod

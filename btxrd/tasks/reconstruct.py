@@ -103,8 +103,8 @@ class ReconstructTask(Task):
             return rows[rows["label"] == 0].reset_index(drop=True)
         return rows
 
-    def describe_model(self, model: nn.Module, device: torch.device) -> dict[str, str]:
-        return autoencoder_params(model, self.run.model.image_size, device)
+    def describe_model(self, model: nn.Module) -> dict[str, str]:
+        return autoencoder_params(model, self.run.model.image_size)
 
     def objective(self, model: nn.Module) -> ReconstructionObjective:
         return ReconstructionObjective(self.run.train.amp, self.settings.ssim_weight)
