@@ -81,4 +81,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         collate_fn=collate_batch,
+        # Its own generator: starting an iterator draws a seed, which must not come from the global RNG
+        # (dropout's), or a resumed run that starts its stream mid-training would diverge.
+        generator=torch.Generator().manual_seed(seed),
     )
