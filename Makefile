@@ -61,8 +61,8 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 	$(PY) train.py -m experiment=demo data.root=$(abspath $(DEMO_DATA)) \
 	  model=b0,b3,resnet50_cbam split=stratified,center annotations=on,off hydra.launcher.n_jobs=2
 	@echo
-	@echo "Done. See the runs side by side:  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000"
-	@echo "then open http://127.0.0.1:5000 (experiment 'btxrd'; the sweep is one parent run with 12 children)."
+	@echo "Done. The sweep's last line above gives the command that starts the MLflow UI (on 127.0.0.1) and"
+	@echo "the address of this sweep's runs in it (model-training view); its report: multirun/<date>/<time>/sweep_report.md"
 
 bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
 	$(PY) -m btxrd.bench

@@ -278,6 +278,7 @@ class TrackingConfig:
     experiment: str = setting()
     artifact_root: str = setting()
     log_last_checkpoint: bool = setting()
+    ui_url: str = setting()
 
 
 @dataclass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,31 @@ def sweep_runs(work: Path, uri: str | None = None) -> tuple[list, list]:
     parents = [r for r in everything if r.data.tags.get("sweep") == "parent"]
     children = [r for r in everything if "mlflow.parentRunId" in r.data.tags]
     return parents, children
+
+
+@contextlib.contextmanager
+def mlflow_ui(store_uri: str) -> Iterator[Any]:
+    """A test client of MLflow's own server app (the handlers `mlflow ui` serves the UI's pages with)
+    over ``store_uri``; in this process, without the ~15 s a server process takes to start."""
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR, app, handlers
+
+    saved = os.environ.get(BACKEND_STORE_URI_ENV_VAR)
+    os.environ[BACKEND_STORE_URI_ENV_VAR] = store_uri
+    handlers._tracking_store = None  # the app keeps the store it opened first
+    try:
+        yield app.test_client()
+    finally:
+        handlers._tracking_store = None
+        if saved is None:
+            os.environ.pop(BACKEND_STORE_URI_ENV_VAR, None)
+        else:
+            os.environ[BACKEND_STORE_URI_ENV_VAR] = saved
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _as_a_user_starts_it() -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -19,15 +18,9 @@ from omegaconf import OmegaConf
 
 from btxrd.tracking.server import MlflowServer, tracking_server
 
-from .helpers import run_script, sweep_runs, tiny
+from .helpers import free_port, run_script, sweep_runs, tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,10 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
 
     markdown = (out / "sweep_report.md").read_text()
     assert "## Configurations (seeds aggregated)" in markdown and "± " in markdown
+    labels = pd.read_csv(out.parent / "predictions_0" / "predictions_test.csv")["label"]
+    share = labels.value_counts(normalize=True).max()  # what always answering "normal" scores
+    assert f"- the test part ({len(labels)} images): accuracy {share:.3f}, " in markdown
+    assert f"macro-F1 {2 * share / (1 + share) / 3:.3f}" in markdown and "AUROC 0.500" in markdown
     assert "3 difference(s) real after Holm's adjustment" in markdown
     assert "annotations on vs off (model=b0): bootstrap Δ macro-F1 +" in markdown
     assert (out / "sweep_report.png").stat().st_size > 5000

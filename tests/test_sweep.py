@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from btxrd.runtime.process import GLIBC_TUNABLES
 
-from .helpers import run_script, runs, start_script, sweep_runs, tiny
+from .helpers import mlflow_ui, run_script, runs, start_script, sweep_runs, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,29 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
         "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png",
         "report/sweep_configurations.csv", "report/sweep_comparisons.csv"}  # fmt: skip
+
+    # What the MLflow UI's runs page asks its server for: the experiment in model-training mode, the
+    # sweep's runs with their datasets (train / val / test) and source.
+    assert "runs?workflowType=machine_learning&searchFilter=tags.sweep_dir" in result.stderr
+    assert "report/sweep_report.md" in parents[0].data.tags["mlflow.note.content"]
+    with mlflow_ui(f"sqlite:///{tmp_path / 'mlflow.db'}") as ui:
+        experiment_id = parents[0].info.experiment_id
+        answer = ui.get(f"/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment_id}").get_json()
+        tags = {t["key"]: t["value"] for t in answer["experiment"]["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        query = {"experiment_ids": [experiment_id], "filter": f"tags.sweep_dir = '{sweep_dir}'", "max_results": 50}
+        shown = ui.post("/ajax-api/2.0/mlflow/runs/search", json=query).get_json()["runs"]
+    def run_tags(run: dict) -> dict:
+        return {t["key"]: t["value"] for t in run["data"]["tags"]}
+
+    shown = [r for r in shown if run_tags(r).get("sweep") != "parent"]  # the parent run shows too, above them
+    assert len(shown) == 4
+    for run in shown:
+        contexts = {t["value"] for d in run["inputs"]["dataset_inputs"] for t in d["tags"]
+                    if t["key"] == "mlflow.data.context"}  # fmt: skip
+        assert contexts == {"train", "val", "test"}
+        assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"BTXRD"}
+        assert run_tags(run)["mlflow.source.name"] == "train.py" and run_tags(run)["mlflow.user"]
 
     # evaluate.py re-scores a child's checkpoint as a nested run with the same test metrics.
     child = children[0]
@@ -153,8 +176,3 @@ def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_pa
     assert [r.info.status for r in found] == ["FAILED"]
     assert message.removeprefix("error: ")[:30] in found[0].data.tags["error"]
 
-    # A bad setting: the same one line, and nothing was started (no store, cache or checkpoint; only
-    # Hydra's own log folder of the run).
-    result = run_script("train.py", [*tiny(synth_root, tmp_path / "other"), "train.lr=-1"], cwd=tmp_path)
-    assert (result.returncode, result.stderr.strip()) == (2, "error: train.lr=-1.0: must be > 0")
-    assert [p.name for p in (tmp_path / "other").iterdir()] == ["outputs"]

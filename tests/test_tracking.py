@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> N
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
     # One pool for the three stores, as loky reuses its workers from one sweep's jobs to the next.
     with context.Pool(N_WORKERS) as pool:
-        for repetition in range(3):
+        for repetition in range(2):
             work = tmp_path / f"rep{repetition}"
             work.mkdir()
             uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -105,3 +106,46 @@ def test_a_stopped_sweep_ends_killed_and_closes_only_runs_whose_jobs_died_with_i
     else:  # submitit's job runs on and closes its own run
         assert tracker.get_run(open_run).info.status == "RUNNING"
         assert "1 of 2 launched job(s) did not finish (1 still running under the launcher" in capsys.readouterr().err
+
+
+def test_the_experiment_opens_in_model_training_mode_and_runs_record_their_dataset(tmp_path: Path) -> None:
+    from btxrd.tracking.mlflow_store import EXPERIMENT_KIND_TAG, ui_base
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    client = MlflowClient(tracker.uri)
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    older = client.create_experiment("made-before")  # an experiment without the tag gets it when used
+    assert Tracker(tracker.uri, "made-before").experiment_id == older
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    url = tracker.runs_url("http://127.0.0.1:5000", "/work/multirun/x")
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+                   "&searchFilter=tags.sweep_dir%20%3D%20%27%2Fwork%2Fmultirun%2Fx%27")  # fmt: skip
+    assert ui_base("http://host:5001", "http://127.0.0.1:5000") == "http://host:5001"  # a server shows its runs
+    run_id = tracker.start_run("job")
+    tracker.log_dataset(run_id, "demo", "0123abcd", "/data/demo", "train", {"images": 10}, {"split": "center"})
+    [logged] = client.get_run(run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("demo", "0123abcd")
+    assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "train", "split": "center"}
+
+
+def test_the_sweep_progress_line() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from btxrd.sweep.progress import SweepProgress, planned_jobs, status_line
+
+    def config(overrides, sweeper=None):
+        return OmegaConf.create({"hydra": {"overrides": {"task": overrides}, "sweeper": sweeper or {}}})
+
+    assert planned_jobs(config(["model=b0,b3,resnet50_cbam", "split=stratified,center", "train.lr=0.1"])) == 6
+    assert planned_jobs(config(["seed=range(0,4)"])) == 4
+    assert planned_jobs(config(["train.lr=interval(0.1,1)"])) is None
+    assert planned_jobs(config([], {"n_trials": 30})) == 30
+    assert status_line(5, 1, 2, 12, 400) == "sweep: 5/12 done (1 failed), 2 running, 6m40s elapsed, about 9m20s left"
+    assert status_line(0, 0, 2, None, 9) == "sweep: 0 done, 2 running, 9s elapsed"
+    runs = [SimpleNamespace(info=SimpleNamespace(status=s)) for s in ("FINISHED", "FAILED", "RUNNING")]
+    progress = SweepProgress(tracker=None, parent_id="x", total=3, stream=io.StringIO())
+    assert progress.line(runs).startswith("sweep: 2/3 done (1 failed), 1 running")
+    progress.start()  # not a terminal: no thread, no output
+    assert not progress._thread.is_alive() and progress.stream.getvalue() == ""

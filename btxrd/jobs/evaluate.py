@@ -18,13 +18,13 @@ from btxrd.config import evaluate_settings, stored_run_settings
 from btxrd.engine import load_checkpoint, place_model
 from btxrd.errors import ConfigError, DataError
 from btxrd.jobs.context import job_context
-from btxrd.jobs.parts import load_evaluation_part
+from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model, model_entry
 from btxrd.runtime.environment import prepare_runtime
 from btxrd.settings import EvaluateConfig, ModelConfig, RunConfig, parse_auto_int
 from btxrd.tasks import make_task
-from btxrd.tracking import Tracker, job_run, tracker_for
+from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
 
 
 def evaluate_job(cfg: DictConfig) -> dict[str, float]:
@@ -34,7 +34,8 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker_for(settings.tracking, settings.paths.root)
     checkpoint, expected_split, name = _checkpoint_source(settings, tracker, out_dir)
-    tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(settings.data.root or "")}
+    tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(settings.data.root or ""),
+            **source_tags("evaluate.py")}  # fmt: skip
     with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir,
                  parent_id=settings.run_id or None) as recorder:  # fmt: skip
         state = load_checkpoint(checkpoint)
@@ -46,6 +47,7 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         model = build_model(_without_pretrained_weights(run.model))
         model.load_state_dict(state["model"])
         place_model(model, runtime.device, run.train.channels_last)
+        log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
         title = f"{Path(checkpoint).name} on {part.name}"
         evaluation = settings.eval.applied_to(run.eval)
         metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,

@@ -6,6 +6,7 @@ phase and a later re-scoring see exactly the same inputs.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,13 @@ from btxrd.data.cache import ImageCache, cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
 from btxrd.data.loaders import loader_workers, make_loader
 from btxrd.data.reader import load_dataset
+from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import PARTS, make_split, write_split_csv
 from btxrd.errors import DataError
 from btxrd.runtime.environment import Runtime
 from btxrd.settings import RunConfig, parse_auto_int
 from btxrd.tasks import ScoredPart, Task
+from btxrd.tracking import RunRecorder
 
 EVALUATION_PARTS = (*PARTS, "all")
 
@@ -35,6 +38,16 @@ class RunData:
     test: ScoredPart
     cache: ImageCache
     split_csv: Path
+
+
+def log_datasets(recorder: RunRecorder, root: str, parts: dict[str, pd.DataFrame], split: str) -> None:
+    """Each part as an MLflow dataset input: the dataset's name, a digest of the part's image files'
+    contents (SHA-1s from the reader), its class counts; the part as the context."""
+    for part, rows in parts.items():
+        digest = hashlib.sha1("".join(sorted(rows["image_id"] + ":" + rows["sha1"])).encode()).hexdigest()[:12]
+        counts = rows["label"].value_counts()
+        profile = {"images": len(rows), **{name: int(counts.get(i, 0)) for i, name in enumerate(CLASS_NAMES)}}
+        recorder.log_dataset(Path(root).name, digest, str(Path(root).resolve()), part, profile, {"split": split})
 
 
 def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime,

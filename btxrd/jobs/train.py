@@ -24,14 +24,14 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import fit, load_checkpoint, save_checkpoint
 from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume
 from btxrd.jobs.context import JobContext, job_context
-from btxrd.jobs.parts import load_run_data
+from btxrd.jobs.parts import load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model
 from btxrd.runtime.environment import prepare_runtime, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
 from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
 from btxrd.tasks import Task, make_task
-from btxrd.tracking import RunRecorder, flatten, job_run, parent_from_env, record_skip, tracker_for
+from btxrd.tracking import RunRecorder, flatten, job_run, parent_from_env, record_skip, source_tags, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
         "trial_params": " ".join(f"{k}={v}" for k, v in job.trial_params.items()),
         "output_dir": str(job.output_dir),
         "mlflow.source.git.commit": commit,
+        **source_tags("train.py"),
     }
 
 
@@ -104,6 +105,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     recorder.artifact(data.split_csv)
     model = build_model(run.model)
     if fresh:
+        log_datasets(recorder, run.data.root, data.rows, run.split.name)
         sizes = {f"data.n_{p}": len(r) for p, r in data.rows.items()}
         recorder.log_params({**sizes, "data.cache_file": str(data.cache.path),
                              **task.describe_model(model)})  # fmt: skip

@@ -46,7 +46,8 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     level = f"{evaluation.ci_level:.0%}"
     markdown = [f"# Sweep report\n\nValues are test-part metrics with their {level} bootstrap intervals over "
                 f"patient-proxy groups ({evaluation.n_bootstrap} resamples).\n", "## Runs\n",
-                render.runs_markdown(runs, columns, varied)]  # fmt: skip
+                render.runs_markdown(runs, columns, varied),
+                render.chance_markdown(records, columns, shown)]  # fmt: skip
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):
         markdown += ["\n## Configurations (seeds aggregated)\n", render.seeds_markdown(summary, columns)]
     markdown += ["\n## Comparisons\n", render.comparisons_markdown(tested)]

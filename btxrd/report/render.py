@@ -40,6 +40,25 @@ def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]
     return _table(headers, rows)
 
 
+def chance_markdown(records: list[RunRecord], columns: dict[str, str], shown: list[str]) -> str:
+    """One line per distinct test part: what a model that learnt nothing scores on it."""
+    lines, seen = [], set()
+    for r in records:
+        if r.per_image is None or r.task is None:
+            continue
+        key = tuple(r.per_image["image_id"])
+        levels = r.task.chance_levels(r.per_image)
+        if key in seen or not levels:
+            continue
+        seen.add(key)
+        part = ", ".join(f"{k}={v}" for k, v in r.choices.items() if k in shown and k.startswith("split")) or "the"
+        values = ", ".join(f"{columns.get(k, k)} {v:.3f}" for k, v in levels.items())
+        lines.append(f"- {part} test part ({len(r.per_image)} images): {values}")
+    if not lines:
+        return ""
+    return "Majority-class baseline (always the most frequent class):\n" + "\n".join(lines) + "\n"
+
+
 def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
     """Per configuration: mean ± sd over its seeds (n), and the 95% interval of the mean."""
     shown = [c for c in columns if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]

@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -29,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from btxrd.config import typed_settings
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
-from btxrd.report import write_report
 from btxrd.runtime.process import handle_stop_signals, stop_signal
 from btxrd.settings import EvalConfig
-from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, tracker_for
+from btxrd.sweep.progress import SweepProgress, planned_jobs
+from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, source_tags, tracker_for
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ def _quoted(value: str) -> str:
     """A Hydra override value that parses back to ``value`` (backslashes are escaped only before a quote)."""
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
+def describe_sweep(config: DictConfig, total: int | None) -> str:
+    """The parent run's description (MLflow shows it on the run's page): what the sweep is and where to look."""
+    swept = " ".join(config.hydra.overrides.task)
+    return (f"Sweep of {total if total else 'several'} jobs: `{swept}`.\n\n"
+            "Each job is a child run (expand this run in the runs table). To compare them, add the columns "
+            "Metrics > test_macro_f1, test_macro_f1_ci_low / _ci_high, test_auroc_macro, test_malignant_recall, "
+            "test_cam_pointing (Columns button), or open the Chart view. The statistics (intervals, seeds "
+            "aggregated, tested differences) are in this run's artifacts: report/sweep_report.md.")  # fmt: skip
 
 
 def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
@@ -58,6 +69,12 @@ class MLflowSweepCallback(Callback):
         self.parent_id: str | None = None
         self.sweep_dir: str = ""
         self.jobs_outlive_launcher = False  # submitit's jobs do; joblib's workers are killed with the launcher
+        self.progress: SweepProgress | None = None
+        self.url = self.how_to_look = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Launchers pickle the callbacks to their workers: the progress thread stays in this process."""
+        return {**self.__dict__, "progress": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.tracker = tracker_for(config.tracking, config.paths.root)
@@ -69,15 +86,22 @@ class MLflowSweepCallback(Callback):
             self.evaluation, self.report_error = None, str(exc)
         uri = self.tracker.uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        total = planned_jobs(config)
+        self.url = self.tracker.runs_url(config.tracking.ui_url, sweep_dir)
+        port = urlparse(config.tracking.ui_url).port or 5000
+        self.how_to_look = (f"open {self.url}" if uri.startswith(("http://", "https://")) else
+                            f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}, then open {self.url}")
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
-            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task)},
-        )
+            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task),
+             "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m")},
+        )  # fmt: skip
         pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
         handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
-        print(f"MLflow: parent run {self.parent_id} in {uri}", file=sys.stderr)
+        print(f"MLflow: parent run {self.parent_id} in {uri}; its runs: {self.url}", file=sys.stderr)
+        self.progress = SweepProgress(self.tracker, self.parent_id, total).start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish()
@@ -88,6 +112,8 @@ class MLflowSweepCallback(Callback):
             return
         tracker, parent_id = self.tracker, self.parent_id
         self.parent_id = None
+        if self.progress is not None:
+            self.progress.stop()
         children = tracker.children(parent_id)
         stopped_by = stop_signal()
         failed, running_on = self._close_children(children, stopped_by)
@@ -102,6 +128,8 @@ class MLflowSweepCallback(Callback):
         try:
             if self.evaluation is None:
                 raise ConfigError(self.report_error)
+            from btxrd.report import write_report  # torch, scipy, matplotlib: not before the jobs start
+
             write_report(tracker, parent_id, self.sweep_dir, self.evaluation)
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
@@ -119,6 +147,7 @@ class MLflowSweepCallback(Callback):
                 print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
             else:
                 print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)
+        print(f"See the runs side by side: {self.how_to_look}", file=sys.stderr)
         for overrides, error in failed:
             print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
 

@@ -151,6 +151,11 @@ class Task(ABC):
         """Every metric with an interval, for each row of bootstrap ``weights`` over the table's images."""
 
     @classmethod
+    def chance_levels(cls, per_image: pd.DataFrame) -> dict[str, float]:
+        """What a model that learnt nothing scores on this part (test metric -> value), for the report."""
+        return {}
+
+    @classmethod
     def paired_tests(cls, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
         """Tests of a difference beyond the bootstrap (e.g. DeLong), on two aligned per-image tables."""
         return {}

@@ -255,6 +255,16 @@ Published on the real BTXRD (not measured here; different protocols):
         return out
 
     @classmethod
+    def chance_levels(cls, per_image: pd.DataFrame) -> dict[str, float]:
+        """Always predicting the part's most frequent class (constant scores: AUROC 0.5)."""
+        counts = np.bincount(per_image["label"].to_numpy(), minlength=len(CLASS_NAMES))
+        majority = int(counts.argmax())
+        share = counts[majority] / counts.sum()
+        return {"test_accuracy": float(share), "test_balanced_accuracy": 1 / len(CLASS_NAMES),
+                "test_macro_f1": float(2 * share / (1 + share)) / len(CLASS_NAMES),
+                "test_malignant_recall": float(majority == MALIGNANT), "test_auroc_macro": 0.5}  # fmt: skip
+
+    @classmethod
     def paired_tests(cls, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
         """DeLong's test of the macro AUROC (patient groups as clusters) and McNemar's of accuracy."""
         labels, groups = a["label"].to_numpy(), a["group"].to_numpy()

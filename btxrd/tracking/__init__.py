@@ -1,6 +1,6 @@
 """The only package that talks to MLflow."""
 
-from btxrd.tracking.lifecycle import RunRecorder, error_text, job_run, record_skip
+from btxrd.tracking.lifecycle import RunRecorder, error_text, job_run, record_skip, source_tags
 from btxrd.tracking.mlflow_store import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
@@ -24,5 +24,6 @@ __all__ = [
     "job_run",
     "parent_from_env",
     "record_skip",
+    "source_tags",
     "tracker_for",
 ]

@@ -8,7 +8,9 @@ one; never a run left RUNNING by a job that ended, never a silently missing one.
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -42,6 +44,20 @@ class RunRecorder:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.tracker is not None:
             self.tracker.set_tags(self.run_id, tags)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, Any],
+                    tags: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        if self.tracker is not None:
+            self.tracker.log_dataset(self.run_id, name, digest, source, context, profile, tags)
+
+
+def source_tags(entry_point: str) -> dict[str, str]:
+    """What MLflow's Source and User columns show: the entry point that ran, on this machine, by whom."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL", "mlflow.user": user}
 
 
 def error_text(exc: BaseException, resumable: bool = False) -> str:

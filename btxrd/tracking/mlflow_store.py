@@ -8,14 +8,16 @@ database is locked by another job of the sweep.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -30,6 +32,8 @@ for _noisy in ("mlflow.store.db.utils", "alembic"):
 
 # Our own variable: MLFLOW_RUN_ID in the environment would override parent_run_id (DESIGN.md).
 PARENT_RUN_ENV = "BTXRD_PARENT_RUN_ID"
+# MLflow 3's UI opens an experiment in its GenAI mode unless the experiment says it trains models.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TRACKING_URI_ENV = "BTXRD_TRACKING_URI"
 _RETRIES = 8
 _PARAM_LIMIT = 6000
@@ -64,13 +68,14 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _retry(call: Callable[[], T]) -> T:
+def _retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
+    """``call``, again while SQLite is locked or busy (or the error names one of ``also``)."""
     for attempt in range(_RETRIES):
         try:
             return call()
         except MlflowException as exc:
             text = str(exc).lower()
-            if attempt == _RETRIES - 1 or not ("locked" in text or "busy" in text):
+            if attempt == _RETRIES - 1 or not any(word in text for word in ("locked", "busy", *also)):
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
@@ -102,14 +107,38 @@ class Tracker:
                 raise ConfigError(
                     f"tracking.experiment={self.experiment_name!r} is deleted in {self.uri}; restore it or pick another"
                 )
+            if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an older version
+                _retry(lambda: self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
             return found.experiment_id
         location = None
         if self.artifact_root is not None and self.uri.startswith("sqlite:"):
             location = (self.artifact_root / self.experiment_name).as_uri()
+        kind = {EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         try:
-            return _retry(lambda: self.client.create_experiment(self.experiment_name, artifact_location=location))
+            return _retry(lambda: self.client.create_experiment(self.experiment_name, location, tags=kind))
         except MlflowException:  # created meanwhile by another process
             return _retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
+
+    def runs_url(self, ui_url: str, sweep_dir: str | None = None) -> str:
+        """The MLflow UI's runs table of this experiment in its model-training view (not the GenAI
+        overview), showing one sweep's runs when ``sweep_dir`` is given. ``ui_url``: where ``mlflow ui``
+        serves a local store; a tracking server serves its own UI."""
+        base = ui_base(self.uri, ui_url)
+        query = "workflowType=machine_learning"
+        if sweep_dir:
+            query += "&searchFilter=" + quote(f"tags.sweep_dir = '{sweep_dir}'", safe="")
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str,
+                    profile: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """Record a dataset the run used (MLflow's dataset tracking: the UI's Dataset column, filters)."""
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                          profile=json.dumps(dict(profile)))  # fmt: skip
+        input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, v) for k, v in (tags or {}).items())]
+        # Jobs of a sweep log the same dataset at once: MLflow looks it up, then inserts it, and the
+        # second insert fails on its unique key; tried again, it finds the first one's row.
+        _retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
+               also=("unique constraint failed: datasets",))  # fmt: skip
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
         all_tags = dict(tags or {})
@@ -182,6 +211,11 @@ class Tracker:
 
     def download_artifact(self, run_id: str, path: str, dest: str | Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
+
+
+def ui_base(tracking_uri: str, ui_url: str) -> str:
+    """Where the MLflow UI of a store is: a tracking server serves its own; ``mlflow ui`` a local one."""
+    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else ui_url
 
 
 def active_statuses() -> tuple[str, ...]:
