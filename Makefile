@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824
 export GLIBC_TUNABLES
 
-.PHONY: help venv postgres test test-integration demo demo-data bench mlflow-server clean clean-all
+.PHONY: help venv postgres test test-integration demo demo-data showcase bench mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ postgres:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; fi
 
-test-integration: venv postgres  ## PostgreSQL + MLflow server, submitit and Optuna sweeps, end to end
+test-integration: venv postgres  ## PostgreSQL + MLflow server, submitit and Optuna sweeps, faults injected into sweeps
 	$(PY) -m pytest -m integration
 
 mlflow-server: venv postgres  ## a shared MLflow server on 127.0.0.1:5000 (PostgreSQL store in .mlflow-server/)
@@ -63,6 +63,10 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 	@echo
 	@echo "Done. The sweep's last line above gives the command that starts the MLflow UI (on 127.0.0.1) and"
 	@echo "the address of this sweep's runs in it (model-training view); its report: multirun/<date>/<time>/sweep_report.md"
+
+showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show it: resnet50_cbam, 128 px, on/off x 2 seeds (~30 min)
+	$(PY) train.py -m experiment=showcase data.root=$(abspath $(DEMO_DATA)) annotations=on,off seed=0,1 \
+	  hydra.launcher.n_jobs=2
 
 bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
 	$(PY) -m btxrd.bench

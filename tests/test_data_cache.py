@@ -11,8 +11,8 @@ from PIL import Image
 
 from btxrd.data import cache as cache_module
 from btxrd.data.annotations import rasterise
-from btxrd.data.cache import Preprocess, cache_for, cache_images, letterbox
-from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window, lesions_in_input
+from btxrd.data.cache import Preprocess, cache_for, cache_images, lesions_in_input, letterbox
+from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window
 from btxrd.data.reader import load_dataset
 
 from .helpers import run_python_at_once, settings

@@ -68,7 +68,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert "| macro-F1 |" in markdown.replace("macro-F1 | malig", "macro-F1 |") and "## Comparisons" in markdown
     tested = pd.read_csv(sweep_dir / "sweep_comparisons.csv")
     annotations = tested[tested["choice"] == "annotations"]  # on vs off, within each split: paired
-    assert len(annotations) == 2 * 5 and annotations["paired"].all()  # 3 bootstrap + DeLong + McNemar each
+    assert len(annotations) == 2 * 7 and annotations["paired"].all()  # 5 bootstrap + DeLong + McNemar each
     assert not tested.loc[tested["choice"] == "split", "paired"].any()  # other test images: unpaired
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
         "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png",
@@ -112,6 +112,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert evaluation[0].data.metrics["test_macro_f1_ci_low"] == child.data.metrics["test_macro_f1_ci_low"]
 
 
+@pytest.mark.integration  # end-to-end fault injection: make test-integration (CI runs it)
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
     args = ["-m", *tiny(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
             "hydra.launcher.n_jobs=2"]  # fmt: skip
@@ -145,6 +146,7 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
     assert sorted(report["status"]) == ["FAILED", "SKIPPED"]
 
 
+@pytest.mark.integration  # end-to-end fault injection: make test-integration (CI runs it)
 def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tmp_path: Path) -> None:
     # SIGTERM to the launching process only (kill PID, a scheduler's cancel): joblib then kills its
     # workers outright, so the jobs' runs are closed by the launcher's exit hook.

@@ -17,12 +17,13 @@ from btxrd.data.reader import load_dataset
 from btxrd.engine import InputPipeline, load_checkpoint
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
 from btxrd.errors import DataError
+from btxrd.jobs.evaluate import evaluate_job
 from btxrd.jobs.train import train_job
 from btxrd.models import build_model
 from btxrd.tasks import make_task
 from btxrd.tasks.classify import class_weights, predict
 
-from .helpers import compose_config, run_script, settings, tiny
+from .helpers import compose_config, settings, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -90,19 +91,18 @@ def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trai
 
 
 def test_evaluate_reproduces_the_run_through_the_same_scoring(trained, tmp_path: Path) -> None:
+    """(In process; evaluate.py as a process, by MLflow run id: test_sweep.)"""
     out, info = trained
-    result = run_script("evaluate.py", [f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu",
-                                        f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    cfg = compose_config([f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu",
+                          f"paths.root={tmp_path}"], config_name="evaluate")  # fmt: skip
+    evaluated = evaluate_job(cfg)
     trained_metrics = json.loads((out / "metrics_test.json").read_text())
-    evaluated = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())
     job_only = {"startup_seconds", "process_startup_seconds", "best_epoch", "epochs_run", "best_val_macro_f1"}
     assert set(evaluated) == set(trained_metrics) - job_only  # the same metrics, all of them
     for key, value in evaluated.items():
         assert value == trained_metrics[key] or (np.isnan(value) and np.isnan(trained_metrics[key])), key
-    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions_test.csv"),
-                                  pd.read_csv(tmp_path / "eval" / "predictions_test.csv"))  # fmt: skip
-    assert "test_macro_f1" in result.stdout
+    written = next((tmp_path / "outputs").glob("predictions_test.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions_test.csv"), pd.read_csv(written))
 
 
 def test_annotations_on_trains_with_the_attention_loss(synth_root: Path, tmp_path: Path, monkeypatch) -> None:

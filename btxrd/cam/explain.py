@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader
 
 from btxrd.cam.gradcam import grad_cam, upsample
 from btxrd.cam.overlay import save_cam_grid
-from btxrd.data.cache import ImageCache
-from btxrd.data.dataset import lesions_in_input
+from btxrd.data.cache import ImageCache, lesions_in_input
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, autocast
 from btxrd.metrics.localization import localization_per_image

@@ -31,6 +31,7 @@ import pandas as pd
 from filelock import FileLock
 from PIL import Image
 
+from btxrd.data.annotations import rasterise, transform_box
 from btxrd.errors import DataError
 from btxrd.settings import DataConfig
 
@@ -227,3 +228,23 @@ def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir:
     canvas = canvas_size(image_size, data.canvas_scale)
     return cache_images(table, canvas, cache_dir or data.cache_dir, preprocess, workers,
                         source_size=data.cache_source_size)
+
+
+def lesions_in_input(rows: pd.DataFrame, cache: ImageCache, image_size: int) -> tuple[list, np.ndarray]:
+    """Lesion boxes and masks of ``rows`` in the evaluation input frame (whole canvas at ``image_size``).
+
+    For scoring saliency maps only: evaluation inputs never contain annotation information.
+    """
+    row_of = cache.row_of()
+    factor = image_size / cache.size
+    boxes, masks = [], np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
+    for i, (image_id, image_boxes, polygons) in enumerate(
+        zip(rows["image_id"], rows["boxes"], rows["polygons"], strict=True)
+    ):
+        r = row_of[image_id]
+        scale = (cache.scale[r][0] * factor, cache.scale[r][1] * factor)
+        offset = (cache.offset[r][0] * factor, cache.offset[r][1] * factor)
+        boxes.append(tuple(transform_box(b, scale, offset) for b in image_boxes))
+        if image_boxes or polygons:
+            masks[i] = rasterise(image_boxes, polygons, (image_size, image_size), scale, offset)
+    return boxes, masks

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from btxrd.data.annotations import rasterise, transform_box
+from btxrd.data.annotations import rasterise
 from btxrd.data.cache import ImageCache
 
 
@@ -135,23 +135,3 @@ class BTXRDImages(Dataset):
         else:
             has_mask = bool(mask.any())
         return image, int(self.labels[index]), mask, has_mask, index
-
-
-def lesions_in_input(rows: pd.DataFrame, cache: ImageCache, image_size: int) -> tuple[list, np.ndarray]:
-    """Lesion boxes and masks of ``rows`` in the evaluation input frame (whole canvas at ``image_size``).
-
-    For scoring saliency maps only: evaluation inputs never contain annotation information.
-    """
-    row_of = cache.row_of()
-    factor = image_size / cache.size
-    boxes, masks = [], np.zeros((len(rows), image_size, image_size), dtype=np.uint8)
-    for i, (image_id, image_boxes, polygons) in enumerate(
-        zip(rows["image_id"], rows["boxes"], rows["polygons"], strict=True)
-    ):
-        r = row_of[image_id]
-        scale = (cache.scale[r][0] * factor, cache.scale[r][1] * factor)
-        offset = (cache.offset[r][0] * factor, cache.offset[r][1] * factor)
-        boxes.append(tuple(transform_box(b, scale, offset) for b in image_boxes))
-        if image_boxes or polygons:
-            masks[i] = rasterise(image_boxes, polygons, (image_size, image_size), scale, offset)
-    return boxes, masks

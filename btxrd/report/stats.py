@@ -128,8 +128,12 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
             points, reps = [], []
             for x, y in pairs:
                 (px, rx), (py, ry) = replicates.of(x), replicates.of(y)
+                if metric not in px or metric not in py:  # e.g. no Grad-CAM scores in these tables
+                    break
                 points.append(px[metric] - py[metric])
                 reps.append(rx[metric] - ry[metric])  # paired: the same resamples; else independent ones
+            if len(points) < len(pairs) or not np.isfinite(points).all():
+                continue
             delta, combined = _over_seeds(points, reps, evaluation.bootstrap_seed)
             result = bootstrap_difference(delta, combined, evaluation.ci_level)
             rows.append({**common, "metric": title, "test": "bootstrap", "delta": result.delta,
