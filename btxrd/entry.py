@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -10,7 +11,7 @@ from omegaconf import DictConfig
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.errors import BTXRDError
-from btxrd.runtime.process import stop_signals_handled
+from btxrd.runtime.process import launcher_gone, stop_signals_handled, watch_launcher
 
 T = TypeVar("T")
 
@@ -27,8 +28,14 @@ def hydra_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
 
     try:
         with stop_signals_handled():
+            watch_launcher()
             return task(cfg)
-    except BTXRDError as exc:
+    except BaseException as exc:
+        if launcher_gone():  # the run is closed; nobody is left to hand the result to
+            print("btxrd: the sweep's launcher is gone: this job stopped (its run ended KILLED)", file=sys.stderr)
+            os._exit(143)
+        if not isinstance(exc, BTXRDError):
+            raise
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         print(f"error: {exc}", file=sys.stderr)

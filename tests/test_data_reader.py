@@ -232,3 +232,53 @@ def test_duplicate_images_are_named_and_kept_in_one_group(synth_copy: Path) -> N
         assert joined.loc[a, "patient_group"] != joined.loc[b, "patient_group"]
     only_files = inspect_dataset(synth_copy, duplicate_distance=None).table.attrs["duplicates"]
     assert only_files["exact"].tolist() == [True]  # null: identical files only
+
+
+def test_every_image_mode_a_radiograph_arrives_in_is_read_faithfully(synth_copy: Path, tmp_path: Path) -> None:
+    """16-bit (PNG bytes behind a .jpeg name), with alpha, palette, CMYK: what the model sees is the
+    picture, not Pillow's default conversion (which turned 16-bit images 99.9% white)."""
+    from btxrd.data.cache import cache_images
+    from btxrd.data.pixels import to_gray8
+
+    table = load_dataset(synth_copy)
+    images = synth_copy / "images"
+    with Image.open(table["path"].iat[0]) as img:
+        reference = np.asarray(img.convert("L"))
+    sixteen = (1000 + reference.astype(np.uint16) * 16).astype(np.uint16)  # a narrow 16-bit range, as DICOM exports
+    Image.fromarray(sixteen).save(images / table["image_id"].iat[1], format="PNG")
+    rgba = Image.fromarray(reference).convert("RGBA")
+    rgba.save(images / table["image_id"].iat[2], format="PNG")
+    Image.fromarray(reference).convert("P").save(images / table["image_id"].iat[3], format="PNG")
+    Image.fromarray(reference).convert("CMYK").save(images / table["image_id"].iat[4], format="JPEG", quality=95)
+    inspection = inspect_dataset(synth_copy)
+    assert inspection.usable
+    assert inspection.table["mode"].tolist()[:5] == ["L", "I;16", "RGBA", "P", "CMYK"]
+    wide = [str(p) for p in inspection.problems if "more than 8 bits per pixel" in str(p)]
+    assert wide and table["image_id"].iat[1] in wide[0]
+    cache = cache_images(inspection.table, 96, tmp_path, source_size=None)
+    expected = cache.pixels[0].astype(int)
+    assert np.abs(cache.pixels[1].astype(int) - expected).mean() < 3  # full range restored, not white
+    for i in (2, 3):
+        assert np.abs(cache.pixels[i].astype(int) - expected).mean() < 1.5
+    assert np.abs(cache.pixels[4].astype(int) - expected).mean() < 4  # lossy CMYK JPEG
+    with pytest.raises(DataError, match=r"^x.tif: image mode 'RGB;16' is not supported"):
+        to_gray8(type("Raw", (), {"mode": "RGB;16", "info": {}})(), "x.tif")
+
+
+def test_check_names_images_annotations_and_centres_that_do_not_fit(synth_copy: Path) -> None:
+    table = load_dataset(synth_copy)
+    tumour = table[table["label"] > 0].iloc[0]
+    renamed = synth_copy / "images" / tumour["image_id"]
+    renamed.rename(renamed.with_name(renamed.stem.lower() + ".JPEG"))
+    other = table[table["label"] > 0].iloc[1]
+    annotation = synth_copy / "Annotations" / f"{other['stem']}.json"
+    annotation.write_text(annotation.read_text().replace(other["image_id"], "IMG009999.jpeg"))
+    sheet = pd.read_excel(synth_copy / "dataset.xlsx")
+    sheet.loc[5, "center"] = 4
+    sheet.to_excel(synth_copy / "dataset.xlsx", index=False)
+    messages = [str(p) for p in inspect_dataset(synth_copy).problems]
+    assert any(f"{tumour['image_id']} (missing; images/{renamed.stem.lower()}.JPEG differs only in letter case)" in m
+               for m in messages), messages  # fmt: skip
+    assert any(f"imagePath names another image than their own file name: {annotation.name}" in m for m in messages)
+    assert any(f"from centres other than the release's 1, 2, 3: {sheet.loc[5, 'image_id']} (centre 4)" in m
+               for m in messages)  # fmt: skip

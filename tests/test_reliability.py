@@ -269,3 +269,41 @@ def test_a_failing_job_closes_its_run_even_when_its_folder_is_not_writable(tmp_p
             raise ValueError("boom")
     run = tracker.get_run(recorder.run_id)
     assert (run.info.status, run.data.tags["error"]) == ("FAILED", "ValueError: boom")
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ([], "interrupted; not resumed: its last checkpoint cannot be read (cannot read checkpoint"),
+    (["train.resume=false"], "interrupted; not resumed: train.resume=false")])  # fmt: skip
+def test_an_interrupted_run_that_is_not_continued_is_closed_with_the_reason(synth_root: Path, tmp_path: Path,
+                                                                            overrides, reason) -> None:  # fmt: skip
+    """A last checkpoint torn by a kill mid-write (no atomic rename on some filesystems), or train.resume=false:
+    the job starts afresh, and the run it does not continue ends KILLED instead of RUNNING for ever."""
+    from btxrd.config import config_hash, to_dict
+    from btxrd.engine.checkpoint import remember_run
+    from btxrd.tracking import Tracker
+
+    cfg = compose_config(tiny(synth_root, tmp_path, *overrides))
+    folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
+    folder.mkdir(parents=True)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    interrupted = tracker.start_run("b0 | stratified | ann-off")
+    remember_run(folder, interrupted)
+    (folder / "last.pt").write_bytes(b"torn")
+    train_job(cfg)
+    run = tracker.get_run(interrupted)
+    assert run.info.status == "KILLED" and run.data.tags["error"].startswith(reason)
+    statuses = sorted(r.info.status for r in runs(tmp_path))
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def test_unwritable_folders_are_named_in_one_line(synth_root: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    cfg = compose_config(tiny(synth_root, tmp_path, f"train.checkpoint_dir={tmp_path / 'file' / 'checkpoints'}"))
+    with pytest.raises(BTXRDError, match=rf"^train.checkpoint_dir: cannot write checkpoints to {tmp_path}/file/"):
+        train_job(cfg)
+    assert runs(tmp_path) == []  # before any run: the folder is locked before its run is chosen
+    (tmp_path / "outputs").write_text("not a folder")  # outside Hydra a job's outputs go to ./outputs (tmp_path)
+    with pytest.raises(BTXRDError, match=rf"^cannot write the job's output folder {tmp_path}/outputs"):
+        train_job(compose_config(tiny(synth_root, tmp_path)))
+    [run] = runs(tmp_path)
+    assert run.info.status == "FAILED" and "cannot write the job's output folder" in run.data.tags["error"]

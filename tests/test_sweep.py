@@ -178,3 +178,45 @@ def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_pa
     assert [r.info.status for r in found] == ["FAILED"]
     assert message.removeprefix("error: ")[:30] in found[0].data.tags["error"]
 
+
+
+@pytest.mark.integration  # end-to-end fault injection: make test-integration (CI runs it)
+def test_a_killed_launcher_leaves_no_worker_and_no_run_running(synth_root: Path, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a lost ssh session): nothing can close the runs from the launcher. Its
+    workers notice it is gone, stop their jobs (runs KILLED, checkpoints kept) and exit; the parent run
+    is closed by close-stale (or the next sweep on the store)."""
+    import sys
+
+    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"), "annotations=on,off",
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((tmp_path / "checkpoints").glob("*/last.pt"))) < 2:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent_of(p) == sweep.pid]
+    assert workers, "no worker processes found"
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 90
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() and _parent_of(Path(f"/proc/{pid}")) != 0
+                                         for pid in workers):  # fmt: skip
+        time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and _parent_of(Path(f"/proc/{pid}"))], workers
+    parents, children = sweep_runs(tmp_path)
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    assert all(c.data.tags["error"].startswith("stopped: the sweep's launcher is gone") for c in children)
+    assert parents[0].info.status == "RUNNING"  # killed: nobody closed it
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    closed = subprocess.run([sys.executable, "-m", "btxrd.tracking", "close-stale", "--tracking-uri", store],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert f"closed KILLED: {parents[0].info.run_id}" in closed.stdout
+    assert sweep_runs(tmp_path)[0][0].info.status == "KILLED"
+
+
+def _parent_of(proc: Path) -> int:
+    """The parent pid of a /proc/<pid> entry (0 when it is gone or a zombie)."""
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return 0 if fields[0] == "Z" else int(fields[1])

@@ -34,7 +34,7 @@ def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> N
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
     # One pool for the three stores, as loky reuses its workers from one sweep's jobs to the next.
     with context.Pool(N_WORKERS) as pool:
-        for repetition in range(2):
+        for repetition in range(1):
             work = tmp_path / f"rep{repetition}"
             work.mkdir()
             uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -149,3 +149,85 @@ def test_the_sweep_progress_line() -> None:
     assert progress.line(runs).startswith("sweep: 2/3 done (1 failed), 1 running")
     progress.start()  # not a terminal: no thread, no output
     assert not progress._thread.is_alive() and progress.stream.getvalue() == ""
+
+
+@pytest.mark.integration  # fault injection with real processes, repeated: make test-integration
+@pytest.mark.slow
+def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path: Path) -> None:
+    """Two sweeps started together on a store that does not exist yet raced creating its tables."""
+    from .helpers import run_python_at_once
+
+    for trial in range(3):
+        uri = f"sqlite:///{tmp_path / f'store{trial}' / 'mlflow.db'}"
+        outputs = run_python_at_once("from btxrd.tracking import Tracker;"
+                                     f"t = Tracker({uri!r}, 'btxrd'); t.end_run(t.start_run('sweep')); print('ok')",
+                                     n=4)  # fmt: skip
+        assert all(out.strip().endswith("ok") for out in outputs), outputs
+        client = MlflowClient(uri)
+        assert len(client.search_runs([client.get_experiment_by_name("btxrd").experiment_id])) == 4
+
+
+def test_a_sweep_without_its_parent_run_or_with_a_launcher_that_cannot_work_stops_at_once(tmp_path: Path,
+                                                                                          capsys) -> None:  # fmt: skip
+    from omegaconf import open_dict
+
+    from btxrd.sweep.callback import MLflowSweepCallback
+
+    from .helpers import compose_config
+
+    (tmp_path / "file").write_text("a file where the store's folder should be")
+    for override, message in ((f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}", "error: sweep: "),
+                              ("hydra.launcher.n_jobs=0", "error: sweep: hydra.launcher.n_jobs=0: give the jobs")):
+        config = compose_config([override, f"paths.root={tmp_path}"], with_hydra=True)
+        with open_dict(config):
+            config.hydra.sweep.dir = str(tmp_path / "multirun")
+        with pytest.raises(SystemExit) as stopped:  # Hydra turns a callback's Exception into a mere warning
+            MLflowSweepCallback().on_multirun_start(config)
+        assert stopped.value.code == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith(message) and "\n" not in line, line
+
+
+def test_a_job_that_fails_before_opening_its_run_leaves_a_failed_child(tmp_path: Path) -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import open_dict
+
+    from btxrd.errors import ConfigError
+    from btxrd.sweep.callback import MLflowSweepCallback
+
+    from .helpers import compose_config
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    callback = MLflowSweepCallback()
+    callback.tracker, callback.sweep_dir = tracker, str(tmp_path / "multirun")
+    callback.parent_id = tracker.start_run("sweep", {"sweep": "parent"})
+    config = compose_config(["train.lr=-1"], with_hydra=True)
+    with open_dict(config):
+        config.hydra.job.num = 3
+        config.hydra.overrides.task = ["train.lr=-1"]
+    failed = JobReturn(status=JobStatus.FAILED, _return_value=ConfigError("train.lr=-1.0: must be > 0"))
+    callback.on_job_end(config, failed)
+    callback.on_job_end(config, failed)  # once only
+    [child] = tracker.children(callback.parent_id)
+    assert (child.info.status, child.data.tags["job_num"]) == ("FAILED", "3")
+    assert child.data.tags["error"] == "ConfigError: train.lr=-1.0: must be > 0"
+
+
+def test_runs_whose_process_is_gone_are_closed_and_only_those(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from btxrd.tracking.stale import HOST, PID, STARTED, close_stale, owner_tags
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tracker.start_run("killed sweep", {**owner_tags(), PID: str(gone.pid)})
+    reused = tracker.start_run("pid reused", {**owner_tags(), STARTED: "12345.00"})  # this pid, but not this process
+    alive = tracker.start_run("still running", owner_tags())
+    elsewhere = tracker.start_run("another host", {**owner_tags(), HOST: "other-host", PID: str(gone.pid)})
+    closed = {run.info.run_id for run in close_stale(tracker)}
+    assert closed == {dead, reused}
+    status = {run_id: tracker.get_run(run_id).info.status for run_id in (dead, reused, alive, elsewhere)}
+    assert status == {dead: "KILLED", reused: "KILLED", alive: "RUNNING", elsewhere: "RUNNING"}
+    assert "its process (pid" in tracker.get_run(dead).data.tags["error"]

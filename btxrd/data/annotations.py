@@ -34,6 +34,12 @@ class Annotation:
     polygons: tuple[tuple[Point, ...], ...]
     n_clipped_points: int = 0
     ignored_shape_types: tuple[str, ...] = field(default_factory=tuple)
+    image_path: str = ""  # LabelMe's imagePath: the image the shapes were drawn on
+
+    @property
+    def image_name(self) -> str:
+        """The file name of ``image_path`` (written with / or \\ separators)."""
+        return self.image_path.replace("\\", "/").rsplit("/", 1)[-1]
 
     @property
     def n_lesions(self) -> int:
@@ -105,6 +111,7 @@ def read_annotation(path: str | Path) -> Annotation:
         polygons=tuple(polygons),
         n_clipped_points=n_clipped,
         ignored_shape_types=tuple(ignored),
+        image_path=str(raw.get("imagePath") or ""),
     )
 
 

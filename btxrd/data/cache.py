@@ -32,6 +32,7 @@ from filelock import FileLock
 from PIL import Image
 
 from btxrd.data.annotations import rasterise, transform_box
+from btxrd.data.pixels import to_gray8
 from btxrd.errors import DataError
 from btxrd.settings import DataConfig
 
@@ -118,7 +119,7 @@ def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCES
         width, height = img.size
         new_w, new_h = _fitted(width, height, size)
         img.draft("L", (new_w, new_h))  # JPEG: decode at the smallest DCT scale >= target
-        gray = img.convert("L")
+        gray = to_gray8(img, str(path))
         resized = gray.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return _placed(preprocess(np.asarray(resized)), size, (width, height))  # CLAHE on the image, not the padding
 
@@ -132,7 +133,7 @@ def _build(n: int, size: int, make: Callable[[int], Geometry], data_path: Path, 
     def work(i: int) -> str | None:
         try:
             pixels[i], scale[i], offset[i], extent[i] = make(i)
-        except (OSError, ValueError, SyntaxError) as exc:
+        except (OSError, ValueError, SyntaxError, DataError) as exc:
             return f"{describe(i)} ({exc})"
         return None
 

@@ -21,11 +21,11 @@ from PIL import Image
 HASH_SIZE = 16  # 16 x 16 = 256 bits: 8 x 8 (64 bits) puts unrelated radiographs within a few bits of each other
 
 
-def fingerprint(image: Image.Image, data: bytes) -> tuple[str, str]:
-    """(perceptual hash as hex, SHA-1 of the file's bytes) of one decoded image."""
+def fingerprint(gray: Image.Image, data: bytes) -> tuple[str, str]:
+    """(perceptual hash as hex, SHA-1 of the file's bytes) of one image, decoded to 8-bit gray."""
     import imagehash
 
-    return str(imagehash.phash(image.convert("L"), hash_size=HASH_SIZE)), hashlib.sha1(data).hexdigest()
+    return str(imagehash.phash(gray, hash_size=HASH_SIZE)), hashlib.sha1(data).hexdigest()
 
 
 def _words(phashes: list[str]) -> np.ndarray:

@@ -22,9 +22,11 @@ from PIL import Image, UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
 from btxrd.data.duplicates import duplicate_pairs, fingerprint, merge_groups
+from btxrd.data.pixels import is_wide, to_gray8
 from btxrd.data.schema import (
     ANATOMY_COLUMNS,
     ANNOTATIONS_DIR,
+    CENTERS,
     CLASS_NAMES,
     FLAG_COLUMNS,
     IMAGES_DIR,
@@ -131,8 +133,8 @@ def patient_groups(sheet: pd.DataFrame) -> np.ndarray:
     return ((key != key.shift()).cumsum() - 1).to_numpy(dtype=np.int64)
 
 
-# width, height, perceptual hash, SHA-1 of the file (btxrd.data.duplicates)
-Probe = tuple[int, int, str, str]
+# width, height, perceptual hash, SHA-1 of the file (btxrd.data.duplicates), image mode
+Probe = tuple[int, int, str, str, str]
 _HASH_SIDE = 128  # decode at least this many pixels on the short side for the perceptual hash
 
 
@@ -145,12 +147,12 @@ def _probe_image(path: str) -> Probe:
     """
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
+        width, height, mode = *img.size, img.mode
         scale = max(1, min(8, min(width, height) // _HASH_SIDE))
         img.draft("L", (max(1, width // scale), max(1, height // scale)))
         img.load()
-        phash, sha1 = fingerprint(img, data)
-    return width, height, phash, sha1
+        phash, sha1 = fingerprint(to_gray8(img, path), data)
+    return width, height, phash, sha1, mode
 
 
 def _probe_all(paths: list[str]) -> list[Probe | str]:
@@ -163,6 +165,8 @@ def _probe_all(paths: list[str]) -> list[Probe | str]:
             return f"{path} (missing)"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return f"{path} (unreadable: {exc})"
+        except DataError as exc:  # decodable, but in a mode that cannot be shown faithfully
+            return f"{path} ({exc})"
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         return list(pool.map(probe, paths, chunksize=64))
@@ -196,7 +200,7 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
             keys.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
         except OSError:
             keys.append("")
-    todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != 4]  # also memos without fingerprints
+    todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != 5]  # also older memos (no fingerprint)
     if todo:
         log.info("probing %d images (decodability, size, fingerprints; memo %s)", len(todo), memo_path)
     results: list[Probe | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
@@ -268,9 +272,21 @@ def inspect_dataset(
     for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None):
         if isinstance(result, str):
             bad.append(result)
-            result = (0, 0, "", "")
+            result = (0, 0, "", "", "")
         probes.append(result)
-    table["width"], table["height"], table["phash"], table["sha1"] = map(list, zip(*probes, strict=True))
+    columns = ("width", "height", "phash", "sha1", "mode")
+    for name, values in zip(columns, map(list, zip(*probes, strict=True)), strict=True):
+        table[name] = values
+    bad = _name_case_mismatches(bad, images_dir)
+    wide = table.loc[table["mode"].map(is_wide), "image_id"].tolist()
+    if wide:
+        problems.append(Problem("warning", f"{len(wide)} image(s) with more than 8 bits per pixel, rescaled to 8 "
+                                           f"bits from each image's own value range: {_names(wide)}"))  # fmt: skip
+    unknown = table.loc[~table["center"].isin(CENTERS), ["image_id", "center"]]
+    if len(unknown):
+        listed = [f"{i} (centre {c})" for i, c in zip(unknown["image_id"], unknown["center"], strict=True)]
+        problems.append(Problem("warning", f"{len(unknown)} image(s) from centres other than the release's "
+                                           f"{', '.join(map(str, CENTERS))}: {_names(listed)}"))  # fmt: skip
     if bad:
         if on_bad_image == "error":
             problems.append(
@@ -292,6 +308,21 @@ def inspect_dataset(
         table["polygons"] = [()] * len(table)
         table["n_lesions"] = 0
     return Inspection(table, problems)
+
+
+def _name_case_mismatches(bad: list[str], images_dir: Path) -> list[str]:
+    """Missing images that exist under a name differing only in letter case: said so (on a
+    case-sensitive filesystem the listed name does not open)."""
+    if not any(b.endswith("(missing)") for b in bad):
+        return bad
+    by_lower = {p.name.lower(): p.name for p in images_dir.iterdir()}
+    out = []
+    for entry in bad:
+        name = Path(entry.removesuffix(" (missing)")).name
+        other = by_lower.get(name.lower())
+        out.append(f"{entry[: -len('(missing)')]}(missing; {IMAGES_DIR}/{other} differs only in letter case)"
+                   if entry.endswith("(missing)") and other and other != name else entry)  # fmt: skip
+    return out
 
 
 def _join_duplicates(table: pd.DataFrame, max_distance: int | None, problems: list[Problem]) -> None:
@@ -334,7 +365,7 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
         )
     boxes, polygons, ann_paths = [], [], []
     n_clipped = 0
-    malformed, unannotated, resized, on_normal = [], [], [], []
+    malformed, unannotated, resized, on_normal, other_image = [], [], [], [], []
     for stem, label, width, height in zip(table["stem"], table["label"], table["width"], table["height"], strict=True):
         path = by_stem.get(stem)
         ann: Annotation | None = None
@@ -352,6 +383,8 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
             continue
         if label == 0:
             on_normal.append(path.name)
+        if ann.image_name and ann.image_name.rsplit(".", 1)[0] != stem:
+            other_image.append(f"{path.name} (imagePath {ann.image_path})")
         n_clipped += ann.n_clipped_points
         sx, sy = 1.0, 1.0
         if (ann.width, ann.height) != (width, height) and width > 0:
@@ -389,6 +422,9 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
         problems.append(
             Problem("warning", f"{len(on_normal)} annotation file(s) for normal images: {_names(on_normal)}")
         )
+    if other_image:
+        problems.append(Problem("warning", f"{len(other_image)} annotation file(s) whose imagePath names another "
+                                           f"image than their own file name: {_names(other_image)}"))  # fmt: skip
     table["annotation_path"] = ann_paths
     table["boxes"] = boxes
     table["polygons"] = polygons

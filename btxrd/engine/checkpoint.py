@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from collections.abc import Iterator
@@ -36,8 +37,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"refusing to load {path}: it is not a plain weights checkpoint ({first})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise DataError(f"cannot read checkpoint {path}: {exc}") from None
+    except Exception as exc:  # a torn or foreign file fails in many ways (EOFError, IndexError, RuntimeError...)
+        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+RUN_FILE = "run.json"  # beside the checkpoints: the MLflow run training this configuration
 
 
 @dataclass
@@ -46,10 +50,11 @@ class ResumePoint:
 
     state: dict[str, Any]
     not_resumed: str = ""  # empty: continue from it
+    remembered_run: str = ""  # the run the folder's run.json names, for a checkpoint that cannot be read
 
     @property
     def run_id(self) -> str:
-        return str(self.state.get("mlflow_run_id") or "")
+        return str(self.state.get("mlflow_run_id") or self.remembered_run)
 
     @property
     def epoch(self) -> int:
@@ -59,32 +64,56 @@ class ResumePoint:
 @contextmanager
 def checkpoint_folder(folder: Path) -> Iterator[Path]:
     """The configuration's checkpoint folder, held under a lock: two jobs never train one configuration at once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / ".lock"))
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / ".lock"))
         lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(f"another job is training this same configuration right now ({folder})") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"train.checkpoint_dir: cannot write checkpoints to {folder} ({reason})") from None
     try:
         yield folder
     finally:
         lock.release()
 
 
-def find_resume(folder: Path, resume: bool | None, version: str) -> ResumePoint | None:
-    """The last checkpoint per ``train.resume`` (None: auto, True, False), or None.
+def remember_run(folder: Path, run_id: str | None) -> None:
+    """Name the run training this configuration beside its checkpoints: if its last checkpoint ever
+    cannot be read, the next job of the configuration still knows which run to close."""
+    if run_id:
+        (folder / RUN_FILE).write_text(json.dumps({"mlflow_run_id": run_id}))
 
-    ``auto`` does not continue what other code wrote (same config, but perhaps other weight shapes
-    or meanings): the point says why, and the job starts afresh.
+
+def _remembered(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / RUN_FILE).read_text()).get("mlflow_run_id") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def find_resume(folder: Path, resume: bool | None, version: str) -> ResumePoint | None:
+    """Where this configuration's job goes on from, per ``train.resume`` (None: auto, True, False).
+
+    None: nothing was interrupted. A point with ``not_resumed``: an interrupted run that this job
+    will not continue (other code wrote its checkpoint, the checkpoint cannot be read, or
+    train.resume=false): the job starts afresh and that run is closed with the reason.
     """
     last = folder / "last.pt"
-    if resume is False:
-        return None
+    remembered = _remembered(folder)
     if not last.is_file():
         if resume is True:
             raise ConfigError(f"train.resume=true: no last checkpoint of this configuration at {last}")
         return None
-    state = load_checkpoint(last)
+    if resume is False:
+        return ResumePoint({}, "train.resume=false", remembered)
+    try:
+        state = load_checkpoint(last)
+    except DataError as exc:
+        if resume is True:
+            raise
+        return ResumePoint({}, f"its last checkpoint cannot be read ({exc})", remembered)
     written_by = state.get("code_version", "unknown")
     if resume is None and written_by != version:
         return ResumePoint(state, f"its last checkpoint was written by code version {written_by}, this is {version}")

@@ -7,6 +7,7 @@ phase and a later re-scoring see exactly the same inputs.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from btxrd.settings import RunConfig, parse_auto_int
 from btxrd.tasks import ScoredPart, Task
 from btxrd.tracking import RunRecorder
 
-EVALUATION_PARTS = (*PARTS, "all")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class RunData:
     """A training run's data: its parts' rows, the loaders to train and validate on, the test part."""
 
     rows: dict[str, pd.DataFrame]  # train / val / test rows (train and val as the task trains on them)
+    unused: int  # images the split leaves out
     train: DataLoader
     val: ScoredPart
     test: ScoredPart
@@ -64,6 +66,10 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
     table = load_dataset(run.data.root, on_bad_image=run.data.on_bad_image, read_annotations=task.reads_annotations,
                          memo_dir=run.data.cache_dir, duplicate_distance=run.data.duplicate_distance)  # fmt: skip
     parts = make_split(table, run.split, required_classes=task.required_classes)
+    unused = int((parts == "unused").sum())
+    if unused:  # centres in neither list, or training images duplicated in the test centres
+        log.warning("split=%s leaves %d of %d images unused (see split.csv, part 'unused')", run.split.name, unused,
+                    len(parts))  # fmt: skip
     split_csv = write_split_csv(table, parts, out_dir / "split.csv")
     cache = cache_for(table, run.model.image_size, run.data, workers=runtime.threads)
     rows = {part: table[parts == part].reset_index(drop=True) for part in PARTS}
@@ -76,7 +82,7 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
                         seed=run.seed)  # fmt: skip
     val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root)
     test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
-    return RunData(rows, train, val, test, cache, split_csv)
+    return RunData(rows, unused, train, val, test, cache, split_csv)
 
 
 def load_evaluation_part(

@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from btxrd.config import config_hash, run_settings, to_dict
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import fit, load_checkpoint, save_checkpoint
-from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume
+from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume, remember_run
+from btxrd.errors import ConfigError
 from btxrd.jobs.context import JobContext, job_context
 from btxrd.jobs.parts import load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
@@ -64,6 +65,7 @@ def train_job(cfg: DictConfig) -> float:
         with job_run(tracker, job.run_name, tags, output_dir=job.output_dir, parent_id=parent_id,
                      earlier_run_id=resume.run_id if resume else None,
                      abandon_reason=resume.not_resumed if resume else "", resumable=True) as recorder:  # fmt: skip
+            remember_run(folder, recorder.run_id)
             continued = resume if resume is not None and not resume.not_resumed else None
             best = _train(run, task, job, recorder, config, folder, continued, version, job_start)
         (folder / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
@@ -89,7 +91,10 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
 def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, config: dict, folder: Path,
            resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
     out_dir = job.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the job's output folder {out_dir} ({exc.strerror or exc})") from None
     runtime = prepare_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.job_num, job.n_jobs,
                               job.cpus_per_job)  # fmt: skip
     seed_everything(run.seed, run.train.deterministic)
@@ -106,7 +111,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     model = build_model(run.model)
     if fresh:
         log_datasets(recorder, run.data.root, data.rows, run.split.name)
-        sizes = {f"data.n_{p}": len(r) for p, r in data.rows.items()}
+        sizes = {**{f"data.n_{p}": len(r) for p, r in data.rows.items()}, "data.n_unused": data.unused}
         recorder.log_params({**sizes, "data.cache_file": str(data.cache.path),
                              **task.describe_model(model)})  # fmt: skip
     if resume is not None:

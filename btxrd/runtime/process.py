@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -82,6 +83,39 @@ def handle_stop_signals() -> dict[int, Any]:
         for signum, default in defaults.items()
         if signal.getsignal(signum) is default
     }
+
+
+# A job launched by a sweep on this host learns its launcher (``pid:start time``) from this variable.
+# If the launcher dies without stopping its jobs (SIGKILL, the OOM killer, a closed ssh session), a
+# job would finish and then block for ever handing its result to a process that is gone: instead it
+# stops itself (its run ends KILLED, its last checkpoint kept) and its process exits.
+LAUNCHER_ENV = "BTXRD_LAUNCHER"
+WATCH_SECONDS = 5.0
+_launcher_gone = threading.Event()
+_watching: list[str] = []
+
+
+def launcher_gone() -> bool:
+    return _launcher_gone.is_set()
+
+
+def watch_launcher() -> None:
+    """Start (once per process and launcher) a thread that SIGTERMs this process when the launcher is gone."""
+    value = os.environ.get(LAUNCHER_ENV, "")
+    if not value or value in _watching:
+        return
+    _watching.append(value)
+    pid, started = value.split(":")
+
+    def watch() -> None:
+        from btxrd.runtime.provenance import process_alive
+
+        while process_alive(int(pid), float(started)):
+            time.sleep(WATCH_SECONDS)
+        _launcher_gone.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
 @contextmanager

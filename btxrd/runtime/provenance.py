@@ -40,11 +40,24 @@ def code_version(root: str | Path = CODE_ROOT, commit: str | None = None) -> str
     return f"{commit}+{hashlib.sha1(diff).hexdigest()[:10]}" if diff else commit
 
 
-def process_start_time() -> float:
-    """Wall-clock start of this process (Linux /proc; elsewhere the import time of this module)."""
+def process_start_time(pid: int | None = None) -> float:
+    """Wall-clock start of process ``pid`` (default: this one) from Linux /proc; elsewhere, for this
+    process, the import time of this module, and NaN for another."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        ticks = int(Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return _IMPORTED_AT
+        return _IMPORTED_AT if pid is None else float("nan")
+
+
+def process_alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` still runs and is the one that started at ``started`` (not a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, someone else's
+        pass
+    now = process_start_time(pid)
+    return now != now or abs(now - started) < 2.0  # unknown start (not Linux): assume it is the same

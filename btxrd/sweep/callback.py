@@ -18,22 +18,35 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from btxrd.cli import USER_ERROR_EXIT
 from btxrd.config import typed_settings
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
-from btxrd.runtime.process import handle_stop_signals, stop_signal
+from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
+from btxrd.runtime.provenance import process_start_time
 from btxrd.settings import EvalConfig
 from btxrd.sweep.progress import SweepProgress, planned_jobs
-from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, active_statuses, source_tags, tracker_for
+from btxrd.tracking import (
+    PARENT_RUN_ENV,
+    TRACKING_URI_ENV,
+    Tracker,
+    active_statuses,
+    error_text,
+    source_tags,
+    tracker_for,
+)
+from btxrd.tracking.stale import close_stale, owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +55,13 @@ def _quoted(value: str) -> str:
     """A Hydra override value that parses back to ``value`` (backslashes are escaped only before a quote)."""
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """Launcher settings that cannot work, named before any job is launched."""
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is not None and int(n_jobs) == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0: give the jobs to run at once (1 or more; -1: one per core)")
 
 
 def describe_sweep(config: DictConfig, total: int | None) -> str:
@@ -77,6 +97,19 @@ class MLflowSweepCallback(Callback):
         return {**self.__dict__, "progress": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the sweep's parent run before any job starts. A sweep that cannot have its parent run
+        (store unreachable, or not creatable) or whose launcher settings cannot work stops here, with
+        one line and exit code 2: Hydra would turn any other exception of a callback into a warning
+        and run the sweep untracked."""
+        try:
+            self._start(config)
+        except Exception as exc:  # anything: the sweep must not run without its parent
+            message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            print(f"error: sweep: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+            raise SystemExit(USER_ERROR_EXIT) from None
+
+    def _start(self, config: DictConfig) -> None:
+        check_launcher(config.hydra.launcher)
         self.tracker = tracker_for(config.tracking, config.paths.root)
         if self.tracker is None:
             return
@@ -84,6 +117,10 @@ class MLflowSweepCallback(Callback):
             self.evaluation = typed_settings(OmegaConf.to_container(config.eval, resolve=True), EvalConfig, "eval.")
         except ConfigError as exc:
             self.evaluation, self.report_error = None, str(exc)
+        closed = close_stale(self.tracker)
+        if closed:
+            print(f"closed {len(closed)} run(s) left RUNNING by processes that are gone (KILLED): "
+                  + ", ".join(run.info.run_name or run.info.run_id for run in closed), file=sys.stderr)  # fmt: skip
         uri = self.tracker.uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         total = planned_jobs(config)
@@ -94,14 +131,31 @@ class MLflowSweepCallback(Callback):
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
             {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task),
-             "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m")},
+             "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m"), **owner_tags()},
         )  # fmt: skip
-        pass_to_jobs(config, {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri})
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
+        env = {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri}
+        if not self.jobs_outlive_launcher:  # jobs on this host stop when their launcher is gone (jobs/watchdog)
+            env[LAUNCHER_ENV] = f"{os.getpid()}:{process_start_time():.2f}"
+        pass_to_jobs(config, env)
         handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
         print(f"MLflow: parent run {self.parent_id} in {uri}; its runs: {self.url}", file=sys.stderr)
         self.progress = SweepProgress(self.tracker, self.parent_id, total).start()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """In the job's process: a job that failed before it could open its run (a bad setting, an
+        unwritable folder) still leaves a FAILED child with its error under the parent."""
+        if self.tracker is None or self.parent_id is None or job_return.status != JobStatus.FAILED:
+            return
+        job = str(config.hydra.job.num)
+        if any(run.data.tags.get("job_num") == job for run in self.tracker.children(self.parent_id)):
+            return
+        overrides = " ".join(config.hydra.overrides.task)
+        run_id = self.tracker.start_run(f"job {job} | {overrides}", {
+            "job_num": job, "sweep_dir": self.sweep_dir, "overrides": overrides,
+            "error": error_text(job_return._return_value), **owner_tags()}, parent_id=self.parent_id)  # fmt: skip
+        self.tracker.end_run(run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish()

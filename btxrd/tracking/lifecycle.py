@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from btxrd.runtime.process import interrupted, stop_signal
+from btxrd.runtime.process import interrupted, launcher_gone, stop_signal
 from btxrd.tracking.mlflow_store import Tracker, active_statuses
+from btxrd.tracking.stale import HOST, PID, STARTED, owner_tags
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def error_text(exc: BaseException, resumable: bool = False) -> str:
     """The run's ``error`` tag: the exception, or which signal stopped it (and whether it can go on)."""
     if not interrupted(exc):
         return f"{type(exc).__name__}: {exc}"
-    stopped = f"interrupted by {stop_signal() or 'SIGINT'}"
+    stopped = ("stopped: the sweep's launcher is gone" if launcher_gone()
+               else f"interrupted by {stop_signal() or 'SIGINT'}")  # fmt: skip
     return f"{stopped}; its last checkpoint is kept: the same command resumes it" if resumable else stopped
 
 
@@ -91,6 +93,7 @@ def job_run(
         yield RunRecorder(None, None)
         return
     run_id = None
+    tags = {**tags, **owner_tags()}  # who runs it: a run whose process is gone can be closed (stale.py)
     if earlier_run_id and abandon_reason:
         _close_abandoned(tracker, earlier_run_id, abandon_reason)
     elif earlier_run_id:
@@ -127,7 +130,8 @@ def _continued(tracker: Tracker, run_id: str, parent_id: str | None, tags: Mappi
     earlier = tracker.find_run(run_id)
     if earlier is None or earlier.info.experiment_id != tracker.experiment_id:
         return None
-    moved = {k: tags[k] for k in ("resumed_from_epoch", "output_dir", "job_num", "sweep_dir") if k in tags}
+    moved = {k: tags[k] for k in ("resumed_from_epoch", "output_dir", "job_num", "sweep_dir", HOST, PID, STARTED)
+             if k in tags}  # fmt: skip
     if parent_id:
         moved["mlflow.parentRunId"] = parent_id
     tracker.reopen(run_id, moved)

@@ -8,6 +8,7 @@ database is locked by another job of the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -68,6 +70,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
+    """A lock beside a SQLite store's file (``<db>.lock``); nothing to lock for a server."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))  # sqlite:////abs/db -> /abs/db; sqlite:///rel/db -> rel/db
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(f"{path}.lock")
+    return contextlib.nullcontext()
+
+
 def _retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
     """``call``, again while SQLite is locked or busy (or the error names one of ``also``)."""
     for attempt in range(_RETRIES):
@@ -86,10 +97,25 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         self.experiment_name = experiment
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
         self._experiment_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client; its first use creates (or migrates) a SQLite store under a file lock beside
+        it: processes opening a new store at once (two sweeps started together) raced creating its
+        tables. (A tracking server serialises this itself.)"""
+        if self._client is None:
+            with _store_lock(self.uri):
+                try:
+                    client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates or migrates its tables
+                    _retry(lambda: client.search_experiments(max_results=1))
+                except MlflowException as exc:
+                    raise ConfigError(f"tracking.uri={self.uri}: cannot open the tracking store ({exc})") from None
+            self._client = client
+        return self._client
 
     @property
     def experiment_id(self) -> str:
