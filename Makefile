@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824
 export GLIBC_TUNABLES
 
-.PHONY: help venv postgres test test-integration demo demo-data showcase bench mlflow-server clean clean-all
+.PHONY: help venv postgres test test-integration demo demo-data showcase autoencoders bench mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,10 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show it: resnet50_cbam, 128 px, on/off x 2 seeds (~30 min)
 	$(PY) train.py -m experiment=showcase data.root=$(abspath $(DEMO_DATA)) annotations=on,off seed=0,1 \
 	  hydra.launcher.n_jobs=2
+
+autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on its branch), 128 px, 3 seeds (~45 min)
+	$(PY) train.py -m experiment=ae_demo data.root=$(abspath $(DEMO_DATA)) \
+	  model=ae_residual,ae_attention,ae_attention_residual seed=0,1,2 hydra.launcher.n_jobs=2
 
 bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
 	$(PY) -m btxrd.bench

@@ -186,6 +186,13 @@ class AutoencoderConfig(ModelConfig):
         return None
 
 
+@dataclass
+class AttentionAutoencoderConfig(AutoencoderConfig):
+    cbam_placement: str = setting(choices=("after", "residual"))  # CBAM after each block, or on its residual branch
+    cbam_reduction: int = setting(ge=1)  # channel attention: hidden units = channels / reduction (at least 4)
+    cbam_kernel_size: int = setting(ge=1, check=lambda k: None if k % 2 else "must be odd (same-size output)")
+
+
 def _fraction(**bounds: float) -> Any:
     return setting(gt=0, lt=1, **bounds)
 
@@ -365,6 +372,7 @@ class EvaluateConfig:
         return None
 
 
-MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"classifier": ClassifierConfig, "autoencoder": AutoencoderConfig}
+MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"classifier": ClassifierConfig, "autoencoder": AutoencoderConfig,
+                                                "attention_autoencoder": AttentionAutoencoderConfig}  # fmt: skip
 SPLITS: dict[str, type[SplitConfig]] = {"stratified": StratifiedSplitConfig, "center": CenterSplitConfig,
                                         "kfold": KFoldSplitConfig}  # fmt: skip

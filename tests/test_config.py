@@ -15,6 +15,7 @@ from btxrd.errors import ConfigError
 from btxrd.jobs.train import train_job
 from btxrd.settings import (
     AnnotationsConfig,
+    AttentionAutoencoderConfig,
     AutoencoderConfig,
     CenterSplitConfig,
     ClassifierConfig,
@@ -106,11 +107,13 @@ GROUPS = {  # the schemas of every group, and the overrides that select it
     "data": (DataConfig, []), "annotations": (AnnotationsConfig, []), "train": (TrainConfig, []),
     "eval": (EvalConfig, []), "model (classifier)": (ClassifierConfig, ["model=b0"]),
     "model (autoencoder)": (AutoencoderConfig, ["task=reconstruct"]),
+    "model (attention autoencoder)": (AttentionAutoencoderConfig, ["task=reconstruct", "model=ae_attention"]),
     "split (stratified)": (StratifiedSplitConfig, ["split=stratified"]),
     "split (center)": (CenterSplitConfig, ["split=center"]), "split (kfold)": (KFoldSplitConfig, ["split=kfold"]),
     "task (reconstruct)": (ReconstructSettings, ["task=reconstruct"]),
 }  # fmt: skip
-PREFIX = {"model (classifier)": "model.", "model (autoencoder)": "model.", "task (reconstruct)": "task."}
+PREFIX = {"model (classifier)": "model.", "model (autoencoder)": "model.", "model (attention autoencoder)": "model.",
+          "task (reconstruct)": "task."}  # fmt: skip
 RANGE_CASES = [(group, key, value) for group, (schema, _) in GROUPS.items()
                for key, value in _violations(schema, PREFIX.get(group, f"{group.split()[0]}."))]  # fmt: skip
 RELATION_CASES = [  # values that are fine alone but not together

@@ -185,13 +185,16 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
 def autoencoder_memory(device: torch.device) -> dict[str, Any]:
     """Peak GPU memory of training steps at the plan's size (256 px, base 64), float32 and bf16."""
     out: dict[str, Any] = {}
-    for name in ("ae_residual", "ae_attention"):
+    variants = {"ae_residual": ["model=ae_residual"],
+                "ae_attention": ["model=ae_attention", "model.cbam_placement=after"],
+                "ae_attention_on_branch": ["model=ae_attention", "model.cbam_placement=residual"]}  # fmt: skip
+    for name, overrides in variants.items():
         for batch in (16, 32):
             for amp in (False, True):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
-                trainer = _Trainer(["task=reconstruct", f"model={name}"], device, np.zeros(8, dtype=int), amp=amp)
+                trainer = _Trainer(["task=reconstruct", *overrides], device, np.zeros(8, dtype=int), amp=amp)
                 batches = _gpu_batches(batch, 256, device, n=1)
                 trainer.images_per_second(batches * 2)
                 ips = trainer.images_per_second(batches * 5)

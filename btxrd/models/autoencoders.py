@@ -1,33 +1,39 @@
-"""Residual autoencoder (variant B) and the same with CBAM after every block (variant C).
+"""Residual autoencoder (variant B) and the same with CBAM in every block (variant C).
 
 256 x 256 x 1 -> latent 16 x 16 x 16 (16x compression) -> 256 x 256 x 1 in [0, 1].
 Encoder: stem Conv7x7/1-BN-ReLU, four stages of two blocks (the first of each stride 2):
 base -> 2base -> 4base -> 8base, then BN-ReLU and a 1x1 conv to the latent channels. Decoder
 mirrors it: each stage starts with bilinear x2 upsampling + 1x1 conv, then two blocks; BN-ReLU,
-a final Conv7x7 to one channel and a sigmoid. Variant C puts CBAM after every block: 8 + 8 = 16 modules.
+a final Conv7x7 to one channel and a sigmoid. Variant C puts CBAM in every block: 8 + 8 = 16 modules,
+after the block (``model.cbam_placement=after``, the plan's design) or on its residual branch
+(``residual``, as the CBAM paper's own ResNets).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from btxrd.errors import ConfigError
 from btxrd.models.blocks import CBAM, PreActResidualBlock, ResidualBlockWithCBAM
-from btxrd.models.registry import ModelBuilder, register_model
-from btxrd.settings import AutoencoderConfig
+from btxrd.models.registry import register_model
+from btxrd.settings import AttentionAutoencoderConfig, AutoencoderConfig
+
+Block = Callable[[int, int, int], nn.Module]  # (in channels, out channels, stride) -> block
 
 
-def _stage(block: type[nn.Module], in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def _stage(block: Block, in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     return nn.Sequential(block(in_channels, out_channels, stride), block(out_channels, out_channels, 1))
 
 
 class ResidualAutoencoder(nn.Module):
-    block: type[nn.Module] = PreActResidualBlock
+    """Variant B (sizes from the model config: conf/model/ae_residual.yaml)."""
 
-    def __init__(
-        self, in_channels: int = 1, base_channels: int = 64, latent_channels: int = 16, image_size: int = 256
-    ) -> None:
+    def __init__(self, *, in_channels: int, base_channels: int, latent_channels: int, image_size: int,
+                 block: Block = PreActResidualBlock) -> None:  # fmt: skip
         super().__init__()
         widths = [base_channels * m for m in (1, 2, 4, 8)]
         self.in_channels, self.latent_channels, self.image_size = in_channels, latent_channels, image_size
@@ -37,7 +43,7 @@ class ResidualAutoencoder(nn.Module):
         ]  # fmt: skip
         previous = base_channels
         for width in widths:
-            stages.append(_stage(self.block, previous, width, stride=2))
+            stages.append(_stage(block, previous, width, stride=2))
             previous = width
         # Pre-activation blocks leave their sum un-normalised (its variance grows block by block):
         # BN-ReLU before each projection, as pre-activation ResNets end with, keeps the latent and
@@ -50,8 +56,8 @@ class ResidualAutoencoder(nn.Module):
             decoder.append(nn.Sequential(
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 nn.Conv2d(previous, width, 1),
-                self.block(width, width, 1),
-                self.block(width, width, 1),
+                block(width, width, 1),
+                block(width, width, 1),
             ))  # fmt: skip
             previous = width
         decoder += [nn.BatchNorm2d(previous), nn.ReLU(inplace=False), nn.Conv2d(previous, in_channels, 7, padding=3),
@@ -100,21 +106,34 @@ class ResidualAutoencoder(nn.Module):
 
 
 class AttentionAutoencoder(ResidualAutoencoder):
-    """Variant C: CBAM after every residual block (16 modules)."""
+    """Variant C: CBAM in every residual block (16 modules), after the block or on its residual branch."""
 
-    block = ResidualBlockWithCBAM
-
-
-def _autoencoder(cls: type[ResidualAutoencoder]) -> ModelBuilder:
-    def build(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int,
-              pretrained: bool) -> nn.Module:  # fmt: skip
-        if pretrained:
-            raise ConfigError("model.pretrained=true: there are no ImageNet weights for the autoencoders; "
-                              "they train from scratch (model.pretrained=false)")  # fmt: skip
-        return cls(in_chans, base_channels, latent_channels, image_size)
-
-    return build
+    def __init__(self, *, in_channels: int, base_channels: int, latent_channels: int, image_size: int,
+                 placement: str, reduction: int, kernel_size: int) -> None:  # fmt: skip
+        self.placement = placement
+        block = partial(ResidualBlockWithCBAM, reduction=reduction, kernel_size=kernel_size, placement=placement)
+        super().__init__(in_channels=in_channels, base_channels=base_channels, latent_channels=latent_channels,
+                         image_size=image_size, block=block)  # fmt: skip
 
 
-register_model("ae_residual", task="reconstruct", config=AutoencoderConfig)(_autoencoder(ResidualAutoencoder))
-register_model("ae_attention", task="reconstruct", config=AutoencoderConfig)(_autoencoder(AttentionAutoencoder))
+def _no_pretrained(pretrained: bool) -> None:
+    if pretrained:
+        raise ConfigError("model.pretrained=true: there are no ImageNet weights for the autoencoders; "
+                          "they train from scratch (model.pretrained=false)")  # fmt: skip
+
+
+@register_model("ae_residual", task="reconstruct", config=AutoencoderConfig)
+def ae_residual(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int,
+                pretrained: bool) -> nn.Module:  # fmt: skip
+    _no_pretrained(pretrained)
+    return ResidualAutoencoder(in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels,
+                               image_size=image_size)  # fmt: skip
+
+
+@register_model("ae_attention", task="reconstruct", config=AttentionAutoencoderConfig)
+def ae_attention(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int, pretrained: bool,
+                 cbam_placement: str, cbam_reduction: int, cbam_kernel_size: int) -> nn.Module:  # fmt: skip
+    _no_pretrained(pretrained)
+    return AttentionAutoencoder(in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels,
+                                image_size=image_size, placement=cbam_placement, reduction=cbam_reduction,
+                                kernel_size=cbam_kernel_size)  # fmt: skip

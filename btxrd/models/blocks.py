@@ -20,10 +20,12 @@ class PreActResidualBlock(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch (what the block adds to its shortcut)."""
+        return self.conv2(self.relu(self.bn2(self.conv1(self.relu(self.bn1(x))))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(self.relu(self.bn1(x)))
-        out = self.conv2(self.relu(self.bn2(out)))
-        return out + self.shortcut(x)
+        return self.branch(x) + self.shortcut(x)
 
 
 class CBAM(nn.Module):
@@ -33,7 +35,7 @@ class CBAM(nn.Module):
     Spatial: a kernel_size x kernel_size conv over the channel-wise mean and max, sigmoid.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, reduction: int, kernel_size: int) -> None:
         super().__init__()
         # At least 4 hidden units (the default models' narrowest, 64 / 16): a 1-unit bottleneck in
         # narrow models is one dead ReLU away from freezing the module's channel attention.
@@ -44,6 +46,8 @@ class CBAM(nn.Module):
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
         self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        # The gates pass through these (no parameters): a forward hook reads them (gate_statistics).
+        self.channel_gates, self.spatial_gates = nn.Identity(), nn.Identity()
 
     def reset_parameters(self) -> None:
         """PyTorch's fan-in default for the gate convs. The He fan-out init of the networks around
@@ -55,18 +59,34 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = torch.mean(x, dim=(2, 3), keepdim=True)
         mx = torch.amax(x, dim=(2, 3), keepdim=True)
-        x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        x = x * self.channel_gates(torch.sigmoid(self.mlp(avg) + self.mlp(mx)))
         descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial(descriptor))
+        return x * self.spatial_gates(torch.sigmoid(self.spatial(descriptor)))
+
+
+PLACEMENTS = ("after", "residual")
 
 
 class ResidualBlockWithCBAM(nn.Module):
-    """A pre-activation residual block followed by CBAM (after the block, not inside it)."""
+    """A pre-activation residual block with CBAM, in one of two places:
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16) -> None:
+    - ``after``: CBAM on the block's output, identity included (the original plan's variant C):
+      ``cbam(branch(x) + shortcut(x))``; 16 blocks multiply the whole signal by 16 gates in sequence;
+    - ``residual``: CBAM on the residual branch before the addition, as the CBAM paper's reference
+      code (``out = self.cbam(out); out += residual``) and timm's ResNet do:
+      ``cbam(branch(x)) + shortcut(x)``; the shortcut passes untouched.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, reduction: int, kernel_size: int,
+                 placement: str) -> None:  # fmt: skip
         super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"CBAM placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
         self.block = PreActResidualBlock(in_channels, out_channels, stride)
-        self.cbam = CBAM(out_channels, reduction)
+        self.cbam = CBAM(out_channels, reduction, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cbam(self.block(x))
+        if self.placement == "after":
+            return self.cbam(self.block(x))
+        return self.cbam(self.block.branch(x)) + self.block.shortcut(x)

@@ -20,6 +20,7 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, InputSpec, autocast
 from btxrd.metrics.reconstruction import psnr, save_reconstruction_grid, ssim
 from btxrd.metrics.uncertainty import mean_replicates
+from btxrd.models.hooks import gate_statistics
 from btxrd.models.memory import autoencoder_params
 from btxrd.settings import EvalConfig, setting
 from btxrd.tasks.base import ScoredPart, Scores, Task, register_task
@@ -82,8 +83,12 @@ class ReconstructionObjective:
         return mse + self.ssim_weight * (1 - ssim(x_hat, x).mean()), {"train_mse": (mse * n, n)}
 
     def validate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        table, _, _ = reconstruct(model, loader, self.pipeline, self.amp)
-        return {"val_loss": table["mse"].mean(), "val_psnr": table["psnr"].mean(), "val_ssim": table["ssim"].mean()}
+        """Mean MSE (the loss), PSNR and SSIM; for attention models also how their gates sit
+        (``val_channel_gates_closed`` / ``_open`` / ``_mean``, the same for spatial) epoch by epoch."""
+        with gate_statistics(model) as gates:
+            table, _, _ = reconstruct(model, loader, self.pipeline, self.amp)
+        return {"val_loss": table["mse"].mean(), "val_psnr": table["psnr"].mean(), "val_ssim": table["ssim"].mean(),
+                **gates.metrics("val_")}  # fmt: skip
 
 
 @register_task
