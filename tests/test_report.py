@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
     """A finished 2 x 3-seed sweep as the jobs log it: annotations=on is a strong model, off a weak
     one, and a third configuration (model=b3) is the strong model again on the same images."""
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
-    parent = tracker.start_run("sweep", {"sweep": "parent"})
+    parent = tracker.start_run("sweep", {"sweep": "parent", "overrides": "model=b0,b3 annotations=on,off seed=0,1,2"})
     rng = np.random.default_rng(0)
     group_labels = rng.choice(3, 200, p=[0.5, 0.35, 0.15])
     sizes = rng.integers(1, 4, 200)
@@ -39,8 +40,13 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
         for seed in ("0", "1", "2"):
             table = predictions(rng, labels, groups, strength)
             choices = {"model": model, "annotations": ann, "seed": seed}
+            commit = "a" * 40 if job else "b" * 40  # job 0 ran an older commit, with changes
+            made_by = {"mlflow.source.git.commit": commit, "code_version": commit + ("" if job else "+0123456789"),
+                       "machine.cpu": "AMD EPYC 7B13", "machine.cores": "2", "machine.accelerator": "none",
+                       "machine.torch": "2.14.1", "machine.cuda": "none"}  # fmt: skip
             run = tracker.start_run(f"{model} | ann-{ann}", {"task": "classify", "job_num": str(job),
-                                    "choices": json.dumps(choices), "seed": seed}, parent_id=parent)  # fmt: skip
+                                    "choices": json.dumps(choices), "seed": seed, **made_by},
+                                    parent_id=parent)  # fmt: skip
             accuracy = float((table["predicted"] == table["label"]).mean())
             tracker.log_metrics(run, {"test_accuracy": accuracy, "test_macro_f1": accuracy, "epochs_run": 3})
             path = tmp_path / f"predictions_{job}" / "predictions_test.csv"
@@ -78,6 +84,12 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
 
     markdown = (out / "sweep_report.md").read_text()
     assert "## Configurations (seeds aggregated)" in markdown and "± " in markdown
+    # How to make the numbers again, and on what they were made
+    assert "- command: `python train.py -m model=b0,b3 annotations=on,off seed=0,1,2`" in markdown
+    assert (f"- code: commit {'b' * 12} with uncommitted changes (0123456789) (1 job), {'a' * 12} (8 jobs)"
+            in markdown)  # fmt: skip
+    assert "- machine: AMD EPYC 7B13, 2 cores, no GPU; torch 2.14.1\n" in markdown
+    assert re.search(r"- runs: 20\d\d-\d\d-\d\d \d\d:\d\d UTC to 20\d\d-\d\d-\d\d \d\d:\d\d UTC", markdown)
     labels = pd.read_csv(out.parent / "predictions_0" / "predictions_test.csv")["label"]
     share = labels.value_counts(normalize=True).max()  # what always answering "normal" scores
     assert f"- the test part ({len(labels)} images): accuracy {share:.3f}, " in markdown

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from btxrd.runtime.environment import cpu_model
 from btxrd.runtime.process import GLIBC_TUNABLES
 
 from .helpers import mlflow_ui, run_script, runs, start_script, sweep_runs, tiny
@@ -40,6 +42,8 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
         assert child.data.params["model.name"] == "b0" and "split.name" in child.data.params
         assert child.data.params["runtime.glibc_tunables"] == GLIBC_TUNABLES  # train.py set them for its jobs
         assert {"model", "split", "annotations", "sweep_dir", "mlflow.source.git.commit"} <= set(child.data.tags)
+        assert child.data.tags["machine.cpu"] == cpu_model() and child.data.tags["machine.torch"] == torch.__version__
+        assert child.data.tags["code_version"].startswith(child.data.tags["mlflow.source.git.commit"])
         for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "val_macro_f1", "train_loss", "lr"):
             assert key in child.data.metrics, key
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -53,6 +57,7 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     job_hydra = OmegaConf.load(sweep_dir / "0" / ".hydra" / "hydra.yaml").hydra
     assert job_hydra.job.env_set.BTXRD_PARENT_RUN_ID == parents[0].info.run_id
     assert job_hydra.job.env_set.BTXRD_TRACKING_URI == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert "- machine: " + cpu_model() in (sweep_dir / "sweep_report.md").read_text()
     report = pd.read_csv(sweep_dir / "sweep_report.csv")
     assert len(report) == 4 and set(report["status"]) == {"FINISHED"}
     by_run = {c.info.run_id: c for c in children}

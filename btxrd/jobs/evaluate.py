@@ -21,7 +21,7 @@ from btxrd.jobs.context import job_context
 from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model, model_entry
-from btxrd.runtime.environment import prepare_runtime
+from btxrd.runtime.environment import machine_tags, prepare_runtime
 from btxrd.settings import EvaluateConfig, ModelConfig, RunConfig, parse_auto_int
 from btxrd.tasks import make_task
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
@@ -42,6 +42,7 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         run = _trained_with(state, checkpoint)
         task = make_task(run)
         runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
+        recorder.set_tags(machine_tags(runtime.device))
         part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
                                     expected_split)  # fmt: skip
         model = build_model(_without_pretrained_weights(run.model))

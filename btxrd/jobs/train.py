@@ -28,7 +28,7 @@ from btxrd.jobs.context import JobContext, job_context
 from btxrd.jobs.parts import load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model
-from btxrd.runtime.environment import prepare_runtime, seed_everything
+from btxrd.runtime.environment import machine_tags, prepare_runtime, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
 from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
 from btxrd.tasks import Task, make_task
@@ -98,6 +98,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     runtime = prepare_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.job_num, job.n_jobs,
                               job.cpus_per_job)  # fmt: skip
     seed_everything(run.seed, run.train.deterministic)
+    recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
     fresh = resume is None  # a continued run has its parameters already
     if fresh:
         recorder.log_params({**flatten(config), "runtime.device": str(runtime.device),

@@ -44,8 +44,11 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     tested = comparisons(configs, replicates, shown)
 
     level = f"{evaluation.ci_level:.0%}"
+    parent = tracker.find_run(parent_id)
+    overrides = parent.data.tags.get("overrides", "") if parent is not None else ""
     markdown = [f"# Sweep report\n\nValues are test-part metrics with their {level} bootstrap intervals over "
-                f"patient-proxy groups ({evaluation.n_bootstrap} resamples).\n", "## Runs\n",
+                f"patient-proxy groups ({evaluation.n_bootstrap} resamples).\n",
+                render.provenance_markdown(f"python train.py -m {overrides}".strip(), records), "## Runs\n",
                 render.runs_markdown(runs, columns, varied),
                 render.chance_markdown(records, columns, shown)]  # fmt: skip
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):

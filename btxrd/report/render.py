@@ -25,6 +25,43 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _utc(ms: float) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _one_or_each(values: list[str]) -> str:
+    """'x' when every job agrees; 'x (3 jobs), y (1 job)' when they do not."""
+    counts = pd.Series(values).value_counts(sort=False)
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{v} ({n} job{'s' if n > 1 else ''})" for v, n in counts.items())
+
+
+def provenance_markdown(command: str, records: list[RunRecord]) -> str:
+    """How the numbers were made, so a table copied elsewhere can be regenerated and diffed: the
+    command, the code (commit, and whether it had uncommitted changes), the machine, the dates."""
+    made = [r.made_by for r in records if r.made_by]
+    lines = [f"- command: `{command}`"]
+    if made:
+        def code(m: dict[str, str]) -> str:
+            commit, version = m.get("mlflow.source.git.commit", "unknown"), m.get("code_version", "")
+            dirty = version.startswith(commit + "+")
+            return f"{commit[:12]}{' with uncommitted changes (' + version.split('+')[1] + ')' if dirty else ''}"
+
+        def machine(m: dict[str, str]) -> str:
+            gpu = m.get("machine.accelerator", "none")
+            return (f"{m.get('machine.cpu', 'unknown CPU')}, {m.get('machine.cores', '?')} cores"
+                    f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {m.get('machine.torch', '?')}"
+                    f"{', CUDA ' + m['machine.cuda'] if m.get('machine.cuda', 'none') != 'none' else ''}")  # fmt: skip
+
+        lines += [f"- code: commit {_one_or_each([code(m) for m in made])}",
+                  f"- machine: {_one_or_each([machine(m) for m in made])}"]  # fmt: skip
+    times = [(r.started, r.ended) for r in records if np.isfinite(r.started)]
+    if times:
+        lines.append(f"- runs: {_utc(min(t[0] for t in times))} to {_utc(max(t[1] for t in times))}")
+    return "\n".join(lines) + "\n"
+
+
 def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]) -> str:
     """One row per job; each metric as value [95% interval] (metrics empty for every job are left out)."""
     shown = [c for c in columns if c in runs and runs[c].notna().any()]

@@ -15,6 +15,7 @@ from btxrd.tasks import Task, task_names, task_type
 from btxrd.tracking import Tracker
 
 SEED = "seed"
+PROVENANCE_TAGS = ("mlflow.source.git.commit", "code_version")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class RunRecord:
     error: str
     params: str  # the values a search (Optuna) picked
     artifacts_of: str  # the run whose artifacts hold its per-image table (an earlier one for SKIPPED)
+    made_by: dict[str, str] = field(default_factory=dict)  # commit, code version and machine tags
+    started: float = math.nan  # ms since the epoch, as MLflow keeps it
+    ended: float = math.nan
     per_image: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -62,6 +66,8 @@ def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
             seed=tags.get(SEED, choices.get(SEED, "")), metrics=dict(run.data.metrics),
             minutes=round((end - run.info.start_time) / 60000, 2), error=error,
             params=tags.get("trial_params", ""), artifacts_of=tags.get("skipped_for") or run.info.run_id,
+            made_by={k: v for k, v in tags.items() if k in PROVENANCE_TAGS or k.startswith("machine.")},
+            started=run.info.start_time, ended=end,
         ))  # fmt: skip
     return sorted(records, key=lambda r: r.job)
 

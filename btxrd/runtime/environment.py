@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,25 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_tags(device: torch.device) -> dict[str, str]:
+    """What computed a run, as tags: results are bit-exact only on the same CPU model or GPU with the
+    same torch (other hardware picks other kernels), so a table's numbers name their machine."""
+    accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+    return {"machine.cpu": cpu_model(), "machine.cores": str(available_cores()), "machine.accelerator": accelerator,
+            "machine.torch": torch.__version__, "machine.cuda": torch.version.cuda or "none"}  # fmt: skip
 
 
 def select_device(setting: str, job_num: int = 0) -> torch.device:
