@@ -12,7 +12,7 @@ MLFLOW_PORT ?= 5000
 GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824
 export GLIBC_TUNABLES
 
-.PHONY: help venv postgres test test-integration demo demo-data showcase autoencoders bench mlflow-server clean clean-all
+.PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders bench mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,16 +36,29 @@ test: venv  ## run the linter and the test suite
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-# PostgreSQL's server binaries (Debian's postgresql package), installed when missing.
+# Debian's packages are installed when missing: as root directly, else through sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+# PostgreSQL's server binaries (Debian's postgresql package).
 POSTGRES_INITDB := $(firstword $(shell command -v initdb) $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
 postgres:
-	@if [ -z "$(POSTGRES_INITDB)" ]; then \
-	  echo "installing PostgreSQL (Debian package postgresql)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; fi
+	@if [ -z "$(POSTGRES_INITDB)" ]; then echo "installing PostgreSQL (Debian package postgresql)"; \
+	  $(APT_INSTALL) postgresql; fi
 
-test-integration: venv postgres  ## PostgreSQL + MLflow server, submitit and Optuna sweeps, faults injected into sweeps
+# A local Slurm cluster: slurmctld and slurmd, slurmdbd with MariaDB for job accounting, munge.
+SLURM_DAEMONS := slurmctld slurmd slurmdbd munged mariadbd
+
+slurm-packages:
+	@for daemon in $(SLURM_DAEMONS); do command -v $$daemon >/dev/null || test -x /usr/sbin/$$daemon || missing=1; done; \
+	if [ -n "$$missing" ]; then echo "installing Slurm, slurmdbd, munge, MariaDB (Debian packages)"; \
+	  $(APT_INSTALL) slurm-wlm slurmdbd munge mariadb-server; fi
+
+slurm: venv slurm-packages  ## a Slurm cluster on this machine (loopback, .slurm/) to try hydra/launcher=slurm; Ctrl-C stops it
+	$(PY) -m btxrd.runtime.slurm --dir .slurm
+
+test-integration: venv postgres slurm-packages  ## servers (PostgreSQL + MLflow, a real Slurm cluster), submitit and Optuna sweeps, faults injected
 	$(PY) -m pytest -m integration
 
 mlflow-server: venv postgres  ## a shared MLflow server on 127.0.0.1:5000 (PostgreSQL store in .mlflow-server/)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,21 @@ def synth_copy(synth_root: Path, tmp_path: Path) -> Path:
 def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Library calls outside Hydra write to ./outputs: keep every test out of the project folder."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator:
+    """A shared MLflow tracking server on PostgreSQL, as a team would run it (integration tests)."""
+    from btxrd.tracking.server import tracking_server
+
+    from .helpers import free_port
+
+    # Not pytest's tmp_path: its folders are private to root, and PostgreSQL runs as user postgres.
+    folder = Path(tempfile.mkdtemp(prefix="btxrd-server-"))
+    folder.chmod(0o755)
+    with tracking_server(folder, port=free_port(), pg_port=free_port()) as running:
+        yield running
+    # Stopped by the context manager, whether the tests passed or not.
+    assert running.process is not None and running.process.poll() is not None
+    assert not (folder / "postgres" / "pgdata" / "postmaster.pid").exists()
+    shutil.rmtree(folder, ignore_errors=True)

@@ -56,6 +56,15 @@ def sweep_runs(work: Path, uri: str | None = None) -> tuple[list, list]:
     return parents, children
 
 
+def sweeps_in(work: Path, uri: str | None = None) -> list[tuple[Any, list]]:
+    """(parent, its children) of each sweep whose folder is under ``work``, oldest first; the store
+    is ``work``'s or the one at ``uri`` (a server that other tests write to as well)."""
+    parents, children = sweep_runs(work, uri=uri)
+    mine = sorted((p for p in parents if p.data.tags["sweep_dir"].startswith(str(work))),
+                  key=lambda p: p.info.start_time)  # fmt: skip
+    return [(p, [c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id]) for p in mine]
+
+
 @contextlib.contextmanager
 def mlflow_ui(store_uri: str) -> Iterator[Any]:
     """A test client of MLflow's own server app (the handlers `mlflow ui` serves the UI's pages with)
@@ -86,17 +95,20 @@ def _as_a_user_starts_it() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_", "GLIBC_TUNABLES"))}
 
 
-def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """``script`` run as a user would, with ``env`` added to the environment (e.g. SLURM_CONF)."""
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=_as_a_user_starts_it(),
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env={**_as_a_user_starts_it(), **(env or {})},
     )  # fmt: skip
 
 
-def start_script(script: str, args: list[str], cwd: Path, **popen: Any) -> subprocess.Popen:
+def start_script(script: str, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 **popen: Any) -> subprocess.Popen:  # fmt: skip
     """``run_script`` without waiting (to signal or kill it)."""
-    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd, env=_as_a_user_starts_it(),
-                            **popen)  # fmt: skip
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd,
+                            env={**_as_a_user_starts_it(), **(env or {})}, **popen)  # fmt: skip
 
 
 def run_python_at_once(code: str, n: int = 2, timeout: int = 120) -> list[str]:

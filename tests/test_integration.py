@@ -6,40 +6,18 @@ Run with `make test-integration` (left out of `make test`): they start servers a
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from btxrd.tracking.server import MlflowServer, tracking_server
+from btxrd.tracking.server import MlflowServer
 
-from .helpers import free_port, run_script, sweep_runs, tiny
+from .helpers import run_script, sweeps_in, tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[MlflowServer]:
-    # Not pytest's tmp_path: its folders are private to root, and PostgreSQL runs as user postgres.
-    folder = Path(tempfile.mkdtemp(prefix="btxrd-server-"))
-    folder.chmod(0o755)
-    with tracking_server(folder, port=free_port(), pg_port=free_port()) as running:
-        yield running
-    # Stopped by the context manager, whether the tests passed or not.
-    assert running.process is not None and running.process.poll() is not None
-    assert not (folder / "postgres" / "pgdata" / "postmaster.pid").exists()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def children_of_single_parent(client: MlflowClient):
-    parents, children = sweep_runs(Path("."), uri=client.tracking_uri)
-    assert len(parents) == 1
-    return parents[0], [r for r in children if r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id]
 
 
 def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgres_server(
@@ -55,7 +33,7 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
     client = MlflowClient(server.uri)
-    parent, children = children_of_single_parent(client)
+    [(parent, children)] = sweeps_in(tmp_path, uri=server.uri)
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted(c.info.run_name for c in children) == sorted(
         f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))  # fmt: skip
@@ -80,7 +58,7 @@ def test_submitit_local_launcher_logs_both_jobs_under_one_parent(synth_root: Pat
     args = ["-m", *tiny(synth_root, tmp_path), "hydra/launcher=local", "annotations=on,off"]
     result = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    [(parent, children)] = sweeps_in(tmp_path)
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == [f"b0 | stratified | ann-{a}" for a in ("off", "on")]
     assert all(c.info.status == "FINISHED" and "test_macro_f1" in c.data.metrics for c in children)
@@ -96,7 +74,7 @@ def test_optuna_search_runs_3_trials_and_reports_the_best(synth_root: Path, tmp_
     args = ["-m", *tiny(synth_root, tmp_path), "hparams_search=optuna", "hydra.sweeper.n_trials=3"]
     result = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    parent, children = children_of_single_parent(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    [(parent, children)] = sweeps_in(tmp_path)
     assert parent.info.status == "FINISHED" and len(children) == 3
     names = sorted(c.info.run_name for c in children)
     assert names == [f"b0 | stratified | ann-off | trial {n}" for n in range(3)]

@@ -25,6 +25,8 @@ from btxrd.errors import BTXRDError
 from btxrd.jobs.evaluate import evaluate_job
 from btxrd.jobs.train import train_job
 from btxrd.runtime import process as runtime
+from btxrd.runtime.environment import machine_tags
+from btxrd.sweep.slurm import LostJob
 from btxrd.tasks import make_task
 
 from .conftest import PROJECT_ROOT
@@ -307,3 +309,24 @@ def test_unwritable_folders_are_named_in_one_line(synth_root: Path, tmp_path: Pa
         train_job(compose_config(tiny(synth_root, tmp_path)))
     [run] = runs(tmp_path)
     assert run.info.status == "FAILED" and "cannot write the job's output folder" in run.data.tags["error"]
+
+
+def test_a_slurm_job_without_a_result_closes_its_run_as_slurm_says() -> None:
+    """Stopped from outside (scancel, time limit, preemption): KILLED; broken (memory, node): FAILED."""
+    assert LostJob("12_1", "CANCELLED by 1000").run_status == "KILLED"
+    assert LostJob("12_1", "TIMEOUT").run_status == "KILLED"
+    assert LostJob("12_1", "OUT_OF_MEMORY").run_status == "FAILED"
+    assert LostJob("12_1", "NODE_FAIL").reason == "Slurm job 12_1 ended NODE_FAIL without a result"
+
+
+def test_a_run_under_slurm_names_its_job_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert not [key for key in machine_tags(torch.device("cpu")) if key.startswith("slurm.")]
+    monkeypatch.setenv("SLURM_JOB_ID", "57")
+    monkeypatch.setenv("SLURMD_NODENAME", "gpu-07")
+    assert machine_tags(torch.device("cpu"))["slurm.job_id"] == "57"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "55")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")  # an array task: named as squeue and sacct name it
+    tags = machine_tags(torch.device("cpu"))
+    assert tags["slurm.job_id"] == "55_2" and tags["slurm.node"] == "gpu-07"

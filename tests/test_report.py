@@ -40,6 +40,8 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
         for seed in ("0", "1", "2"):
             table = predictions(rng, labels, groups, strength)
             choices = {"model": model, "annotations": ann, "seed": seed}
+            if job == 0:  # finished in a rerun with sweep.skip_finished=true: the same configuration
+                choices["sweep.skip_finished"] = "True"
             commit = "a" * 40 if job else "b" * 40  # job 0 ran an older commit, with changes
             made_by = {"mlflow.source.git.commit": commit, "code_version": commit + ("" if job else "+0123456789"),
                        "machine.cpu": "AMD EPYC 7B13", "machine.cores": "2", "machine.accelerator": "none",
@@ -112,7 +114,8 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
             ("center", "on", predictions(rng, labels[:200], groups[:200], 2.0))]  # fmt: skip
     for job, (split, ann, table) in enumerate(runs):
         run = tracker.start_run(f"{split} {ann}", {"task": "classify", "job_num": str(job),
-                                "choices": json.dumps({"split": split, "annotations": ann})},
+                                "choices": json.dumps({"split": split, "annotations": ann}),
+                                "mlflow.source.git.commit": "c" * 40},  # runs of a version that named no machine
                                 parent_id=parent)  # fmt: skip
         path = tmp_path / str(job) / "predictions_test.csv"
         path.parent.mkdir()
@@ -125,4 +128,6 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     assert set(annotations["test"]) == {"bootstrap", "delong", "mcnemar"} and annotations["paired"].all()
     split = tested[tested["choice"] == "split"]
     assert set(split["test"]) == {"bootstrap"} and not split["paired"].any()  # other test images: unpaired
-    assert "UNPAIRED (different test images)" in (tmp_path / "report" / "sweep_report.md").read_text()
+    markdown = (tmp_path / "report" / "sweep_report.md").read_text()
+    assert "UNPAIRED (different test images)" in markdown
+    assert "- machine: not recorded (runs made before runs named their machine)\n" in markdown

@@ -49,6 +49,8 @@ def provenance_markdown(command: str, records: list[RunRecord]) -> str:
             return f"{commit[:12]}{' with uncommitted changes (' + version.split('+')[1] + ')' if dirty else ''}"
 
         def machine(m: dict[str, str]) -> str:
+            if "machine.cpu" not in m:
+                return "not recorded (runs made before runs named their machine)"
             gpu = m.get("machine.accelerator", "none")
             return (f"{m.get('machine.cpu', 'unknown CPU')}, {m.get('machine.cores', '?')} cores"
                     f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {m.get('machine.torch', '?')}"

@@ -15,6 +15,9 @@ from btxrd.tasks import Task, task_names, task_type
 from btxrd.tracking import Tracker
 
 SEED = "seed"
+# Overrides that say how a sweep runs, not what a job computes: a job skipped or resumed by a
+# rerun with sweep.skip_finished=true is the same configuration as the first run of it.
+HOW_NOT_WHAT = ("sweep.", "tracking.", "paths.", "hydra.")
 PROVENANCE_TAGS = ("mlflow.source.git.commit", "code_version")
 
 
@@ -58,7 +61,8 @@ def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
         if tags.get("skipped_for"):
             error = f"finished earlier as run {tags['skipped_for']}"
         name = tags.get("task", "")
-        choices = json.loads(tags["choices"]) if tags.get("choices") else {}
+        choices = {key: value for key, value in (json.loads(tags["choices"]) if tags.get("choices") else {}).items()
+                   if not key.startswith(HOW_NOT_WHAT)}  # fmt: skip
         records.append(RunRecord(
             job=int(tags.get("job_num", -1)), run_id=run.info.run_id, name=run.info.run_name,
             status="SKIPPED" if tags.get("skipped") == "true" else run.info.status,

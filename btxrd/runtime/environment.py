@@ -43,7 +43,18 @@ def machine_tags(device: torch.device) -> dict[str, str]:
     same torch (other hardware picks other kernels), so a table's numbers name their machine."""
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     return {"machine.cpu": cpu_model(), "machine.cores": str(available_cores()), "machine.accelerator": accelerator,
-            "machine.torch": torch.__version__, "machine.cuda": torch.version.cuda or "none"}  # fmt: skip
+            "machine.torch": torch.__version__, "machine.cuda": torch.version.cuda or "none",
+            **_scheduler_tags()}  # fmt: skip
+
+
+def _scheduler_tags() -> dict[str, str]:
+    """Under Slurm: the job (array tasks as ARRAY_TASK, as squeue and sacct name them) and its node."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
+           else env["SLURM_JOB_ID"])  # fmt: skip
+    return {"slurm.job_id": job, "slurm.node": env.get("SLURMD_NODENAME", "")}
 
 
 def select_device(setting: str, job_num: int = 0) -> torch.device:

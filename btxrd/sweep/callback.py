@@ -11,7 +11,9 @@ nodes alike, with no reliance on inherited environments. The variable is
 skips ``on_multirun_end`` when a job fails, so the parent is also closed from an
 ``atexit`` hook: FAILED if any child failed or never closed, else FINISHED. When the
 launching process is stopped (SIGTERM: kill, a scheduler, a container stop; or Ctrl-C),
-the hook still runs: the parent and the jobs' runs left open end KILLED, saying so.
+the hook still runs: the parent and the jobs' runs left open end KILLED, saying so. On Slurm
+the sweep first waits for all of its jobs and closes the run of a job that Slurm ended without
+a result (scancel, time limit, node failure) with Slurm's reason (``sweep/slurm.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
 from btxrd.settings import EvalConfig
 from btxrd.sweep.progress import SweepProgress, planned_jobs
+from btxrd.sweep.slurm import LostJob, is_slurm, wait_for_slurm_jobs
 from btxrd.tracking import (
     PARENT_RUN_ENV,
     TRACKING_URI_ENV,
@@ -89,6 +92,7 @@ class MLflowSweepCallback(Callback):
         self.parent_id: str | None = None
         self.sweep_dir: str = ""
         self.jobs_outlive_launcher = False  # submitit's jobs do; joblib's workers are killed with the launcher
+        self.slurm_folder = ""  # Slurm: submitit's folder of the jobs (with %j), to learn their outcomes
         self.progress: SweepProgress | None = None
         self.url = self.how_to_look = ""
 
@@ -134,6 +138,8 @@ class MLflowSweepCallback(Callback):
              "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m"), **owner_tags()},
         )  # fmt: skip
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
+        if is_slurm(config.hydra.launcher):
+            self.slurm_folder = str(config.hydra.launcher.submitit_folder)
         env = {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri}
         if not self.jobs_outlive_launcher:  # jobs on this host stop when their launcher is gone (jobs/watchdog)
             env[LAUNCHER_ENV] = f"{os.getpid()}:{process_start_time():.2f}"
@@ -166,19 +172,26 @@ class MLflowSweepCallback(Callback):
             return
         tracker, parent_id = self.tracker, self.parent_id
         self.parent_id = None
+        stopped_by = stop_signal()
+        lost = wait_for_slurm_jobs(self.slurm_folder) if self.slurm_folder and not stopped_by else {}
         if self.progress is not None:
             self.progress.stop()
         children = tracker.children(parent_id)
-        stopped_by = stop_signal()
-        failed, running_on = self._close_children(children, stopped_by)
+        failed, running_on = self._close_children(children, stopped_by, lost)
         # Every launched job has its folder <sweep dir>/<job number>; one without a child run here
         # failed before it could open one (or logged elsewhere): the sweep must not look complete.
         launched = {p.name for p in Path(self.sweep_dir).glob("*") if p.is_dir() and p.name.isdigit()}
         logged = {run.data.tags.get("job_num") for run in children}
-        for job in sorted(launched - logged, key=int):
-            failed.append((f"job {job}", f"no run of this job under the parent; see {self.sweep_dir}/{job}"))
-        n_jobs = len(children) + len(launched - logged)
+        unlogged = sorted((launched | set(lost)) - logged, key=int)
+        for job in unlogged:
+            no_run = f"no run of this job under the parent; see {self.sweep_dir}/{job}"
+            why = lost[job].reason if job in lost else no_run
+            failed.append((f"job {job}", why))
+        n_jobs = len(children) + len(unlogged)
         tracker.set_tags(parent_id, {"n_jobs": n_jobs, "n_failed": len(failed)})
+        if failed:  # the parent says which jobs did not finish, and why
+            tracker.set_tags(parent_id, {"not_finished": "\n".join(
+                f"[{overrides}] {error.splitlines()[0] if error else ''}" for overrides, error in failed)[:5000]})
         try:
             if self.evaluation is None:
                 raise ConfigError(self.report_error)
@@ -205,12 +218,21 @@ class MLflowSweepCallback(Callback):
         for overrides, error in failed:
             print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
 
-    def _close_children(self, children: list, stopped_by: str | None) -> tuple[list[tuple[str, str]], int]:
+    def _close_children(self, children: list, stopped_by: str | None,
+                        lost: dict[str, LostJob]) -> tuple[list[tuple[str, str]], int]:  # fmt: skip
         """Close the children left open (their process is gone): KILLED when this sweep was stopped,
-        else FAILED. The (overrides, error) of every child that did not finish, and how many still run."""
+        else FAILED; a run whose Slurm job ended without a result as Slurm's state says, with its reason.
+        The (overrides, error) of every child that did not finish, and how many still run."""
         failed, running_on = [], 0
         for run in children:
             status, error = run.info.status, run.data.tags.get("error", run.info.status)
+            job = lost.get(run.data.tags.get("job_num", ""))
+            if job is not None and status != "FINISHED":
+                error = job.reason if status in active_statuses() else f"{job.reason}; {error}"
+                self.tracker.set_tags(run.info.run_id, {"error": error})
+                if status in active_statuses():
+                    status = job.run_status
+                    self.tracker.end_run(run.info.run_id, status)
             if status in active_statuses() and stopped_by and self.jobs_outlive_launcher:
                 running_on += 1  # not this process's to close: the job ends it, whatever its outcome
                 continue

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btxrd.errors import ConfigError
+from btxrd.runtime.daemons import log_tail, server_environment, start_daemon, stop_daemon
 
 HOST = "127.0.0.1"
 DATABASE = "mlflow"
@@ -38,19 +39,6 @@ def _postgres_bin(name: str) -> str:
     if found is None:
         raise ConfigError(f"PostgreSQL's {name} was not found: install it (apt-get install postgresql)")
     return found
-
-
-def _server_env() -> dict[str, str]:
-    """The environment for long-running servers: without the training allocator tunables (which
-    keep a process's peak heap for good, right for a training job, not for a server)."""
-    return {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class PostgresCluster:
@@ -72,7 +60,7 @@ class PostgresCluster:
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True, env=_server_env())
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, env=server_environment())
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
             raise ConfigError(f"{Path(command[0]).name} failed for {self.data}: {detail[0]} (log: {self.log})")
@@ -120,13 +108,11 @@ class MlflowServer:
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
                    "--artifacts-destination", str(self.artifacts), "--host", HOST, "--port", str(self.port),
                    "--workers", "2"]  # fmt: skip
-        with open(self.log, "ab") as log:  # new session: stop() ends the server and its workers together
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env=_server_env())  # fmt: skip
+        self.process = start_daemon(command, self.log, server_environment())
         deadline = time.monotonic() + timeout_s  # the first start creates the schema: slow
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ConfigError(f"mlflow server exited ({self.process.returncode}): {_tail(self.log, 5)}")
+                raise ConfigError(f"mlflow server exited ({self.process.returncode}): {log_tail(self.log, 5)}")
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
                     if answer.status == 200:
@@ -138,15 +124,7 @@ class MlflowServer:
         raise ConfigError(f"mlflow server did not answer on {self.uri} within {timeout_s:.0f} s (log: {self.log})")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_daemon(self.process)
 
 
 @contextlib.contextmanager
@@ -187,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             while server.process is not None and server.process.poll() is None:
                 time.sleep(1)
-            print(f"mlflow server exited: {_tail(server.log, 5)}", file=sys.stderr)
+            print(f"mlflow server exited: {log_tail(server.log, 5)}", file=sys.stderr)
             return 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

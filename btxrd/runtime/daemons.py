@@ -1,0 +1,44 @@
+"""Long-running helper processes (database, tracking server, a local Slurm cluster): started in the
+foreground in a session of their own, so that one call stops each with everything it forked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+
+def server_environment(**extra: str) -> dict[str, str]:
+    """The environment for long-running servers: without the training allocator tunables (which
+    keep a process's peak heap for good, right for a training job, not for a server)."""
+    return {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, **extra}
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_daemon(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``command`` (which must stay in the foreground) with its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)  # fmt: skip
+
+
+def stop_daemon(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -> None:
+    """SIGTERM to the process's group, SIGKILL after ``timeout_s``; returns once it has exited."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
