@@ -285,12 +285,15 @@ class TrackingConfig:
     experiment: str = setting()
     artifact_root: str = setting()
     log_last_checkpoint: bool = setting()
+    log_model: bool = setting()
     ui_url: str = setting()
 
 
 @dataclass
 class SweepConfig:
     skip_finished: bool = setting()
+    register_best: bool = setting()
+    model_name: str = setting()
 
 
 @dataclass
@@ -361,14 +364,15 @@ class EvaluateConfig:
     eval: EvalOverrides = field(default_factory=EvalOverrides)
     run_id: str | None = setting()
     checkpoint: str | None = setting()
+    model_uri: str | None = setting()
     part: str = setting(choices=("train", "val", "test", "all"))
     device: str = setting(check=device_name)
     num_threads: str = setting(check=auto_or_int(1))
     data: EvaluateDataConfig = field(default_factory=EvaluateDataConfig)
 
     def validate(self) -> str | None:
-        if bool(self.run_id) == bool(self.checkpoint):
-            return "give exactly one of run_id=<mlflow run id> or checkpoint=PATH"
+        if sum(bool(source) for source in (self.run_id, self.checkpoint, self.model_uri)) != 1:
+            return "give exactly one of run_id=<mlflow run id>, checkpoint=PATH or model_uri=models:/NAME/VERSION"
         return None
 
 

@@ -17,7 +17,7 @@ LAYERS = {
     "tasks": 5, "tracking": 5,
     "jobs": 6,
     "report": 7, "sweep": 7,
-    "entry": 8, "bench": 8,
+    "entry": 8, "bench": 8, "predict": 8,
 }  # fmt: skip
 PLAIN = ("settings", "errors", "runtime", "data", "models", "engine", "metrics", "cam")  # no Hydra, no MLflow
 

@@ -19,7 +19,7 @@ BOX_COLOUR = (0.2, 1.0, 0.2)  # lime, as the lesion boxes are drawn throughout t
 GAP = 0.06  # blank between tiles, as a share of a tile
 
 
-def _tile(image: np.ndarray, cam: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+def cam_tile(image: np.ndarray, cam: np.ndarray, boxes: Sequence[Box] = ()) -> np.ndarray:
     """One (S, S, 3) float picture: the grayscale image, its CAM (own scale, jet) blended in, the boxes."""
     from matplotlib import colormaps
 
@@ -74,7 +74,7 @@ def save_cam_grid(
     for r, (kind, chosen) in enumerate(rows.items()):
         top = r * (label_room + step) + label_room
         for c, i in enumerate(chosen):
-            mosaic[top : top + side, c * step : c * step + side] = _tile(images[i], cams[i], boxes[i])
+            mosaic[top : top + side, c * step : c * step + side] = cam_tile(images[i], cams[i], boxes[i])
             captions.append((c * step + side / 2, top - 2,
                              f"{kind}: pred {class_names[preds[i]]}\np={probs[i, preds[i]]:.2f}"))  # fmt: skip
         if not len(chosen):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from filelock import FileLock
 from PIL import Image
 
@@ -116,11 +117,17 @@ NO_PREPROCESS = Preprocess("none")
 def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS) -> Geometry:
     """Decode one image to grayscale and fit it, aspect kept, centred on a ``size`` square."""
     with Image.open(path) as img:
-        width, height = img.size
-        new_w, new_h = _fitted(width, height, size)
-        img.draft("L", (new_w, new_h))  # JPEG: decode at the smallest DCT scale >= target
-        gray = to_gray8(img, str(path))
-        resized = gray.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return letterbox_image(img, size, preprocess, str(path))
+
+
+def letterbox_image(img: Image.Image, size: int, preprocess: Preprocess = NO_PREPROCESS,
+                    name: str = "image") -> Geometry:  # fmt: skip
+    """``letterbox`` of an opened (or decoded) image."""
+    width, height = img.size
+    new_w, new_h = _fitted(width, height, size)
+    img.draft("L", (new_w, new_h))  # JPEG: decode at the smallest DCT scale >= target (others: no-op)
+    gray = to_gray8(img, name)
+    resized = gray.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return _placed(preprocess(np.asarray(resized)), size, (width, height))  # CLAHE on the image, not the padding
 
 
@@ -229,6 +236,28 @@ def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir:
     canvas = canvas_size(image_size, data.canvas_scale)
     return cache_images(table, canvas, cache_dir or data.cache_dir, preprocess, workers,
                         source_size=data.cache_source_size)
+
+
+def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str = "image") -> np.ndarray:
+    """One image as a run's evaluation feeds it to the model, (image_size, image_size) uint8: the same
+    decode, preprocessing and letterbox as its cache (through the source size when the cache goes
+    through it), then the canvas resized to the input size as the evaluation dataset does."""
+    import torchvision.transforms.v2.functional as TF
+
+    preprocess = Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
+    canvas = canvas_size(image_size, data.canvas_scale)
+    source = data.cache_source_size
+    if source and canvas < source:
+        pixels, scale, offset, extent = letterbox_image(image, source, preprocess, name)
+        one = ImageCache(pixels[None], (name,), np.asarray([scale]), np.asarray([offset]), np.asarray([extent]),
+                         source, Path(name))  # fmt: skip
+        pixels = _resized(one, 0, canvas)[0]
+    else:
+        pixels = letterbox_image(image, canvas, preprocess, name)[0]
+    if canvas == image_size:
+        return pixels
+    resized = TF.resize(torch.from_numpy(pixels)[None], [image_size, image_size], antialias=True)
+    return resized[0].numpy()
 
 
 def lesions_in_input(rows: pd.DataFrame, cache: ImageCache, image_size: int) -> tuple[list, np.ndarray]:

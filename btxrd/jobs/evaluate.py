@@ -7,24 +7,24 @@ gives the run's own test metrics back. Checkpoints load with weights_only=True o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from btxrd.config import evaluate_settings, stored_run_settings
+from btxrd.config import evaluate_settings
 from btxrd.engine import load_checkpoint, place_model
-from btxrd.errors import ConfigError, DataError
+from btxrd.errors import ConfigError
 from btxrd.jobs.context import job_context
 from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
-from btxrd.models import build_model, model_entry
 from btxrd.runtime.environment import machine_tags, prepare_runtime
-from btxrd.settings import EvaluateConfig, ModelConfig, RunConfig, parse_auto_int
+from btxrd.settings import EvaluateConfig, parse_auto_int
 from btxrd.tasks import make_task
+from btxrd.tasks.inference import restore_model
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
+from btxrd.tracking.models import model_checkpoint
 
 
 def evaluate_job(cfg: DictConfig) -> dict[str, float]:
@@ -39,14 +39,12 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir,
                  parent_id=settings.run_id or None) as recorder:  # fmt: skip
         state = load_checkpoint(checkpoint)
-        run = _trained_with(state, checkpoint)
+        run, model = restore_model(state, checkpoint)
         task = make_task(run)
         runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
         recorder.set_tags(machine_tags(runtime.device))
         part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
                                     expected_split)  # fmt: skip
-        model = build_model(_without_pretrained_weights(run.model))
-        model.load_state_dict(state["model"])
         place_model(model, runtime.device, run.train.channels_last)
         log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
         title = f"{Path(checkpoint).name} on {part.name}"
@@ -67,33 +65,29 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
 
 def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_dir: Path
                        ) -> tuple[Path, pd.DataFrame | None, str]:  # fmt: skip
-    """(checkpoint file, the run's logged split or None, a name for the evaluation run)."""
-    if not settings.run_id:
+    """(checkpoint file, the run's logged split or None, a name for the evaluation run). A model URI is
+    scored like the run that logged it (its split, when that run is in the store)."""
+    if settings.checkpoint:
         checkpoint = Path(str(settings.checkpoint)).expanduser()
         return checkpoint, None, checkpoint.name
+    source = "run_id=..." if settings.run_id else "model_uri=..."
     if tracker is None:
-        raise ConfigError("run_id=... needs tracking.enabled=true (use checkpoint=PATH without tracking)")
+        raise ConfigError(f"{source} needs tracking.enabled=true (use checkpoint=PATH without tracking)")
+    if settings.model_uri:
+        checkpoint, name = model_checkpoint(tracker, settings.model_uri, out_dir / "model")
+        run_id = str(load_checkpoint(checkpoint).get("mlflow_run_id") or "")
+        trained = tracker.find_run(run_id) if run_id else None
+        return checkpoint, _logged_split(tracker, run_id, out_dir) if trained else None, name
     trained = tracker.find_run(settings.run_id)
     if trained is None:
         raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.uri}")
     if "checkpoints/best.pt" not in tracker.artifact_paths(settings.run_id, "checkpoints"):
         raise ConfigError(f"run_id={settings.run_id}: the run has no checkpoint artifact (checkpoints/best.pt)")
     checkpoint = tracker.download_artifact(settings.run_id, "checkpoints/best.pt", out_dir)
-    split = None
-    if "split.csv" in tracker.artifact_paths(settings.run_id):
-        split = pd.read_csv(tracker.download_artifact(settings.run_id, "split.csv", out_dir))
-    return checkpoint, split, trained.info.run_name
+    return checkpoint, _logged_split(tracker, settings.run_id, out_dir), trained.info.run_name
 
 
-def _trained_with(state: dict, checkpoint: Path) -> RunConfig:
-    config = state.get("config")
-    if not isinstance(config, dict) or "model" not in config:
-        raise DataError(f"{checkpoint}: no training config inside; not a btxrd checkpoint")
-    schema = model_entry(str(config["model"].get("name"))).config
-    return stored_run_settings(config, schema, f"the config stored in {checkpoint}")
-
-
-def _without_pretrained_weights(model: ModelConfig) -> ModelConfig:
-    """The trained weights come from the checkpoint: nothing to download or read first."""
-    changes = {"pretrained": False, **({"weights": None} if hasattr(model, "weights") else {})}
-    return dataclasses.replace(model, **changes)
+def _logged_split(tracker: Tracker, run_id: str, out_dir: Path) -> pd.DataFrame | None:
+    if "split.csv" not in tracker.artifact_paths(run_id):
+        return None
+    return pd.read_csv(tracker.download_artifact(run_id, "split.csv", out_dir))

@@ -47,7 +47,7 @@ def train_job(cfg: DictConfig) -> float:
     config = to_dict(cfg)
     identity = config_hash(config)
     commit = git_commit()
-    tags = {**task.tags(), **_job_tags(run, job, commit), "config_hash": identity}
+    tags = {**task.tags(), **_job_tags(run, job, commit), "config_hash": identity, "monitor": task.monitor}
     parent_id = parent_from_env()  # set by the sweep callback (hydra.job.env_set)
     if tracker is not None and run.sweep.skip_finished:
         earlier = tracker.finished_run_with_tag("config_hash", identity)
@@ -146,6 +146,8 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
         f"best_{optimized}": max(row[optimized] for row in result.history),
     }
     recorder.log_metrics(summary, step=result.epochs_run)
+    if task.servable and run.tracking.log_model:
+        recorder.log_model(result.best_path, step=result.epochs_run)
     (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
     log.info("%s: %s", job.run_name, ", ".join(f"{k} {summary[k]:.3f}" for k in task.headline))
     return float(summary[f"best_{optimized}"])

@@ -7,7 +7,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+from btxrd.cli import run_cli
 
 
 def server_environment(**extra: str) -> dict[str, str]:
@@ -42,3 +47,18 @@ def stop_daemon(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.0
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def serve_until_stopped(serve: Callable[[], int]) -> int:
+    """A helper's foreground life: ``serve()`` runs until Ctrl-C or SIGTERM, either of which unwinds it
+    (its clean-up runs) and exits 0; a user's error (BTXRDError) is one line and exit 2."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        return run_cli(serve)
+    except KeyboardInterrupt:
+        return 0
+
+
+def wait_while(alive: Callable[[], bool], poll_s: float = 1.0) -> None:
+    while alive():
+        time.sleep(poll_s)

@@ -20,7 +20,6 @@ import contextlib
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btxrd.errors import ConfigError
-from btxrd.runtime.daemons import log_tail, server_environment, start_daemon, stop_daemon
+from btxrd.runtime.daemons import (
+    log_tail,
+    serve_until_stopped,
+    server_environment,
+    start_daemon,
+    stop_daemon,
+    wait_while,
+)
 
 HOST = "127.0.0.1"
 PARTITION = "btxrd"
@@ -219,25 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m btxrd.runtime.slurm", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default=".slurm", help="configuration, state, logs and the accounting database")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up as Ctrl-C does
-    try:
+
+    def serve() -> int:
         with local_slurm(args.dir) as cluster:
             print(f"Slurm {cluster._run(['sinfo', '-V'], 'sinfo').split()[-1]} running: partition {PARTITION}, "
                   f"node {cluster.node} (logs in {cluster.folder})")  # fmt: skip
             print(f"in another terminal:  export SLURM_CONF={cluster.conf}")
             print("  python train.py -m hydra/launcher=slurm hydra.launcher.gpus_per_node=null "
-                  "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=4 ...   (Ctrl-C here stops the cluster)")
+                  "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=2 ...   (Ctrl-C here stops the cluster)")
             sys.stdout.flush()
-            while all(process.poll() is None for process in cluster.processes.values()):
-                time.sleep(1)
+            wait_while(lambda: all(process.poll() is None for process in cluster.processes.values()))
             gone = [name for name, process in cluster.processes.items() if process.poll() is not None]
             print(f"{', '.join(gone)} exited: {log_tail(cluster.folder / f'{gone[0]}.log', 5)}", file=sys.stderr)
             return 1
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+
+    return serve_until_stopped(serve)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class MLflowSweepCallback(Callback):
         self.sweep_dir: str = ""
         self.jobs_outlive_launcher = False  # submitit's jobs do; joblib's workers are killed with the launcher
         self.slurm_folder = ""  # Slurm: submitit's folder of the jobs (with %j), to learn their outcomes
+        self.register_as = ""  # sweep.register_best: the registered model's name
         self.progress: SweepProgress | None = None
         self.url = self.how_to_look = ""
 
@@ -138,6 +139,7 @@ class MLflowSweepCallback(Callback):
              "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m"), **owner_tags()},
         )  # fmt: skip
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
+        self.register_as = str(config.sweep.model_name) if config.sweep.register_best else ""
         if is_slurm(config.hydra.launcher):
             self.slurm_folder = str(config.hydra.launcher.submitit_folder)
         env = {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri}
@@ -201,6 +203,8 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
             print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if self.register_as and not stopped_by:
+            self._register_best(tracker, parent_id)
         if stopped_by:
             tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
             tracker.end_run(parent_id, "KILLED")
@@ -217,6 +221,23 @@ class MLflowSweepCallback(Callback):
         print(f"See the runs side by side: {self.how_to_look}", file=sys.stderr)
         for overrides, error in failed:
             print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
+
+    def _register_best(self, tracker: Tracker, parent_id: str) -> None:
+        """sweep.register_best: the best run by validation into the Model Registry; a failure is said, not raised."""
+        from btxrd.tracking.models import register_best
+
+        try:
+            registered = register_best(tracker, parent_id, self.register_as)
+        except Exception as exc:  # registering must never keep the parent run open
+            print(f"sweep: registering the best model failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return
+        if registered is None:
+            print("sweep: no finished run with a logged model to register", file=sys.stderr)
+            return
+        run_name, version = registered
+        tracker.set_tags(parent_id, {"registered_model": f"models:/{self.register_as}/{version}"})
+        print(f"sweep: registered {run_name} (best by validation) as models:/{self.register_as}/{version}",
+              file=sys.stderr)  # fmt: skip
 
     def _close_children(self, children: list, stopped_by: str | None,
                         lost: dict[str, LostJob]) -> tuple[list[tuple[str, str]], int]:  # fmt: skip

@@ -60,6 +60,7 @@ class Task(ABC):
     name: ClassVar[str]
     settings_type: ClassVar[type] = NoSettings
     monitors: ClassVar[tuple[str, ...]]  # validation metrics early stopping may follow; the first is the default
+    servable: ClassVar[bool] = False  # its runs log an MLflow model that scores new images (tracking/models.py)
     headline: ClassVar[tuple[str, ...]]  # test metrics a finished run names in its log line
     report_columns: ClassVar[dict[str, str]]  # test metric -> column title in the sweep report
     chart_metrics: ClassVar[tuple[str, ...]]  # test metrics drawn in the sweep report's chart

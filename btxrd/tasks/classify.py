@@ -129,6 +129,7 @@ class ClassificationObjective:
 class ClassifyTask(Task):
     name = "classify"
     monitors = ("val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro")
+    servable = True
     headline = ("test_macro_f1", "test_accuracy")
     compared = {"macro_f1": "macro-F1", "malignant_recall": "malignant recall", "auroc_macro": "AUROC",
                 "cam_pointing": "CAM pointing", "cam_energy": "CAM energy in box"}  # fmt: skip

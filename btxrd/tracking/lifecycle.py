@@ -42,6 +42,13 @@ class RunRecorder:
         if self.tracker is not None:
             self.tracker.log_artifact(self.run_id, path, folder)
 
+    def log_model(self, checkpoint: Path, step: int = 0) -> None:
+        """The checkpoint as the run's MLflow model (classifiers: ``tracking/models.py``)."""
+        if self.tracker is not None:
+            from btxrd.tracking.models import log_classifier  # MLflow's model machinery: only when used
+
+            log_classifier(self.tracker, self.run_id, checkpoint, step)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.tracker is not None:
             self.tracker.set_tags(self.run_id, tags)

@@ -16,7 +16,6 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btxrd.errors import ConfigError
-from btxrd.runtime.daemons import log_tail, server_environment, start_daemon, stop_daemon
+from btxrd.runtime.daemons import (
+    log_tail,
+    serve_until_stopped,
+    server_environment,
+    start_daemon,
+    stop_daemon,
+    wait_while,
+)
 
 HOST = "127.0.0.1"
 DATABASE = "mlflow"
@@ -157,21 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-port", type=int, default=5433, help="the port of the server's own PostgreSQL")
     parser.add_argument("--backend-store-uri", help="an existing PostgreSQL database instead of our own")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below, as Ctrl-C does
-    try:
+
+    def serve() -> int:
         with tracking_server(args.dir, args.port, args.pg_port, args.backend_store_uri) as server:
             print(f"MLflow server at {server.uri} (backend {server.backend_store_uri}, artifacts {server.artifacts})")
             print(f"point sweeps at it: python train.py -m tracking.uri={server.uri} ...   (Ctrl-C stops it)")
             sys.stdout.flush()
-            while server.process is not None and server.process.poll() is None:
-                time.sleep(1)
+            wait_while(lambda: server.process is not None and server.process.poll() is None)
             print(f"mlflow server exited: {log_tail(server.log, 5)}", file=sys.stderr)
             return 1
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+
+    return serve_until_stopped(serve)
 
 
 if __name__ == "__main__":

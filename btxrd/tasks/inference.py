@@ -1,0 +1,100 @@
+"""A trained model from its checkpoint alone, and a trained classifier as a function of images.
+
+A checkpoint carries its resolved training config, so the network, its input size and the image
+preprocessing are rebuilt exactly as the run had them; it loads with ``weights_only=True`` only.
+``Classifier`` is what the logged MLflow model and ``python -m btxrd.predict`` run: images of
+any size in, the run's evaluation preprocessing, class probabilities, the malignant decisions at
+the operating points chosen on the run's validation part, and Grad-CAM maps on request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+
+from btxrd.cam.gradcam import grad_cam, upsample
+from btxrd.config import stored_run_settings
+from btxrd.data.cache import model_input
+from btxrd.data.schema import CLASS_NAMES
+from btxrd.engine import InputPipeline, autocast, load_checkpoint, place_model
+from btxrd.errors import DataError
+from btxrd.models import build_model, cam_target, model_entry
+from btxrd.settings import ModelConfig, RunConfig
+from btxrd.tasks.base import make_task
+from btxrd.tasks.classify import MALIGNANT
+
+
+def trained_settings(state: dict, source: str | Path) -> RunConfig:
+    """The run's settings as stored in its checkpoint ``state``; DataError when there are none."""
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config:
+        raise DataError(f"{source}: no training config inside; not a btxrd checkpoint")
+    schema = model_entry(str(config["model"].get("name"))).config
+    return stored_run_settings(config, schema, f"the config stored in {source}")
+
+
+def restore_model(state: dict, source: str | Path) -> tuple[RunConfig, nn.Module]:
+    """(the run's settings, its network with the trained weights, in eval mode, on the CPU)."""
+    run = trained_settings(state, source)
+    model = build_model(_without_pretrained_weights(run.model))
+    model.load_state_dict(state["model"])
+    return run, model.eval()
+
+
+def _without_pretrained_weights(model: ModelConfig) -> ModelConfig:
+    """The trained weights come from the checkpoint: nothing to download or read first."""
+    changes = {"pretrained": False, **({"weights": None} if hasattr(model, "weights") else {})}
+    return dataclasses.replace(model, **changes)
+
+
+class Classifier:
+    """A trained classification run, ready to score images."""
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
+        state = load_checkpoint(checkpoint)
+        self.run, model = restore_model(state, checkpoint)
+        self.task = make_task(self.run)
+        if self.task.name != "classify":
+            raise DataError(f"{checkpoint}: a {self.task.name} model, not a classifier")
+        self.model = model
+        self.to(device)
+        self.operating_points: dict[str, float] = dict(state.get("operating_points", {}))
+        self.image_size = self.run.model.image_size
+
+    def to(self, device: str | torch.device) -> Classifier:
+        """Run on ``device`` (the model, and its inputs placed there)."""
+        self.device = torch.device(device)
+        self.model = place_model(self.model, self.device, self.run.train.channels_last)
+        self.inputs = InputPipeline(self.device, self.task.input_spec(), self.run.train.channels_last)
+        return self
+
+    def prepare(self, image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+        """One picture (any size, any supported mode, or a 2-D uint8 array) as the model's input."""
+        picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        return model_input(picture, self.image_size, self.run.data, name)
+
+    def predict(self, inputs: np.ndarray, with_cam: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """Prepared inputs (N, S, S) uint8 -> (a table of probabilities, predicted class and the
+        malignant decision at each operating point; Grad-CAM maps (N, S, S) of the predicted class or None)."""
+        x = self.inputs(torch.from_numpy(np.ascontiguousarray(inputs))[:, None])
+        amp = self.run.train.amp
+        if with_cam:
+            with autocast(self.device, amp):
+                maps, logits = grad_cam(self.model, x, cam_target(self.model))
+            cams = upsample(maps.float(), inputs.shape[-1]).cpu().numpy().astype(np.float32)
+        else:
+            with torch.no_grad(), autocast(self.device, amp):
+                logits = self.model(x)
+            cams = None
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        table = pd.DataFrame({f"p_{name}": probs[:, k] for k, name in enumerate(CLASS_NAMES)})
+        table["predicted"] = [CLASS_NAMES[k] for k in probs.argmax(axis=1)]
+        for key, threshold in sorted(self.operating_points.items()):  # positive: p(malignant) > threshold
+            table[f"malignant_at_{key}"] = probs[:, MALIGNANT] > threshold
+        return table, cams

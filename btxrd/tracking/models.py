@@ -1,0 +1,126 @@
+"""Models in MLflow: each classification run's logged model (its "Model" column and the experiment's
+Models tab), the best run of a sweep in the Model Registry, and any model URI back to a classifier.
+
+The logged model is ``pyfunc_model.py`` (MLflow stores the code, not a pickle) with the run's best
+checkpoint as its artifact. The best run is chosen by its validation monitor (``best_<monitor>``),
+never by a test metric; the registered version is tagged with the sweep, the configuration and
+the test metrics with their intervals.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from btxrd.data.schema import CLASS_NAMES
+from btxrd.errors import ConfigError
+from btxrd.tracking.mlflow_store import Tracker
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "model"  # the logged model's name within its run
+CHECKPOINT = "checkpoint"  # the name of the checkpoint among the model's artifacts
+LOGGED_MODEL_TAG = "logged_model_id"
+# What the model needs at load time besides the btxrd project itself (pinned to what logged it).
+REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "Pillow", "pydicom", "omegaconf", "hydra-core")
+
+
+def _requirements() -> list[str]:
+    pinned = []
+    for name in REQUIREMENTS:
+        try:
+            pinned.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pinned.append(name)
+    return pinned
+
+
+def _signature(operating_points: list[str]) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    outputs = [ColSpec("double", f"p_{name}") for name in CLASS_NAMES] + [ColSpec("string", "predicted")]
+    outputs += [ColSpec("boolean", f"malignant_at_{key}") for key in sorted(operating_points)]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]), outputs=Schema(outputs))
+
+
+def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, step: int = 0) -> str:
+    """Log ``checkpoint`` as the run's MLflow model; its model id (also the run's tag ``logged_model_id``)."""
+    import mlflow
+    from mlflow.models import Model
+
+    mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
+    operating_points = list(torch.load(checkpoint, map_location="cpu", weights_only=True).get("operating_points", {}))
+    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
+                     python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                     artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
+                     input_example=np.zeros((1, 48, 64), dtype=np.uint8),  # checked by MLflow: loads and predicts
+                     pip_requirements=_requirements(),
+                     metadata={"btxrd": "needs the btxrd project installed"})  # fmt: skip
+    tracker.set_tags(run_id, {LOGGED_MODEL_TAG: info.model_id})
+    return info.model_id
+
+
+def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str] | None:
+    """Register the logged model of the sweep's best finished run by its validation monitor as a new
+    version of ``name``; (run name, version), or None when no run has a logged model."""
+    candidates = []
+    for run in tracker.children(parent_id):
+        tags, metrics = run.data.tags, run.data.metrics
+        model_id, monitor = tags.get(LOGGED_MODEL_TAG), tags.get("monitor")
+        if run.info.status == "FINISHED" and model_id and monitor and f"best_{monitor}" in metrics:
+            candidates.append((metrics[f"best_{monitor}"], monitor, run))
+    if not candidates:
+        return None
+    if len({monitor for _, monitor, _ in candidates}) > 1:
+        raise ConfigError("sweep.register_best: the jobs follow different train.monitor values; "
+                          "no single validation metric picks the best")  # fmt: skip
+    score, monitor, best = max(candidates, key=lambda c: c[0])
+    client = tracker.client
+    try:
+        client.get_registered_model(name)
+    except Exception:  # not registered yet (MLflow raises its RESOURCE_DOES_NOT_EXIST error)
+        client.create_registered_model(name, description="btxrd classifiers: the best run of a sweep by validation")
+    tags = {"sweep_dir": best.data.tags.get("sweep_dir", ""), "run_id": best.info.run_id,
+            "configuration": best.data.tags.get("overrides", ""), f"best_{monitor}": f"{score:.4f}"}  # fmt: skip
+    metrics = best.data.metrics
+    for key in sorted(k for k in metrics if k.startswith("test_") and f"{k}_ci_low" in metrics):
+        tags[key] = f"{metrics[key]:.4f} [{metrics[f'{key}_ci_low']:.4f}, {metrics[f'{key}_ci_high']:.4f}]"
+    model_id = best.data.tags[LOGGED_MODEL_TAG]
+    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=best.info.run_id,
+                                          tags=tags, model_id=model_id)  # fmt: skip
+    log.info("registered %s as %s version %s (best %s %.4f)", best.info.run_name, name, version.version, monitor, score)
+    return best.info.run_name, str(version.version)
+
+
+def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tuple[Path, str]:
+    """(the checkpoint inside a logged or registered model, a name for it): ``models:/NAME/VERSION``,
+    ``models:/<model id>`` or ``runs:/<run id>/model``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracker.uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest),
+                                                         tracking_uri=tracker.uri))  # fmt: skip
+    except Exception as exc:  # MlflowException: no such model, version or run
+        raise ConfigError(f"model_uri={model_uri}: {str(exc).splitlines()[0]}") from None
+    found = sorted(local.glob(f"artifacts/{CHECKPOINT}/*.pt")) + sorted(local.glob("artifacts/*.pt"))
+    if not found:
+        raise ConfigError(f"model_uri={model_uri}: not a btxrd model (no checkpoint among its artifacts)")
+    return found[0], model_uri
+
+
+def load_classifier(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
+    """The ``Classifier`` inside a logged or registered model (loaded through MLflow's pyfunc), on ``device``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # MlflowException / OSError: no such model
+        raise ConfigError(f"{model_uri}: {str(exc).splitlines()[0]}") from None
+    return loaded.unwrap_python_model().classifier.to(device)
