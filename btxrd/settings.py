@@ -191,6 +191,7 @@ class AttentionAutoencoderConfig(AutoencoderConfig):
     cbam_placement: str = setting(choices=("after", "residual"))  # CBAM after each block, or on its residual branch
     cbam_reduction: int = setting(ge=1)  # channel attention: hidden units = channels / reduction (at least 4)
     cbam_kernel_size: int = setting(ge=1, check=lambda k: None if k % 2 else "must be odd (same-size output)")
+    cbam_gate_bias: float | None = setting()  # null: no gate biases (reference); e.g. 3: gates start open (0.95)
 
 
 def _fraction(**bounds: float) -> Any:

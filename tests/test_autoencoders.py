@@ -117,6 +117,28 @@ def test_cbam_placements() -> None:
         ResidualBlockWithCBAM(8, 8, 1, reduction=16, kernel_size=7, placement="inside")
 
 
+def test_gates_initialised_open_start_every_block_near_variant_b() -> None:
+    """cbam_gate_bias=3: every gate starts at sigmoid(3) = 0.95 (whatever the input), so an
+    after-placed block starts as 0.95^2 = 0.90 x the plain block, not ~0.25 x; the biases learn."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, 16)
+    block = ResidualBlockWithCBAM(8, 8, 1, reduction=16, kernel_size=7, placement="after", gate_bias=3.0)
+    block.cbam.reset_parameters()
+    model = AttentionAutoencoder(in_channels=1, base_channels=8, latent_channels=16, image_size=64, placement="after",
+                                 reduction=16, kernel_size=7, gate_bias=3.0)  # fmt: skip
+    with gate_statistics(model) as gates:
+        model(torch.rand(4, 1, 64, 64))
+    assert gates.metrics("")["channel_gates_mean"] > 0.9 and gates.metrics("")["spatial_gates_mean"] > 0.9
+    with torch.no_grad():
+        ratio = block(x).norm() / block.block(x).norm()
+    assert 0.85 < ratio < 0.95
+    torch.nn.functional.mse_loss(block(x), x).backward()
+    assert block.cbam.channel_bias.grad.abs().sum() > 0 and block.cbam.spatial.bias.grad.abs().sum() > 0
+    assert CBAM(8, 16, 7).spatial.bias is None and CBAM(8, 16, 7).channel_bias is None  # the reference: no biases
+    run = settings(["task=reconstruct", "model=ae_attention", "model.cbam_gate_bias=3"])
+    assert run.model.cbam_gate_bias == 3.0
+
+
 def test_gate_statistics_count_closed_and_open_gates() -> None:
     torch.manual_seed(0)
     attention = CBAM(16, reduction=16, kernel_size=3)

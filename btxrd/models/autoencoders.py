@@ -109,9 +109,10 @@ class AttentionAutoencoder(ResidualAutoencoder):
     """Variant C: CBAM in every residual block (16 modules), after the block or on its residual branch."""
 
     def __init__(self, *, in_channels: int, base_channels: int, latent_channels: int, image_size: int,
-                 placement: str, reduction: int, kernel_size: int) -> None:  # fmt: skip
+                 placement: str, reduction: int, kernel_size: int, gate_bias: float | None = None) -> None:  # fmt: skip
         self.placement = placement
-        block = partial(ResidualBlockWithCBAM, reduction=reduction, kernel_size=kernel_size, placement=placement)
+        block = partial(ResidualBlockWithCBAM, reduction=reduction, kernel_size=kernel_size, placement=placement,
+                        gate_bias=gate_bias)  # fmt: skip
         super().__init__(in_channels=in_channels, base_channels=base_channels, latent_channels=latent_channels,
                          image_size=image_size, block=block)  # fmt: skip
 
@@ -132,8 +133,9 @@ def ae_residual(*, image_size: int, in_chans: int, base_channels: int, latent_ch
 
 @register_model("ae_attention", task="reconstruct", config=AttentionAutoencoderConfig)
 def ae_attention(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int, pretrained: bool,
-                 cbam_placement: str, cbam_reduction: int, cbam_kernel_size: int) -> nn.Module:  # fmt: skip
+                 cbam_placement: str, cbam_reduction: int, cbam_kernel_size: int,
+                 cbam_gate_bias: float | None) -> nn.Module:  # fmt: skip
     _no_pretrained(pretrained)
     return AttentionAutoencoder(in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels,
                                 image_size=image_size, placement=cbam_placement, reduction=cbam_reduction,
-                                kernel_size=cbam_kernel_size)  # fmt: skip
+                                kernel_size=cbam_kernel_size, gate_bias=cbam_gate_bias)  # fmt: skip

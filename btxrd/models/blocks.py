@@ -35,7 +35,10 @@ class CBAM(nn.Module):
     Spatial: a kernel_size x kernel_size conv over the channel-wise mean and max, sigmoid.
     """
 
-    def __init__(self, channels: int, reduction: int, kernel_size: int) -> None:
+    def __init__(self, channels: int, reduction: int, kernel_size: int, gate_bias: float | None = None) -> None:
+        """``gate_bias``: None, the reference design (no gate biases; gates start near 0.5); a number
+        adds a learnable bias to both gates' logits, initialised to it: 3 starts every gate at
+        sigmoid(3) = 0.95, open, so the module starts close to the identity."""
         super().__init__()
         # At least 4 hidden units (the default models' narrowest, 64 / 16): a 1-unit bottleneck in
         # narrow models is one dead ReLU away from freezing the module's channel attention.
@@ -45,7 +48,9 @@ class CBAM(nn.Module):
             nn.ReLU(inplace=False),
             nn.Conv2d(hidden, channels, 1, bias=False),
         )
-        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.gate_bias = gate_bias
+        self.spatial = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=gate_bias is not None)
+        self.channel_bias = None if gate_bias is None else nn.Parameter(torch.full((1, channels, 1, 1), gate_bias))
         # The gates pass through these (no parameters): a forward hook reads them (gate_statistics).
         self.channel_gates, self.spatial_gates = nn.Identity(), nn.Identity()
 
@@ -55,11 +60,17 @@ class CBAM(nn.Module):
         then start pinned at 0 or 1, switching whole channels off."""
         for conv in (*self.mlp[::2], self.spatial):
             conv.reset_parameters()
+        if self.gate_bias is not None:
+            nn.init.constant_(self.spatial.bias, self.gate_bias)
+            nn.init.constant_(self.channel_bias, self.gate_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = torch.mean(x, dim=(2, 3), keepdim=True)
         mx = torch.amax(x, dim=(2, 3), keepdim=True)
-        x = x * self.channel_gates(torch.sigmoid(self.mlp(avg) + self.mlp(mx)))
+        logits = self.mlp(avg) + self.mlp(mx)
+        if self.channel_bias is not None:
+            logits = logits + self.channel_bias
+        x = x * self.channel_gates(torch.sigmoid(logits))
         descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
         return x * self.spatial_gates(torch.sigmoid(self.spatial(descriptor)))
 
@@ -78,13 +89,13 @@ class ResidualBlockWithCBAM(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, reduction: int, kernel_size: int,
-                 placement: str) -> None:  # fmt: skip
+                 placement: str, gate_bias: float | None = None) -> None:  # fmt: skip
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"CBAM placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
         self.placement = placement
         self.block = PreActResidualBlock(in_channels, out_channels, stride)
-        self.cbam = CBAM(out_channels, reduction, kernel_size)
+        self.cbam = CBAM(out_channels, reduction, kernel_size, gate_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.placement == "after":

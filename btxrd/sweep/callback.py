@@ -175,7 +175,12 @@ class MLflowSweepCallback(Callback):
         tracker, parent_id = self.tracker, self.parent_id
         self.parent_id = None
         stopped_by = stop_signal()
-        lost = wait_for_slurm_jobs(self.slurm_folder) if self.slurm_folder and not stopped_by else {}
+        lost = {}
+        if self.slurm_folder and not stopped_by:
+            try:
+                lost = wait_for_slurm_jobs(self.slurm_folder)
+            except KeyboardInterrupt:  # Ctrl-C while waiting: the jobs go on on Slurm and close their own runs
+                stopped_by = stop_signal() or "SIGINT"
         if self.progress is not None:
             self.progress.stop()
         children = tracker.children(parent_id)
