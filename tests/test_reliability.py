@@ -146,7 +146,8 @@ def test_a_stopped_evaluation_ends_its_run_killed(tmp_path: Path, monkeypatch) -
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ([], r"^give exactly one of run_id=<mlflow run id> or checkpoint=PATH$"),
+        ([], r"^give exactly one of run_id=<mlflow run id>, checkpoint=PATH or model_uri=models:/NAME/VERSION$"),
+        (["model_uri=models:/no-such-model/1"], r"^model_uri=models:/no-such-model/1: .*no-such-model"),
         (["run_id=0123456789abcdef"], r"^run_id=0123456789abcdef: no such run in sqlite:///{tmp}/mlflow.db$"),
         (["run_id=0123456789abcdef", "tracking.enabled=false"], r"^run_id=\.\.\. needs tracking.enabled=true"),
         (["checkpoint=/no/such.pt", "tracking.enabled=false"], r"^checkpoint not found: /no/such.pt$"),
