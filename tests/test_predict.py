@@ -31,7 +31,9 @@ from btxrd.tracking.models import register_best
 from .conftest import PROJECT_ROOT
 from .helpers import compose_config, runs, tiny
 
-pytestmark = pytest.mark.slow
+# In make test-integration (CI runs it): fresh processes loading MLflow models and the command line
+# cost about a minute and a half, which make test's 5 minutes cannot hold.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CLASSES = ("p_normal", "p_benign", "p_malignant")
 
 
