@@ -81,7 +81,7 @@ showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show 
 	$(PY) train.py -m experiment=showcase data.root=$(abspath $(DEMO_DATA)) annotations=on,off seed=0,1 \
 	  hydra.launcher.n_jobs=2
 
-autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on its branch), 128 px, 3 seeds (~45 min)
+autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on its branch), 128 px, 3 seeds (~60 min on 2 cores)
 	$(PY) train.py -m experiment=ae_demo data.root=$(abspath $(DEMO_DATA)) \
 	  model=ae_residual,ae_attention,ae_attention_residual seed=0,1,2 hydra.launcher.n_jobs=2
 
