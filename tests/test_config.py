@@ -69,6 +69,9 @@ def test_demo_and_debug_presets_keep_the_model_the_user_chose() -> None:
             run = settings([preset, f"model={model}"])
             assert run.model.name == model and not run.model.pretrained
     assert settings(["debug=tiny", "task=reconstruct"]).model.name == "ae_residual"
+    # Runs log their MLflow model unless told not to; the tiny check-up run leaves it out (2-4 s a run)
+    assert settings([]).tracking.log_model and settings(["experiment=demo"]).tracking.log_model
+    assert not settings(["debug=tiny"]).tracking.log_model
 
 
 def test_cfg_job_shows_every_number(tmp_path) -> None:

@@ -46,7 +46,7 @@ def sweep(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[T
     os.environ[PARENT_RUN_ENV] = parent
     try:
         for annotations in ("on", "off"):
-            train_job(compose_config(tiny(synth_root, work, f"annotations={annotations}")))
+            train_job(compose_config(tiny(synth_root, work, f"annotations={annotations}", "tracking.log_model=true")))
     finally:
         del os.environ[PARENT_RUN_ENV]
     tracker.end_run(parent)

@@ -28,7 +28,7 @@ def runs_by_role(work: Path):
 def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
     # Two jobs at a time on a store the sweep creates (more writers at once: test_tracking).
     args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
-            "hydra.launcher.n_jobs=2", "sweep.register_best=true"]  # fmt: skip
+            "hydra.launcher.n_jobs=2", "sweep.register_best=true", "tracking.log_model=true"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parents, children = runs_by_role(tmp_path)
