@@ -74,10 +74,9 @@ def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_di
     if tracker is None:
         raise ConfigError(f"{source} needs tracking.enabled=true (use checkpoint=PATH without tracking)")
     if settings.model_uri:
-        checkpoint, name = model_checkpoint(tracker, settings.model_uri, out_dir / "model")
-        run_id = str(load_checkpoint(checkpoint).get("mlflow_run_id") or "")
+        checkpoint, run_id = model_checkpoint(tracker, settings.model_uri, out_dir / "model")
         trained = tracker.find_run(run_id) if run_id else None
-        return checkpoint, _logged_split(tracker, run_id, out_dir) if trained else None, name
+        return checkpoint, _logged_split(tracker, run_id, out_dir) if trained else None, settings.model_uri
     trained = tracker.find_run(settings.run_id)
     if trained is None:
         raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.uri}")

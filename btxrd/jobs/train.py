@@ -147,7 +147,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     }
     recorder.log_metrics(summary, step=result.epochs_run)
     if task.servable and run.tracking.log_model:
-        recorder.log_model(result.best_path, step=result.epochs_run)
+        recorder.log_model(result.best_path, list(best["operating_points"]), step=result.epochs_run)
     (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
     log.info("%s: %s", job.run_name, ", ".join(f"{k} {summary[k]:.3f}" for k in task.headline))
     return float(summary[f"best_{optimized}"])

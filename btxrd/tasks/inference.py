@@ -60,7 +60,7 @@ class Classifier:
         state = load_checkpoint(checkpoint)
         self.run, model = restore_model(state, checkpoint)
         self.task = make_task(self.run)
-        if self.task.name != "classify":
+        if not self.task.servable:
             raise DataError(f"{checkpoint}: a {self.task.name} model, not a classifier")
         self.model = model
         self.to(device)

@@ -42,12 +42,13 @@ class RunRecorder:
         if self.tracker is not None:
             self.tracker.log_artifact(self.run_id, path, folder)
 
-    def log_model(self, checkpoint: Path, step: int = 0) -> None:
-        """The checkpoint as the run's MLflow model (classifiers: ``tracking/models.py``)."""
+    def log_model(self, checkpoint: Path, operating_points: list[str], step: int = 0) -> None:
+        """The checkpoint as the run's MLflow model (classifiers: ``tracking/models.py``), with the
+        names of the operating points it carries (columns of the model's output)."""
         if self.tracker is not None:
             from btxrd.tracking.models import log_classifier  # MLflow's model machinery: only when used
 
-            log_classifier(self.tracker, self.run_id, checkpoint, step)
+            log_classifier(self.tracker, self.run_id, checkpoint, operating_points, step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.tracker is not None:

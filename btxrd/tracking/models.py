@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
@@ -48,13 +47,12 @@ def _signature(operating_points: list[str]) -> Any:
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1))]), outputs=Schema(outputs))
 
 
-def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, step: int = 0) -> str:
+def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, operating_points: list[str], step: int = 0) -> str:
     """Log ``checkpoint`` as the run's MLflow model; its model id (also the run's tag ``logged_model_id``)."""
     import mlflow
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
-    operating_points = list(torch.load(checkpoint, map_location="cpu", weights_only=True).get("operating_points", {}))
     info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                      python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                      artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
@@ -98,9 +96,10 @@ def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str
 
 
 def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tuple[Path, str]:
-    """(the checkpoint inside a logged or registered model, a name for it): ``models:/NAME/VERSION``,
-    ``models:/<model id>`` or ``runs:/<run id>/model``."""
+    """(the checkpoint inside a logged or registered model, the id of the run that logged it, or "")
+    for ``models:/NAME/VERSION``, ``models:/<model id>`` or ``runs:/<run id>/model``."""
     import mlflow
+    from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracker.uri)
     try:
@@ -111,7 +110,7 @@ def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tupl
     found = sorted(local.glob(f"artifacts/{CHECKPOINT}/*.pt")) + sorted(local.glob("artifacts/*.pt"))
     if not found:
         raise ConfigError(f"model_uri={model_uri}: not a btxrd model (no checkpoint among its artifacts)")
-    return found[0], model_uri
+    return found[0], Model.load(str(local)).run_id or ""
 
 
 def load_classifier(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
