@@ -1,4 +1,5 @@
-"""python -m btxrd.bench [--only cpu|gpu]: writes bench/bench.json (CPU) and bench/bench_gpu.json (GPU)."""
+"""python -m btxrd.bench [--only cpu|gpu|allocator]: writes bench/bench.json (CPU), bench/bench_gpu.json (GPU),
+bench/bench_allocator.json (the allocator A/B, only when asked for)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,36 @@ from btxrd.config import project_root
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=cpu.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--only", choices=("cpu", "gpu"), default=None, help="one section (default: both)")
+    parser.add_argument("--only", choices=("cpu", "gpu", "allocator"), default=None,
+                        help="one section (default: cpu and gpu)")
     parser.add_argument("--n", type=int, default=160, help="generated images (real sizes)")
     parser.add_argument("--model", default="b0")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=8, help="training steps per measurement round")
+    parser.add_argument("--steps", type=int, default=6, help="training steps per measurement and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure, each in a fresh process")
+    parser.add_argument("--startup-rounds", type=int, default=3, help="cold + warm 2-job sweeps")
     parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    if args.only in (None, "cpu"):
-        out = work / "bench.json"
-        out.write_text(json.dumps(cpu.cpu_section(args), indent=2))
+    if args.only == "allocator":
+        results = cpu.allocator_ab(args)
+        cpu.print_allocator(results)
+        out = work / "bench_allocator.json"
+        out.write_text(json.dumps(results, indent=2))
         print(f"\nwritten {out}")
+        return 0
+    if args.only in (None, "cpu"):
+        results = cpu.cpu_section(args)
+        out = work / "bench.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(f"\nwritten {out}")
+        flagged = cpu.implausible(results)
+        if flagged:
+            print(f"error: physically impossible figures (end-to-end faster than model-only in every round): "
+                  f"{', '.join(flagged)}; the measurement is wrong, not the loader", file=sys.stderr)  # fmt: skip
+            return 1
     if args.only in (None, "gpu"):
         if not torch.cuda.is_available():
             print("no CUDA GPU here: GPU section skipped")

@@ -1,18 +1,22 @@
 """The CPU section of the benchmark: the data path against the model, on images of the release's real sizes.
 
-Every ratio is measured within one run on the same machine state (the machine may
-be shared and noisy; compare ratios, not absolute numbers across runs).
+Every figure is measured in several rounds, each in a fresh process (``btxrd.bench.rounds``), the
+rounds of different figures interleaved; a figure is reported as its median with its min-max spread.
+A ratio (efficiency, speed-up) is taken within one round, pair by pair, then summarised the same way.
+The machine may be shared and noisy: compare ratios, not absolute numbers across runs.
 
-- model-only: training steps on uint8 batches already in memory;
-- end-to-end: the same steps fed by the real loader (image cache, uint8 crops);
-- naive: the same steps fed by a loader that decodes and resizes the JPEG every
-  time (the usual torchvision/timm way); pipeline efficiency = loader / model-only;
-- cache build vs a naive full decode + resize, images/s (and another input size, resized from
-  the decoded source without decoding again);
-- Grad-CAM cost per image relative to a forward pass;
+- model-only: the product's training steps on uint8 batches already in memory;
+- end-to-end: the same steps fed by the real loader (image cache, crops);
+  efficiency = end-to-end / model-only, judged: a value above 1 beyond the spread is flagged;
+- naive: the same steps fed by a loader that decodes and resizes the JPEG every time (the usual
+  torchvision/timm way);
+- the image cache's first build against a naive full decode + resize, images/s; another input size
+  from the same source;
+- Grad-CAM's cost per image relative to a forward pass;
 - the cost of a run's confidence intervals (group bootstrap, 2,000 resamples, 600 images);
-- the glibc allocator tunables suggested for this machine, A/B on model-only steps;
-- per-job start-up in a real 2-job multirun (process start and job start to first step).
+- start-up of a real 2-job multirun, cold (the first sweep: new tracking store, no image cache)
+  and warm, from the command's start to each job's first training step, phase by phase;
+- ``--only allocator``: an A/B of glibc allocator tunables on model-only steps (not in the default run).
 """
 
 from __future__ import annotations
@@ -30,24 +34,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from btxrd.cam import grad_cam
-from btxrd.config import compose_run, project_root
-from btxrd.data.cache import cache_images, canvas_size
-from btxrd.data.dataset import BTXRDImages, CropSettings
-from btxrd.data.loaders import collate_batch
+from btxrd.bench.common import described_efficiency, efficiency_finding, shown, spread
+from btxrd.config import project_root
 from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
-from btxrd.engine import InputPipeline, InputSpec
-from btxrd.models import build_model, cam_target
-from btxrd.runtime.process import GLIBC_TUNABLES
 
 # Width/height quantiles of the real release (shared/btxrd-reference/image_sizes.csv), used when that file is absent.
-ROUNDS = 3
-SOURCE_SIZE = 512  # the image cache's source canvas, as conf/data/btxrd.yaml sets it
 REAL_SIZE_FALLBACK = [(1612, 2256), (2544, 3056), (555, 816), (1024, 1286), (3213, 2397), (1979, 4881), (336, 404)]
+# Start-up phases, in order: (mark that ends the phase, what happens in it). The command's start is the first mark.
+PHASES = (
+    ("process_start", "launcher: interpreter, Hydra, config, parent run, starting the job's process"),
+    ("job_start", "job process: interpreter and imports until the job function runs"),
+    ("run_opened", "settings, config hash, checkpoint folder, MLflow run opened"),
+    ("data_ready", "dataset read and checked, split, image cache"),
+    ("model_built", "model built"),
+    ("first_step", "loaders, optimiser, first training step"),
+)
+# Allocator tunables tried by `--only allocator` (not applied by the product: see the README's Performance section)
+GLIBC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824"
+)
 
 
 def real_sizes(n: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -61,145 +68,57 @@ def real_sizes(n: int, seed: int = 0) -> list[tuple[int, int]]:
     return [REAL_SIZE_FALLBACK[i % len(REAL_SIZE_FALLBACK)] for i in range(n)]
 
 
-class NaiveImages(Dataset):
-    """Decode + resize the full JPEG on every access, then a random crop: the usual way."""
-
-    def __init__(self, table: pd.DataFrame, image_size: int, seed: int = 0) -> None:
-        self.paths, self.labels = table["path"].tolist(), table["label"].to_numpy()
-        self.image_size, self.seed = image_size, seed
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng((self.seed, index))
-        canvas = round(self.image_size * 1.15)
-        with Image.open(self.paths[index]) as img:
-            gray = img.convert("L").resize((canvas, canvas), Image.Resampling.BILINEAR)
-        side = round(canvas * rng.uniform(0.7, 1.0))
-        left, top = (int(rng.integers(0, canvas - side + 1)) for _ in range(2))
-        crop = gray.crop((left, top, left + side, top + side)).resize((self.image_size,) * 2, Image.Resampling.BILINEAR)
-        image = torch.from_numpy(np.asarray(crop).copy())[None]
-        return image, int(self.labels[index]), torch.zeros(1, 1, 1, dtype=torch.uint8), False, index
+def fresh_round(kind: str, params: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, float]:
+    """One round of ``kind`` (btxrd.bench.rounds) in a new Python process; its figures."""
+    command = [sys.executable, "-m", "btxrd.bench.rounds", kind, json.dumps(params)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=project_root())
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark round {kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _train_steps(model, optimizer, batches, inputs: InputPipeline) -> float:
-    """Images/s of training steps over ``batches`` (an iterable of (images, labels))."""
-    seen = 0
-    start = time.perf_counter()
-    for images, labels in batches:
-        loss = torch.nn.functional.cross_entropy(model(inputs(images)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += len(labels)
-    return seen / (time.perf_counter() - start)
+def summarised(rounds: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each figure of the rounds as its spread."""
+    return {key: spread([r[key] for r in rounds]) for key in rounds[0]}
 
 
-def _limited(batches, steps: int):
-    """(images, labels) of the next ``steps`` batches of a cycling loader."""
-    for _ in range(steps):
-        batch = next(batches)
-        yield batch.images, batch.labels
-
-
-def throughput(table: pd.DataFrame, cache_dir: Path, model_name: str, image_size: int, batch: int, steps: int):
-    torch.manual_seed(0)
-    model = build_model(compose_run([f"model={model_name}", "model.pretrained=false"]).model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inputs = InputPipeline(torch.device("cpu"), InputSpec())  # normalisation does not change the cost
-    memory = [(torch.randint(0, 256, (batch, 1, image_size, image_size), dtype=torch.uint8),
-               torch.randint(0, 3, (batch,))) for _ in range(4)]  # fmt: skip
-    _train_steps(model, optimizer, memory[:2], inputs)  # warm-up
-    cache = cache_images(table, canvas_size(image_size, 1.15), cache_dir, source_size=SOURCE_SIZE)
-    cached = BTXRDImages(table, cache, image_size, train=True, crop=CropSettings(0.7, 1.0, True))
-    loader = _cycle(DataLoader(cached, batch_size=batch, shuffle=True, drop_last=True, num_workers=0,
-                               collate_fn=collate_batch))  # fmt: skip
-    naive_loader = _cycle(DataLoader(NaiveImages(table, image_size), batch_size=batch, shuffle=True, drop_last=True,
-                                     collate_fn=collate_batch))  # fmt: skip
-    # Interleaved rounds, median of each: the machine is shared, its speed drifts within a run.
-    rounds: dict[str, list[float]] = {"model_only": [], "end_to_end": [], "naive": []}
-    for _ in range(ROUNDS):
-        rounds["model_only"].append(_train_steps(model, optimizer, [memory[i % 4] for i in range(steps)], inputs))
-        rounds["end_to_end"].append(_train_steps(model, optimizer, _limited(loader, steps), inputs))
-        rounds["naive"].append(_train_steps(model, optimizer, _limited(naive_loader, steps), inputs))
-    model_only, end_to_end, naive = (float(np.median(rounds[k])) for k in ("model_only", "end_to_end", "naive"))
-    # Grad-CAM vs a forward pass, per image, eval mode.
-    x = inputs(memory[0][0])
-    model.eval()
-    with torch.no_grad():
-        model(x)
-        start = time.perf_counter()
-        for _ in range(3):
-            model(x)
-        forward = (time.perf_counter() - start) / 3
-    start = time.perf_counter()
-    for _ in range(3):
-        grad_cam(model, x, cam_target(model))
-    cam = (time.perf_counter() - start) / 3
-    return {"model_only_ips": model_only, "end_to_end_ips": end_to_end, "naive_ips": naive,
-            "efficiency": end_to_end / model_only, "naive_efficiency": naive / model_only,
-            "gradcam_over_forward": cam / forward}  # fmt: skip
-
-
-def _cycle(loader: DataLoader):
-    while True:
-        yield from loader
-
-
-def cache_build(table: pd.DataFrame, cache_dir: Path, image_size: int) -> dict[str, float]:
-    """The first cache build of a sweep (decode to the source size, letterbox the run's canvas from it),
-    on 1 thread and on every core; another input size from the same source; a naive decode + resize."""
-    canvas = canvas_size(image_size, 1.15)
-    results = {}
-    for workers in (1, os.cpu_count() or 1):
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        start = time.perf_counter()
-        cache_images(table, canvas, cache_dir, workers=workers, source_size=SOURCE_SIZE)
-        results[f"cache_build_ips_{workers}_threads"] = len(table) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    cache_images(table, canvas_size(image_size + 32, 1.15), cache_dir, workers=1,
-                 source_size=SOURCE_SIZE)  # no decoding: from the source
-    results["cache_other_size_ips_1_thread"] = len(table) / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for path in table["path"]:
-        with Image.open(path) as img:
-            img.convert("L").resize((canvas, canvas), Image.Resampling.BILINEAR)
-    results["naive_decode_ips_1_thread"] = len(table) / (time.perf_counter() - start)
-    results["cache_vs_naive_1_thread"] = results["cache_build_ips_1_threads"] / results["naive_decode_ips_1_thread"]
-    results["cache_vs_naive_parallel"] = (
-        results[f"cache_build_ips_{os.cpu_count() or 1}_threads"] / results["naive_decode_ips_1_thread"]
-    )
-    return results
-
-
-def allocator_ab(image_size: int, batch: int, steps: int) -> dict[str, float]:
-    """Model-only steps in fresh processes with and without the glibc tunables (set before start)."""
-    code = (
-        "import torch,time;from btxrd.models import build_model;from btxrd.config import compose_run;"
-        "torch.manual_seed(0);m=build_model(compose_run(['model.pretrained=false']).model);"
-        "o=torch.optim.AdamW(m.parameters());"
-        f"x=torch.randn({batch},1,{image_size},{image_size});y=torch.randint(0,3,({batch},))\n"
-        "def s():\n l=torch.nn.functional.cross_entropy(m(x),y);o.zero_grad();l.backward();o.step()\n"
-        f"s();s();t=time.perf_counter()\nfor _ in range({steps}): s()\n"
-        f"print({batch}*{steps}/(time.perf_counter()-t))"
-    )
-    measured: dict[str, list[float]] = {"default": [], "tunables": []}
-    for _ in range(ROUNDS):  # interleaved A/B, fresh processes (glibc reads tunables at start-up)
-        for name, extra in (("default", {}), ("tunables", {"GLIBC_TUNABLES": GLIBC_TUNABLES})):
-            env = {**os.environ, **extra}
-            if not extra:
-                env.pop("GLIBC_TUNABLES", None)
-            result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-            measured[name].append(float(result.stdout.strip().splitlines()[-1]))
-    out = {f"allocator_{name}_ips": float(np.median(values)) for name, values in measured.items()}
-    out["allocator_ratio"] = out["allocator_tunables_ips"] / out["allocator_default_ips"]
+def throughput(data_root: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Per input size: model-only, end-to-end and naive images/s, efficiencies and Grad-CAM's cost."""
+    rounds: dict[int, list[dict[str, float]]] = {size: [] for size in args.sizes}
+    for index in range(args.rounds):  # interleaved: every size in every round
+        for size in args.sizes:
+            print(f"throughput at {size} px, round {index + 1} of {args.rounds} ...", flush=True)
+            params = {"overrides": [f"model={args.model}", f"model.image_size={size}"], "size": size,
+                      "batch": args.batch, "steps": args.steps, "round": index, "data_root": str(data_root),
+                      "cache_dir": str(work / "cache"), "gradcam": True}  # fmt: skip
+            rounds[size].append(fresh_round("throughput", params))
+    out: dict[str, Any] = {}
+    for size, measured in rounds.items():
+        figures: dict[str, Any] = summarised(measured)
+        figures["efficiency"] = efficiency_finding([r["end_to_end_ips"] / r["model_only_ips"] for r in measured])
+        figures["naive_efficiency"] = efficiency_finding([r["naive_ips"] / r["model_only_ips"] for r in measured])
+        out[f"{size}px"] = figures
     return out
 
 
-def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = ROUNDS) -> dict[str, float]:
+def cache_build(data_root: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The image cache's first build and a naive decode, images/s; per-round speed-ups."""
+    measured = []
+    for index in range(args.rounds):
+        print(f"image cache build, round {index + 1} of {args.rounds} ...", flush=True)
+        measured.append(fresh_round("cache_build", {"data_root": str(data_root), "cache_dir": str(work / "cache_build"),
+                                                    "size": max(args.sizes)}))  # fmt: skip
+    out: dict[str, Any] = summarised(measured)
+    cores = os.cpu_count() or 1
+    for name, threads in (("1_thread", 1), ("parallel", cores)):  # per round: the build over the naive decode
+        out[f"cache_vs_naive_{name}"] = spread([r[f"cache_build_ips_{threads}_threads"] / r["naive_decode_ips_1_thread"]
+                                                for r in measured])  # fmt: skip
+    return out
+
+
+def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = 5) -> dict[str, Any]:
     """Seconds to give a 600-image test part every interval a run logs: the group bootstrap's weights,
-    all classification metrics, three Grad-CAM means, two operating points (median of ``rounds``)."""
+    all classification metrics, three Grad-CAM means, two operating points."""
     from btxrd.data.schema import CLASS_NAMES
     from btxrd.metrics.uncertainty import (
         classification_replicates,
@@ -224,77 +143,135 @@ def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = ROU
         for threshold in (0.5, 0.7):
             operating_point_replicates(probs[:, 2], labels == 2, threshold, weights)
         times.append(time.perf_counter() - start)
-    return {"bootstrap_seconds_median": float(np.median(times)), "bootstrap_seconds_min": float(min(times)),
-            "bootstrap_seconds_max": float(max(times)), "bootstrap_images": n_images, "bootstrap_resamples": resamples}
+    return {"seconds": spread(times), "images": n_images, "resamples": resamples}
 
 
-def startup(data_root: Path, work: Path) -> dict[str, float]:
-    """A real 2-job multirun on this dataset, run twice: cold (builds the image cache and the probe
-    memo, as the first sweep on a dataset does) and warm (every later sweep). Start-up times are
-    the ones the jobs log: job start and process start to the first training step."""
-    out: dict[str, float] = {}
-    for phase in ("cold", "warm"):
-        args = [sys.executable, str(Path(project_root()) / "train.py"), "-m", "experiment=demo",
-                f"data.root={data_root}", f"paths.root={work}", "train.epochs=1", "tracking.enabled=false",
-                "annotations=on,off", "hydra.launcher.n_jobs=2",
-                f"hydra.sweep.dir={work}/multirun/{phase}"]  # fmt: skip
-        result = subprocess.run(args, capture_output=True, text=True, cwd=work)
-        if result.returncode != 0:
-            raise RuntimeError(f"start-up multirun failed:\n{result.stderr[-3000:]}")
-        metrics = [json.loads(p.read_text()) for p in sorted(work.glob(f"multirun/{phase}/*/metrics_test.json"))]
-        out[f"job_startup_seconds_{phase}"] = max(m["startup_seconds"] for m in metrics)
-        out[f"process_startup_seconds_{phase}"] = max(m["process_startup_seconds"] for m in metrics)
+def startup_round(data_root: Path, work: Path, phase: str) -> dict[str, float]:
+    """One 2-job multirun, as a user starts it: the seconds of each phase of the job that starts training
+    last, from the command's start to its first training step (the phases add up to the total)."""
+    args = [sys.executable, str(Path(project_root()) / "train.py"), "-m", "experiment=demo",
+            f"data.root={data_root}", f"paths.root={work}", "train.epochs=1", "annotations=on,off",
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={work}/multirun/{phase}"]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    command_start = time.time()
+    result = subprocess.run(args, capture_output=True, text=True, cwd=work, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"start-up multirun failed:\n{result.stderr[-3000:]}")
+    jobs = [json.loads(p.read_text()) for p in sorted(work.glob(f"multirun/{phase}/*/startup.json"))]
+    later = max(jobs, key=lambda job: job["first_step"])  # the phases of the job that starts training last
+    marks = [command_start] + [later[mark] for mark, _ in PHASES]
+    out = {mark: end - start for (mark, _), start, end in zip(PHASES, marks[:-1], marks[1:], strict=True)}
+    out["total"] = later["first_step"] - command_start
     return out
 
 
+def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
+    """Cold (a new project folder: new tracking store, no image cache or probe memo) then warm (the same
+    folder again), ``rounds`` times, interleaved."""
+    measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+    for index in range(rounds):
+        folder = work / "startup" / str(index)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for phase in ("cold", "warm"):
+            print(f"start-up of a 2-job sweep, {phase}, round {index + 1} of {rounds} ...", flush=True)
+            measured[phase].append(startup_round(data_root, folder, phase))
+    return {phase: summarised(values) for phase, values in measured.items()}
+
+
+def allocator_ab(args: argparse.Namespace) -> dict[str, Any]:
+    """Model-only steps with and without ``GLIBC_TUNABLES`` (glibc reads them only at start-up, so each
+    arm is its own process), alternating which arm goes first; speed-up taken pair by pair."""
+    configurations = {f"{args.model} {size} px": ([f"model={args.model}", f"model.image_size={size}"], size)
+                      for size in args.sizes}  # fmt: skip
+    configurations["ae_attention 128 px"] = (["task=reconstruct", "model=ae_attention", "model.image_size=128",
+                                              "model.base_channels=16", "model.latent_channels=4"], 128)  # fmt: skip
+    out: dict[str, Any] = {"tunables": GLIBC_TUNABLES}
+    plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    arms = {"default": plain, "tunables": {**plain, "GLIBC_TUNABLES": GLIBC_TUNABLES}}
+    for name, (overrides, size) in configurations.items():
+        measured: dict[str, list[float]] = {arm: [] for arm in arms}
+        for index in range(args.rounds):
+            print(f"allocator A/B, {name}, round {index + 1} of {args.rounds} ...", flush=True)
+            order = list(arms) if index % 2 == 0 else list(reversed(arms))
+            for arm in order:
+                params = {"overrides": overrides, "size": size, "batch": args.batch, "steps": args.steps,
+                          "round": 0}  # fmt: skip
+                measured[arm].append(fresh_round("throughput", params, env=arms[arm])["model_only_ips"])
+        ratios = [t / d for d, t in zip(measured["default"], measured["tunables"], strict=True)]
+        out[name] = {**{f"{arm}_ips": spread(v) for arm, v in measured.items()}, "speedup": spread(ratios),
+                     "speedup_geometric_mean_ci95": geometric_mean_interval(ratios)}  # fmt: skip
+    return out
+
+
+def geometric_mean_interval(ratios: list[float]) -> list[float]:
+    """95% t-interval of the geometric mean of paired ratios (log scale)."""
+    from scipy import stats
+
+    logs = np.log(ratios)
+    low, high = stats.t.interval(0.95, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+    return [float(np.exp(low)), float(np.exp(high))]
+
+
+def print_allocator(results: dict[str, Any]) -> None:
+    print(f"\nglibc tunables {results['tunables']}\nmodel-only img/s, median (min-max) of fresh processes:")
+    for name, r in results.items():
+        if name == "tunables":
+            continue
+        low, high = r["speedup_geometric_mean_ci95"]
+        print(f"  {name:>22}: default {shown(r['default_ips'])}, tunables {shown(r['tunables_ips'])}; speed-up "
+              f"{shown(r['speedup'], 2)}, geometric mean 95% CI [{low:.2f}, {high:.2f}]")  # fmt: skip
+
+
 def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
-    """The CPU benchmark (the module's docstring lists what it measures); prints its table."""
+    """The CPU benchmark (the module's docstring lists what it measures); prints its tables."""
     work = Path(args.workdir)
     data_root = work / f"data_real_sizes_{args.n}"
     if not (data_root / "dataset.xlsx").is_file():
         print(f"generating {args.n} images of the release's real sizes in {data_root} ...", flush=True)
         generate(data_root, n=args.n, seed=0, image_sizes=real_sizes(args.n))
     table = load_dataset(data_root, read_annotations=False)
-    threads = torch.get_num_threads()
-    results: dict[str, Any] = {"model": args.model, "threads": threads, "batch": args.batch, "n_images": len(table),
+    results: dict[str, Any] = {"model": args.model, "threads": torch.get_num_threads(), "batch": args.batch,
+                               "steps": args.steps, "rounds": args.rounds, "n_images": len(table),
                                "median_width": float(table["width"].median()),
                                "median_height": float(table["height"].median())}  # fmt: skip
-    results.update(cache_build(table, work / "cache_build", max(args.sizes)))
-    for size in args.sizes:
-        print(f"measuring {args.model} at {size} px ...", flush=True)
-        for key, value in throughput(table, work / "cache", args.model, size, args.batch, args.steps).items():
-            results[f"{key}_{size}"] = value
-    results.update(allocator_ab(min(args.sizes), args.batch, args.steps))
-    results.update(bootstrap_cost())
-    startup_work = work / "startup"
-    shutil.rmtree(startup_work, ignore_errors=True)
-    startup_work.mkdir(parents=True)
-    results.update(startup(data_root, startup_work))
-
-    print(f"\n{args.model}, {threads} threads, batch {args.batch}, {len(table)} images "
-          f"(median {results['median_width']:.0f} x {results['median_height']:.0f} px)\n")  # fmt: skip
-    print(f"{'input':>6} {'model-only':>11} {'end-to-end':>11} {'efficiency':>11} {'naive':>8} "
-          f"{'naive eff.':>11} {'Grad-CAM/fwd':>13}")  # fmt: skip
-    for size in args.sizes:
-        r = {k.removesuffix(f"_{size}"): v for k, v in results.items() if k.endswith(f"_{size}")}
-        print(f"{size:>4}px {r['model_only_ips']:>9.1f}/s {r['end_to_end_ips']:>9.1f}/s {r['efficiency']:>11.2f} "
-              f"{r['naive_ips']:>6.1f}/s {r['naive_efficiency']:>11.2f} "
-              f"{r['gradcam_over_forward']:>12.2f}x")  # fmt: skip
-    cores = os.cpu_count() or 1
-    print(f"\ncache build (decode once): {results['cache_build_ips_1_threads']:.1f} img/s on 1 thread, "
-          f"{results[f'cache_build_ips_{cores}_threads']:.1f} on {cores}; naive decode+resize "
-          f"{results['naive_decode_ips_1_thread']:.1f} img/s: {results['cache_vs_naive_1_thread']:.1f}x per thread, "
-          f"{results['cache_vs_naive_parallel']:.1f}x as built; another input size from the same source: "
-          f"{results['cache_other_size_ips_1_thread']:.0f} img/s on 1 thread")  # fmt: skip
-    print(
-        f"glibc tunables: {results['allocator_ratio']:.2f}x model-only throughput "
-        f"({results['allocator_tunables_ips']:.1f} vs {results['allocator_default_ips']:.1f} img/s)"
-    )
-    print(f"confidence intervals of a {results['bootstrap_images']}-image test part, "
-          f"{results['bootstrap_resamples']} group-bootstrap resamples: {results['bootstrap_seconds_median']:.2f} s "
-          f"(min {results['bootstrap_seconds_min']:.2f}, max {results['bootstrap_seconds_max']:.2f})")  # fmt: skip
-    for phase in ("cold", "warm"):
-        print(f"start-up per job, 2-job multirun, {phase}: job start to first step "
-              f"{results[f'job_startup_seconds_{phase}']:.1f} s, process start to first step "
-              f"{results[f'process_startup_seconds_{phase}']:.1f} s")  # fmt: skip
+    results["cache"] = cache_build(data_root, work, args)
+    results["throughput"] = throughput(data_root, work, args)
+    results["bootstrap"] = bootstrap_cost()
+    results["startup"] = startup(data_root, work, args.startup_rounds)
+    print_cpu(results)
     return results
+
+
+def print_cpu(results: dict[str, Any]) -> None:
+    print(f"\n{results['model']}, {results['threads']} threads, batch {results['batch']}, {results['n_images']} "
+          f"images (median {results['median_width']:.0f} x {results['median_height']:.0f} px); median (min-max) "
+          f"of {results['rounds']} rounds in fresh processes\n")  # fmt: skip
+    print(f"{'input':>6} | {'model-only img/s':>18} | {'end-to-end img/s':>18} | {'efficiency':>32} | "
+          f"{'naive img/s':>18} | {'naive efficiency':>18} | Grad-CAM / forward")  # fmt: skip
+    for size, r in results["throughput"].items():
+        print(f"{size:>6} | {shown(r['model_only_ips']):>18} | {shown(r['end_to_end_ips']):>18} | "
+              f"{described_efficiency(r['efficiency']):>32} | {shown(r['naive_ips']):>18} | "
+              f"{described_efficiency(r['naive_efficiency']):>18} | {shown(r['gradcam_over_forward'], 2)}")  # fmt: skip
+    c, cores = results["cache"], os.cpu_count() or 1
+    print(f"\nimage cache, first build: {shown(c['cache_build_ips_1_threads'])} img/s on 1 thread, "
+          f"{shown(c[f'cache_build_ips_{cores}_threads'])} on {cores}; naive decode + resize "
+          f"{shown(c['naive_decode_ips_1_thread'])} img/s: {shown(c['cache_vs_naive_1_thread'], 2)}x per thread, "
+          f"{shown(c['cache_vs_naive_parallel'], 2)}x as built; another input size from the same source: "
+          f"{shown(c['cache_other_size_ips_1_thread'], 0)} img/s on 1 thread")  # fmt: skip
+    b = results["bootstrap"]
+    print(f"confidence intervals of a {b['images']}-image test part, {b['resamples']} group-bootstrap "
+          f"resamples: {shown(b['seconds'], 2)} s")  # fmt: skip
+    s = results["startup"]
+    print("\nstart-up of a 2-job multirun, seconds (the job that starts training last), median (min-max):")
+    print(f"{'phase':>13} | {'cold':>17} | {'warm':>17} | what")
+    for mark, what in PHASES:
+        print(f"{mark:>13} | {shown(s['cold'][mark]):>17} | {shown(s['warm'][mark]):>17} | {what}")
+    print(f"{'total':>13} | {shown(s['cold']['total']):>17} | {shown(s['warm']['total']):>17} | "
+          "command start to the later job's first training step")  # fmt: skip
+
+
+def implausible(results: dict[str, Any]) -> list[str]:
+    """The figures flagged as physically impossible (not results)."""
+    return [f"{size} {name}" for size, r in results.get("throughput", {}).items()
+            for name in ("efficiency", "naive_efficiency") if r[name]["verdict"] == "implausible"]  # fmt: skip

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from btxrd.bench.common import Trainer, spread, training_loader, uint8_batches
 from btxrd.config import compose_run
-from btxrd.data.cache import cache_for
-from btxrd.data.dataset import BTXRDImages, CropSettings
-from btxrd.data.loaders import Batch, collate_batch, loader_workers, make_loader
+from btxrd.data.loaders import collate_batch, loader_workers
 from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
-from btxrd.engine.fit import epoch_stream, set_up_training
-from btxrd.engine.loop import EpochStats, train_one_epoch
-from btxrd.models import build_model
-from btxrd.tasks import make_task
+from btxrd.engine.fit import epoch_stream
 
 ROUNDS = 3
 # (model, input size, batch): the plan's sizes, batches as large as timm's own training benchmark uses.
@@ -43,54 +38,7 @@ TIMM_RTX3090 = {"b0": ("efficientnet_b0 @ 224", 1752), "b3": ("efficientnet_b3 @
                 "resnet50_cbam": ("resnet50 @ 224 (no CBAM)", 1218)}  # fmt: skip
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
-
-
-def _gpu_batches(batch: int, size: int, device: torch.device, n: int = 4) -> list[Batch]:
-    generator = torch.Generator().manual_seed(0)
-    return [Batch(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=generator).to(device),
-                  torch.randint(0, 3, (batch,), generator=generator).to(device),
-                  torch.zeros(batch, 1, size, size, dtype=torch.uint8, device=device),
-                  torch.zeros(batch, dtype=torch.bool, device=device), torch.arange(batch, device=device))
-            for _ in range(n)]  # fmt: skip
-
-
-class _Trainer:
-    """A model set up as ``fit`` sets it up (optimiser, schedule, scaler, inputs; compiled with compile=True),
-    from the composed config with ``overrides`` and ``train`` settings replaced."""
-
-    def __init__(self, overrides: list[str], device: torch.device, labels: np.ndarray, **train: Any) -> None:
-        run = compose_run(["model.pretrained=false", *overrides])
-        self.run = replace(run, train=replace(run.train, **train))
-        self.model = build_model(self.run.model)
-        self.objective = make_task(self.run).objective(self.model)
-        self.training, self.inputs, self.scaler, self.stepper = set_up_training(
-            self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10)  # fmt: skip
-        self.epoch = 0
-
-    def run_epoch(self, batches) -> EpochStats:
-        stats = train_one_epoch(self.stepper, batches, self.objective, self.training.optimizer,
-                                self.training.scheduler, self.scaler, self.inputs, epoch=self.epoch,
-                                generator=torch.Generator().manual_seed(self.epoch), amp=self.run.train.amp,
-                                grad_clip=0.0, sync_every=self.run.train.sync_every)  # fmt: skip
-        self.epoch += 1
-        return stats
-
-    def images_per_second(self, batches) -> float:
-        stats = self.run_epoch(batches)
-        return stats.images / stats.seconds
-
-
-def _loader(table, size: int, batch: int, device: torch.device, workers: int, annotations: bool = False):
-    run = compose_run([f"model.image_size={size}"])
-    cache = cache_for(table, size, run.data)
-    crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
-    dataset = BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
-    return make_loader(dataset, batch, train=True, workers=workers, device=device, seed=0)
-
-
-def _epochs(trainer: _Trainer, loader, epochs: int) -> float:
+def _epochs(trainer: Trainer, loader, epochs: int) -> float:
     """Images/s over ``epochs`` whole epochs of the real loader, as fit runs them (epoch starts included)."""
     next_epoch = epoch_stream(loader, trainer.epoch)
     images, start = 0, time.perf_counter()
@@ -107,9 +55,9 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) ->
     for name, size, batch in MODELS:
         print(f"GPU: {name} at {size} px, batch {batch} ...", flush=True)
         torch.backends.cudnn.benchmark = True  # as timm's benchmark runs (the product's default is deterministic)
-        trainer = _Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
-        on_gpu = _gpu_batches(batch, size, device)
-        loader = _loader(table, size, batch, device, workers)
+        trainer = Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
+        on_gpu = uint8_batches(batch, size, device)
+        loader = training_loader(table, size, batch, device, workers)
         trainer.images_per_second([on_gpu[i % 4] for i in range(5)])  # warm-up (cuDNN autotuning)
         _epochs(trainer, loader, 1)  # workers started, caches warm
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,8 +66,8 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) ->
             model_only.append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
             end_to_end.append(_epochs(trainer, loader, epochs))
         ratios = [e / m for e, m in zip(end_to_end, model_only, strict=True)]
-        out[name] = {"size": size, "batch": batch, "model_only_ips": _spread(model_only),
-                     "end_to_end_ips": _spread(end_to_end), "efficiency": _spread(ratios),
+        out[name] = {"size": size, "batch": batch, "model_only_ips": spread(model_only),
+                     "end_to_end_ips": spread(end_to_end), "efficiency": spread(ratios),
                      "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
                      "timm_rtx3090": TIMM_RTX3090[name]}  # fmt: skip
         del trainer, loader
@@ -134,12 +82,12 @@ def loader_ceiling(table, device: torch.device, steps: int = 12) -> dict[str, An
     for size in (224, 300):
         for guided in (False, True):
             key = f"{size}px_{'annotations' if guided else 'plain'}"
-            dataset = _loader(table, size, 64, device, 0, guided).dataset
+            dataset = training_loader(table, size, 64, device, 0, guided).dataset
             start = time.perf_counter()
             items = [dataset[i % len(dataset)] for i in range(256)]
             collate_batch(items)
             one = 256 / (time.perf_counter() - start)
-            loader = _loader(table, size, 256, device, workers, guided)
+            loader = training_loader(table, size, 256, device, workers, guided)
             iterator = iter(loader)
             next(iterator)
             start, seen = time.perf_counter(), 0
@@ -159,12 +107,12 @@ def loader_ceiling(table, device: torch.device, steps: int = 12) -> dict[str, An
 def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, Any]:
     """b0 at 224 px: a read-back every step against every 25 steps; torch.compile against eager."""
     labels = table["label"].to_numpy()
-    on_gpu = _gpu_batches(256, 224, device)
+    on_gpu = uint8_batches(256, 224, device)
     b0 = ["model=b0", "model.image_size=224"]
-    trainers = {"sync_every_1": _Trainer(b0, device, labels, sync_every=1),
-                "sync_every_25": _Trainer(b0, device, labels, sync_every=25)}  # fmt: skip
+    trainers = {"sync_every_1": Trainer(b0, device, labels, sync_every=1),
+                "sync_every_25": Trainer(b0, device, labels, sync_every=25)}  # fmt: skip
     start = time.perf_counter()
-    trainers["compiled"] = _Trainer(b0, device, labels, compile=True)
+    trainers["compiled"] = Trainer(b0, device, labels, compile=True)
     trainers["compiled"].images_per_second([on_gpu[i % 4] for i in range(3)])
     compile_seconds = time.perf_counter() - start
     for trainer in trainers.values():
@@ -173,10 +121,10 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
     for _ in range(ROUNDS):
         for key, trainer in trainers.items():
             measured[key].append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
-    out: dict[str, Any] = {k: _spread(v) for k, v in measured.items()}
-    out["per_step_sync_cost"] = _spread([b / a for a, b in zip(measured["sync_every_1"], measured["sync_every_25"],
+    out: dict[str, Any] = {k: spread(v) for k, v in measured.items()}
+    out["per_step_sync_cost"] = spread([b / a for a, b in zip(measured["sync_every_1"], measured["sync_every_25"],
                                                                 strict=True)])  # fmt: skip
-    out["compile_speedup"] = _spread([c / e for c, e in zip(measured["compiled"], measured["sync_every_25"],
+    out["compile_speedup"] = spread([c / e for c, e in zip(measured["compiled"], measured["sync_every_25"],
                                                              strict=True)])  # fmt: skip
     out["compile_seconds"] = compile_seconds
     return out
@@ -194,8 +142,8 @@ def autoencoder_memory(device: torch.device) -> dict[str, Any]:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
-                trainer = _Trainer(["task=reconstruct", *overrides], device, np.zeros(8, dtype=int), amp=amp)
-                batches = _gpu_batches(batch, 256, device, n=1)
+                trainer = Trainer(["task=reconstruct", *overrides], device, np.zeros(8, dtype=int), amp=amp)
+                batches = uint8_batches(batch, 256, device, n=1)
                 trainer.images_per_second(batches * 2)
                 ips = trainer.images_per_second(batches * 5)
                 out[f"{name}_batch{batch}_{'bf16' if amp else 'fp32'}"] = {

@@ -90,6 +90,8 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
 
 def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, config: dict, folder: Path,
            resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
+    # Wall-clock marks of the start-up phases, written to startup.json (`make bench` tables them)
+    startup = {"process_start": process_start_time(), "job_start": job_start, "run_opened": time.time()}
     out_dir = job.output_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,8 +110,10 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     recorder.artifact(out_dir / "config.json")
 
     data = load_run_data(run, task, runtime, out_dir)
+    startup["data_ready"] = time.time()
     recorder.artifact(data.split_csv)
     model = build_model(run.model)
+    startup["model_built"] = time.time()
     if fresh:
         log_datasets(recorder, run.data.root, data.rows, run.split.name)
         sizes = {**{f"data.n_{p}": len(r) for p, r in data.rows.items()}, "data.n_unused": data.unused}
@@ -123,6 +127,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
                  extra_state={"config": config, "class_names": list(CLASS_NAMES), "code_version": version,
                               "mlflow_run_id": recorder.run_id or ""})  # fmt: skip
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
+    (out_dir / "startup.json").write_text(json.dumps({**startup, "first_step": result.first_step_at}, indent=2))
 
     # The best checkpoint, with the operating points chosen on the validation part, scores the test part.
     best = load_checkpoint(result.best_path)
@@ -139,7 +144,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
         **test_metrics,
         # job start (task function entered) to the first optimiser step: data, split, cache, model
         "startup_seconds": result.first_step_at - job_start,
-        "process_startup_seconds": result.first_step_at - process_start_time(),
+        "process_startup_seconds": result.first_step_at - startup["process_start"],
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         f"best_{task.monitor}": result.best_score,
