@@ -6,11 +6,6 @@ PY := $(VENV)/bin/python
 DEMO_DATA ?= data/demo
 DEMO_N ?= 480
 MLFLOW_PORT ?= 5000
-# glibc allocator tunables for every command run from here (tests included): 1.3-1.4x faster CPU
-# training steps, measured by `make bench` (btxrd/runtime.py). train.py and evaluate.py set them
-# by themselves; an existing GLIBC_TUNABLES (even empty) is kept.
-GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824
-export GLIBC_TUNABLES
 
 .PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders bench mlflow-server clean clean-all
 

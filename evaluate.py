@@ -7,7 +7,6 @@ from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
 from btxrd.entry import hydra_task
-from btxrd.runtime.process import use_allocator_tunables
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
@@ -18,5 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    use_allocator_tunables()  # re-executes once, before anything large is allocated
     sys.exit(main())

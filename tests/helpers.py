@@ -92,7 +92,7 @@ def free_port() -> int:
 
 def _as_a_user_starts_it() -> dict[str, str]:
     # No MLflow/btxrd variables, no allocator tunables (the scripts set those).
-    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_", "GLIBC_TUNABLES"))}
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_"))}
 
 
 def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300,

@@ -197,6 +197,26 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
     assert probed[-1] == 1  # only the changed file was decoded again
 
 
+def test_the_sheet_is_read_once_and_again_when_edited(synth_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    first = load_dataset(synth_copy, memo_dir=tmp_path)
+    real_read_excel = pd.read_excel
+    read: list[Path] = []
+    monkeypatch.setattr(pd, "read_excel", lambda path, **kw: read.append(path) or real_read_excel(path, **kw))
+    pd.testing.assert_frame_equal(load_dataset(synth_copy, memo_dir=tmp_path), first)
+    assert read == []  # the remembered sheet, not openpyxl
+    sheet_path = synth_copy / "dataset.xlsx"
+    sheet = real_read_excel(sheet_path).astype({"center": object})
+    sheet.loc[sheet["image_id"] == first["image_id"].iloc[0], "center"] = "x"  # a broken edit
+    sheet.to_excel(sheet_path, index=False)
+    with pytest.raises(DataError, match="column 'center' is empty or not a number"):
+        load_dataset(synth_copy, memo_dir=tmp_path)
+    assert read == [sheet_path]  # an edited sheet is read and checked again, never served from the memo
+    sheet.loc[sheet["center"] == "x", "center"] = 3
+    sheet.to_excel(sheet_path, index=False)
+    assert load_dataset(synth_copy, memo_dir=tmp_path)["center"].iloc[0] == 3
+    assert len(read) == 2
+
+
 @pytest.mark.slow
 def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
     outputs = run_python_at_once(

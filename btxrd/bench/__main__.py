@@ -17,7 +17,7 @@ from btxrd.config import project_root
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=cpu.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--only", choices=("cpu", "gpu", "allocator"), default=None,
+    parser.add_argument("--only", choices=("cpu", "gpu", "allocator", "startup"), default=None,
                         help="one section (default: cpu and gpu)")
     parser.add_argument("--n", type=int, default=160, help="generated images (real sizes)")
     parser.add_argument("--model", default="b0")
@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.only == "startup":
+        results = cpu.startup(cpu.bench_data(args), work, args.startup_rounds)
+        cpu.print_startup(results)
+        out = work / "bench_startup.json"
+        out.write_text(json.dumps(results, indent=2))
+        print(f"\nwritten {out}")
+        return 0
     if args.only == "allocator":
         results = cpu.allocator_ab(args)
         cpu.print_allocator(results)

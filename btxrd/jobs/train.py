@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -104,8 +103,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
     fresh = resume is None  # a continued run has its parameters already
     if fresh:
         recorder.log_params({**flatten(config), "runtime.device": str(runtime.device),
-                             "runtime.threads": str(runtime.threads),
-                             "runtime.glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")})  # fmt: skip
+                             "runtime.threads": str(runtime.threads)})  # fmt: skip
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     recorder.artifact(out_dir / "config.json")
 

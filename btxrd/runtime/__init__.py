@@ -1,6 +1,6 @@
 """The process a job runs in, one module each (imported directly: ``process`` stays light, no torch):
 
-- ``process``: glibc allocator tunables and stop signals (SIGTERM, Ctrl-C);
+- ``process``: stop signals (SIGTERM, Ctrl-C), the watch on a sweep's launcher;
 - ``environment``: device, threads per job, seeds;
 - ``provenance``: the code's commit and version, when the process started.
 

@@ -15,12 +15,6 @@ from pathlib import Path
 from btxrd.cli import run_cli
 
 
-def server_environment(**extra: str) -> dict[str, str]:
-    """The environment for long-running servers: without the training allocator tunables (which
-    keep a process's peak heap for good, right for a training job, not for a server)."""
-    return {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, **extra}
-
-
 def log_tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -31,7 +31,6 @@ from btxrd.errors import ConfigError
 from btxrd.runtime.daemons import (
     log_tail,
     serve_until_stopped,
-    server_environment,
     start_daemon,
     stop_daemon,
     wait_while,
@@ -82,7 +81,7 @@ class LocalSlurm:
         return {"SLURM_CONF": str(self.conf)}
 
     def _daemon_env(self) -> dict[str, str]:
-        return server_environment(**self.env)
+        return {**os.environ, **self.env}
 
     def _start(self, name: str, command: list[str]) -> None:
         self.processes[name] = start_daemon(command, self.folder / f"{name}.log", self._daemon_env())

@@ -28,7 +28,6 @@ from btxrd.errors import ConfigError
 from btxrd.runtime.daemons import (
     log_tail,
     serve_until_stopped,
-    server_environment,
     start_daemon,
     stop_daemon,
     wait_while,
@@ -66,7 +65,7 @@ class PostgresCluster:
 
     def _run(self, *command: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        done = subprocess.run([*prefix, *command], capture_output=True, text=True, env=server_environment())
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True)
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
             raise ConfigError(f"{Path(command[0]).name} failed for {self.data}: {detail[0]} (log: {self.log})")
@@ -114,7 +113,7 @@ class MlflowServer:
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
                    "--artifacts-destination", str(self.artifacts), "--host", HOST, "--port", str(self.port),
                    "--workers", "2"]  # fmt: skip
-        self.process = start_daemon(command, self.log, server_environment())
+        self.process = start_daemon(command, self.log, dict(os.environ))
         deadline = time.monotonic() + timeout_s  # the first start creates the schema: slow
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
