@@ -17,7 +17,7 @@ from btxrd.tracking.server import MlflowServer
 
 from .helpers import run_script, sweeps_in, tiny
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fresh_store]  # the server is the store
 
 
 def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgres_server(

@@ -75,7 +75,7 @@ def test_a_2x2_grid_runs_as_one_job_array_into_the_shared_server(
     slurm: LocalSlurm, server: MlflowServer, synth_root: Path, tmp_path: Path
 ) -> None:
     args = ["-m", *tiny(synth_root, tmp_path, *ON_SLURM), "split=stratified,center", "annotations=on,off",
-            f"tracking.uri={server.uri}"]  # fmt: skip
+            f"tracking.uri={server.uri}", "sweep.register_best=true", "tracking.log_model=true"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path, timeout=900, env=slurm.env)
     assert result.returncode == 0, result.stderr[-3000:]
     [(parent, children)] = sweeps_in(tmp_path, uri=server.uri)
@@ -95,6 +95,13 @@ def test_a_2x2_grid_runs_as_one_job_array_into_the_shared_server(
     assert len(arrays) == 1 and sorted(job.split("_")[1] for job in job_ids) == ["0", "1", "2", "3"]
     states = _slurm(slurm, "sacct", "-n", "-P", "-X", "-j", arrays.pop(), "-o", "JobID,State").split()
     assert sorted(states) == sorted(f"{job}|COMPLETED" for job in job_ids)
+    # Every run's logged model; the best by validation (never test) registered on the server
+    logged = {client.get_logged_model(c.data.tags["logged_model_id"]).source_run_id for c in children}
+    assert logged == {c.info.run_id for c in children}
+    best = max(children, key=lambda c: c.data.metrics["best_val_macro_f1"])
+    assert parent.data.tags["registered_model"] == "models:/btxrd-classifier/1"
+    assert client.get_model_version("btxrd-classifier", "1").run_id == best.info.run_id
+    assert "as models:/btxrd-classifier/1" in result.stderr
     sweep_dir = Path(parent.data.tags["sweep_dir"])
     assert "| 3 |" in (sweep_dir / "sweep_report.md").read_text()
     assert {"report/sweep_report.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

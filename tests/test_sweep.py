@@ -24,10 +24,12 @@ def runs_by_role(work: Path):
     return MlflowClient(f"sqlite:///{work / 'mlflow.db'}"), *sweep_runs(work)
 
 
+@pytest.mark.fresh_store
 def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
     # Two jobs at a time on a store the sweep creates (more writers at once: test_tracking).
+    # Logged and registered models: the Slurm grid (test_slurm, make test-integration), on a server
     args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
-            "hydra.launcher.n_jobs=2", "sweep.register_best=true", "tracking.log_model=true"]  # fmt: skip
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parents, children = runs_by_role(tmp_path)
@@ -36,7 +38,6 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     names = sorted(c.info.run_name for c in children)
     assert names == sorted(f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))
-    by_id = {c.info.run_id for c in children}
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["model.name"] == "b0" and "split.name" in child.data.params
@@ -49,12 +50,6 @@ def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_
         assert {"config.json", "split.csv", "confusion_matrix_test.png", "predictions_test.csv"} <= artifacts
         assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert "sweep: all 4 job(s) finished" in result.stderr
-    # Every run's logged model; the best by validation (never test) registered
-    assert {client.get_logged_model(c.data.tags["logged_model_id"]).source_run_id for c in children} == set(by_id)
-    best = max(children, key=lambda c: c.data.metrics["best_val_macro_f1"])
-    assert parents[0].data.tags["registered_model"] == "models:/btxrd-classifier/1"
-    assert client.get_model_version("btxrd-classifier", "1").run_id == best.info.run_id
-    assert "as models:/btxrd-classifier/1" in result.stderr
 
     # The sweep report: one row per job, written to the sweep folder and logged to the parent.
     sweep_dir = Path(parents[0].data.tags["sweep_dir"])

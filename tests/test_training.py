@@ -58,6 +58,11 @@ def test_outputs_of_a_run(trained) -> None:
     assert metrics["test_accuracy"] == pytest.approx((predictions["label"] == predictions["predicted"]).mean())
     for picture in ("confusion_matrix_test.png", "roc_test.png", "reliability_test.png", "gradcam/gradcam_benign.png"):
         assert (out / picture).stat().st_size > 1000, picture
+    # The start-up phases (make bench tables them): wall-clock marks in order, the same first step as the metrics
+    startup = json.loads((out / "startup.json").read_text())
+    marks = ["process_start", "job_start", "run_opened", "data_ready", "model_built", "first_step"]
+    assert list(startup) == marks and [startup[m] for m in marks] == sorted(startup.values())
+    assert startup["first_step"] - startup["job_start"] == pytest.approx(metrics["startup_seconds"])
 
 
 def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_root: Path) -> None:

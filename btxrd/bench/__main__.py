@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6, help="training steps per measurement and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per figure, each in a fresh process")
+    parser.add_argument("--cache-rounds", type=int, default=3, help="image cache builds (~35 s each)")
     parser.add_argument("--startup-rounds", type=int, default=3, help="cold + warm 2-job sweeps")
     parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
     args = parser.parse_args(argv)

@@ -80,7 +80,7 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
                                             num_workers=workers, collate_fn=collate_batch))  # fmt: skip
     names = list(feeds)
     for name in names:  # warm-up: first calls, allocations, the loaders' first items
-        trainer.run_epoch(itertools.islice(feeds[name], 2))
+        trainer.run_epoch(itertools.islice(feeds[name], 1))
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for step in range(steps):
         shift = (step + params["round"]) % len(names)
