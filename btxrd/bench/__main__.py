@@ -34,22 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "startup":
         results = cpu.startup(cpu.bench_data(args), work, args.startup_rounds)
         cpu.print_startup(results)
-        out = work / "bench_startup.json"
-        out.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {out}")
+        _write(results, work / "bench_startup.json")
         return 0
     if args.only == "allocator":
         results = cpu.allocator_ab(args)
         cpu.print_allocator(results)
-        out = work / "bench_allocator.json"
-        out.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {out}")
+        _write(results, work / "bench_allocator.json")
         return 0
     if args.only in (None, "cpu"):
         results = cpu.cpu_section(args)
-        out = work / "bench.json"
-        out.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {out}")
+        _write(results, work / "bench.json")
         flagged = cpu.implausible(results)
         if flagged:
             print(f"error: physically impossible figures (end-to-end faster than model-only in every round): "
@@ -63,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
         results = gpu.gpu_section(work)
         gpu.print_gpu(results)
-        out = work / "bench_gpu.json"
-        out.write_text(json.dumps(results, indent=2))
-        print(f"\nwritten {out}")
+        _write(results, work / "bench_gpu.json")
     return 0
+
+
+def _write(results: dict, out: Path) -> None:
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {out}")
 
 
 if __name__ == "__main__":
