@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -72,8 +73,12 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     assert not list(tmp_path.glob("*.pt"))
 
 
-def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path,
+                                                                _migrated_store: Path) -> None:  # fmt: skip
     small = ["train.epochs=3", "model.image_size=32", "train.device=cpu"]  # equal to the bit: a CPU guarantee
+    for folder in ("a", "b"):  # two project folders, each with a ready store (tests/conftest.py)
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(_migrated_store, tmp_path / folder / "mlflow.db")
     # Uninterrupted reference, in its own project folder (in-process: same code, no start-up cost).
     train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))
     expected = runs(tmp_path / "a")[0].data.metrics

@@ -24,9 +24,8 @@ def runs_by_role(work: Path):
     return MlflowClient(f"sqlite:///{work / 'mlflow.db'}"), *sweep_runs(work)
 
 
-@pytest.mark.fresh_store
 def test_multirun_2x2_logs_parent_and_4_finished_children(synth_root: Path, tmp_path: Path) -> None:
-    # Two jobs at a time on a store the sweep creates (more writers at once: test_tracking).
+    # Two jobs at a time (more writers at once, on a new store: test_tracking).
     # Logged and registered models: the Slurm grid (test_slurm, make test-integration), on a server
     args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
             "hydra.launcher.n_jobs=2"]  # fmt: skip
