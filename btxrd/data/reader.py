@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,10 +126,15 @@ def _read_sheet_memoised(path: Path, memo_dir: Path | None) -> pd.DataFrame:
         pass
     sheet = read_sheet(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-    sheet.to_parquet(tmp)
-    os.replace(tmp, memo)  # atomic: a job starting meanwhile reads the whole memo or none
+    _write_atomically(memo, sheet.to_parquet)
     return sheet
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` then a rename onto ``path``: a process reading meanwhile sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _labels(sheet: pd.DataFrame, path: Path) -> pd.Series:
@@ -234,9 +240,7 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
         if not isinstance(result, str) and keys[i]:
             memo[keys[i]] = list(result)
     if todo:
-        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        _write_atomically(memo_path, lambda tmp: tmp.write_text(json.dumps(memo)))
     return results
 
 
