@@ -3,8 +3,7 @@ figure is summarised (median with its spread over interleaved rounds)."""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from torch.utils.data import DataLoader
 from btxrd.config import compose_run
 from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
-from btxrd.data.loaders import Batch, EpochBatches, make_loader
+from btxrd.data.loaders import Batch, make_loader
+from btxrd.data.reader import load_dataset
 from btxrd.engine.fit import set_up_training
 from btxrd.engine.loop import EpochStats, train_one_epoch
 from btxrd.models import build_model
@@ -61,6 +61,12 @@ def described_efficiency(finding: dict[str, Any]) -> str:
     if finding["verdict"] == "no measurable loss":
         return f"~1, no loss measurable ({finding['min']:.2f}-{finding['max']:.2f})"
     return f"IMPLAUSIBLE {shown(finding, 2)}: end-to-end faster than model-only in every round"
+
+
+def bench_table(data_root: Path) -> pd.DataFrame:
+    """The benchmark dataset's table; its images are probed once, then remembered beside it (every
+    round is a fresh process: without the memo each would decode all of them again)."""
+    return load_dataset(data_root, read_annotations=False, memo_dir=data_root.parent / "memo")
 
 
 def uint8_batches(batch: int, size: int, device: torch.device, n: int = 4) -> list[Batch]:
@@ -108,10 +114,3 @@ def training_loader(table: pd.DataFrame, size: int, batch: int, device: torch.de
     crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
     dataset = BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
     return make_loader(dataset, batch, train=True, workers=workers, device=device, seed=0)
-
-
-def endless(loader: DataLoader) -> Iterator[Batch]:
-    """Batches for ever: a training loader's own stream of epochs, any other loader re-iterated."""
-    if isinstance(loader.batch_sampler, EpochBatches):
-        return iter(loader)
-    return itertools.chain.from_iterable(itertools.repeat(loader))

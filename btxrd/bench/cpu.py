@@ -35,9 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from btxrd.bench.common import described_efficiency, efficiency_finding, shown, spread
+from btxrd.bench.common import bench_table, described_efficiency, efficiency_finding, shown, spread
 from btxrd.config import project_root
-from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
 
 # Width/height quantiles of the real release (shared/btxrd-reference/image_sizes.csv), used when that file is absent.
@@ -237,7 +236,7 @@ def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
     """The CPU benchmark (the module's docstring lists what it measures); prints its tables."""
     work = Path(args.workdir)
     data_root = bench_data(args)
-    table = load_dataset(data_root, read_annotations=False)
+    table = bench_table(data_root)
     results: dict[str, Any] = {"model": args.model, "threads": torch.get_num_threads(), "batch": args.batch,
                                "steps": args.steps, "rounds": args.rounds, "cache_rounds": args.cache_rounds,
                                "n_images": len(table),

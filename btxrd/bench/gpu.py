@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from btxrd.bench.common import Trainer, spread, training_loader, uint8_batches
+from btxrd.bench.common import Trainer, shown, spread, training_loader, uint8_batches
 from btxrd.config import compose_run
 from btxrd.data.loaders import collate_batch, loader_workers
 from btxrd.data.reader import load_dataset
@@ -181,11 +181,10 @@ def print_gpu(results: dict[str, Any]) -> None:
           f"{'efficiency':>20} {'peak GiB':>9}  timm RTX 3090")  # fmt: skip
     for name, _, _ in MODELS:
         r = t[name]
-        cells = [f"{r[k]['median']:.0f} ({r[k]['min']:.0f}-{r[k]['max']:.0f})" for k in ("model_only_ips",
-                                                                                        "end_to_end_ips")]
+        cells = [shown(r[k], 0) for k in ("model_only_ips", "end_to_end_ips")]
         eff = r["efficiency"]
         print(f"{name:>14} {r['size']:>4} {r['batch']:>5} {cells[0]:>22} {cells[1]:>22} "
-              f"{eff['median']:.2f} ({eff['min']:.2f}-{eff['max']:.2f}){'':>4} {r['peak_memory_gib']:>8.1f}  "
+              f"{shown(eff, 2)}{'':>4} {r['peak_memory_gib']:>8.1f}  "
               f"{r['timm_rtx3090'][0]}: {r['timm_rtx3090'][1]}")  # fmt: skip
     print(f"loader ({t['loader_workers']} workers): " + "; ".join(
         f"{k}: {v['one_worker_ips']:.0f} img/s per worker, {list(v.values())[1]:.0f} all"

@@ -23,12 +23,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from btxrd.bench.common import Trainer, endless, training_loader, uint8_batches
+from btxrd.bench.common import Trainer, bench_table, training_loader, uint8_batches
 from btxrd.cam import grad_cam
 from btxrd.config import compose_run
 from btxrd.data.cache import cache_images, canvas_size
-from btxrd.data.loaders import Batch, collate_batch, loader_workers
-from btxrd.data.reader import load_dataset
+from btxrd.data.loaders import Batch, EpochBatches, collate_batch, loader_workers
 from btxrd.models import cam_target
 
 
@@ -54,6 +53,13 @@ class NaiveImages(Dataset):
         return image, int(self.labels[index]), torch.zeros(1, 1, 1, dtype=torch.uint8), False, index
 
 
+def endless(loader: DataLoader) -> Iterator[Batch]:
+    """Batches for ever: a training loader's own stream of epochs, any other loader re-iterated."""
+    if isinstance(loader.batch_sampler, EpochBatches):
+        return iter(loader)
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
 def throughput(params: dict[str, Any]) -> dict[str, float]:
     """The product's training step (``Trainer``) fed three ways: model-only (uint8 batches in memory),
     end-to-end (the real loader over the image cache) and naive (decode + resize per access); then
@@ -66,7 +72,7 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(0)
     size, batch, steps = params["size"], params["batch"], params["steps"]
     device = torch.device("cpu")
-    table = load_dataset(Path(params["data_root"]), read_annotations=False) if params.get("data_root") else None
+    table = bench_table(Path(params["data_root"])) if params.get("data_root") else None
     labels = table["label"].to_numpy() if table is not None else np.arange(30) % 3
     trainer = Trainer(params["overrides"], device, labels)
     memory = itertools.cycle(uint8_batches(batch, size, device))
@@ -111,7 +117,7 @@ def gradcam_over_forward(trainer: Trainer, batch: Batch, repeats: int = 3) -> fl
 def cache_build(params: dict[str, Any]) -> dict[str, float]:
     """A first cache build (decode to the source size, letterbox the canvas), on 1 thread and on every
     core; another input size from the same source; a naive full decode + resize per image."""
-    table = load_dataset(Path(params["data_root"]), read_annotations=False)
+    table = bench_table(Path(params["data_root"]))
     cache_dir, size, data = Path(params["cache_dir"]), params["size"], compose_run([]).data
     canvas, source = canvas_size(size, data.canvas_scale), data.cache_source_size
     out: dict[str, float] = {}
