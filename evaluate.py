@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from btxrd.config import CONFIG_DIR
-from btxrd.entry import hydra_task
+from btxrd.entry import hydra_task, run_hydra_main
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_hydra_main(main))

@@ -199,10 +199,29 @@ def test_run_settings_read_no_file_and_are_plain_dataclasses() -> None:
 # --------------------------------------------------------------- launchers
 
 
-def test_unknown_group_option_is_refused(tmp_path) -> None:
-    result = run_script("train.py", ["model=vgg19", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
-    assert "Could not find 'model/vgg19'" in result.stderr
+@pytest.mark.parametrize(("script", "override", "said"), [
+    ("train.py", "train.lr=abc", "error: Error merging override train.lr=abc: Value 'abc' of type 'str' could not "
+                                 "be converted to Float"),
+    ("train.py", "model=vgg19", "error: In 'config': Could not find 'model/vgg19'. available: ae_attention, "
+                                "ae_attention_residual, ae_residual, b0, b3, resnet50_cbam"),
+    ("train.py", "train.lrr=0.1", "error: Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'. To append "
+                                  "to your config use +train.lrr=0.1"),
+    ("train.py", "train.lr=[1", "error: train.lr=[1: no viable alternative at input '[1'"),
+    ("evaluate.py", "eval.n_bootstrap=many", "error: Error merging override eval.n_bootstrap=many: Value 'many'"),
+])  # fmt: skip
+@pytest.mark.fresh_store  # no store copied in: the folder must stay empty
+def test_a_command_line_that_does_not_compose_is_one_line_naming_the_override(
+    tmp_path: Path, script: str, override: str, said: str
+) -> None:
+    result = run_script(script, [override], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2  # a user error, like every other (Hydra itself: a few lines, exit code 1)
+    assert result.stderr.startswith(said) and result.stderr.count("\n") == 1, result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_hydra_full_error_keeps_hydras_own_trace(tmp_path: Path) -> None:
+    result = run_script("train.py", ["train.lr=abc"], cwd=tmp_path, timeout=120, env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr and "full_key: train.lr" in result.stderr
 
 
 def test_default_launcher_runs_one_job_at_a_time_and_experiments_work_with_every_launcher() -> None:

@@ -183,6 +183,16 @@ def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_pa
     assert message.removeprefix("error: ")[:30] in found[0].data.tags["error"]
 
 
+def test_a_sweep_value_that_does_not_compose_stops_the_sweep_before_any_job(synth_root: Path, tmp_path: Path) -> None:
+    result = run_script("train.py", ["-m", *tiny(synth_root, tmp_path), "train.lr=0.01,abc"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: Error merging override train.lr=abc: Value 'abc'" in result.stderr
+    assert "sweep: no job was launched; the parent run ended FAILED" in result.stderr
+    _, parents, children = runs_by_role(tmp_path)
+    assert [p.info.status for p in parents] == ["FAILED"] and children == []
+    assert parents[0].data.tags["error"] == "no job was launched"
+    assert not (tmp_path / "checkpoints").exists()
+
 
 @pytest.mark.integration  # end-to-end fault injection: make test-integration (CI runs it)
 def test_a_killed_launcher_leaves_no_worker_and_no_run_running(synth_root: Path, tmp_path: Path) -> None:

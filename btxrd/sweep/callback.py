@@ -196,6 +196,12 @@ class MLflowSweepCallback(Callback):
             failed.append((f"job {job}", why))
         n_jobs = len(children) + len(unlogged)
         tracker.set_tags(parent_id, {"n_jobs": n_jobs, "n_failed": len(failed)})
+        if n_jobs == 0:  # the launcher failed before its first job (a sweep value that does not compose)
+            status, stopped = ("KILLED", f" (stopped by {stopped_by})") if stopped_by else ("FAILED", "")
+            tracker.set_tags(parent_id, {"error": f"no job was launched{stopped}"})
+            tracker.end_run(parent_id, status)
+            print(f"sweep: no job was launched; the parent run ended {status}", file=sys.stderr)
+            return
         if failed:  # the parent says which jobs did not finish, and why
             tracker.set_tags(parent_id, {"not_finished": "\n".join(
                 f"[{overrides}] {error.splitlines()[0] if error else ''}" for overrides, error in failed)[:5000]})
