@@ -63,6 +63,7 @@ def test_the_logged_model_scores_in_a_new_process_as_the_run_scored_its_test_par
     model_id = run.data.tags["logged_model_id"]
     logged = tracker.client.get_logged_model(model_id)
     assert logged.source_run_id == run.info.run_id and logged.status.to_proto() == logged.status.READY.to_proto()
+    assert logged.experiment_id == run.info.experiment_id  # the experiment's Models tab lists it (not Default's)
     # The run's own test predictions (its test phase, from the dataset's cache) ...
     predictions = pd.read_csv(tracker.download_artifact(run.info.run_id, "predictions_test.csv", work / "dl"))
     files = [next(synth_root.glob(f"images/{image_id}")) for image_id in predictions["image_id"][:12]]

@@ -53,6 +53,7 @@ def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, operating_po
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
+    mlflow.set_experiment(experiment_id=tracker.experiment_id)  # else the model lands in experiment Default
     info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                      python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                      artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
