@@ -288,6 +288,9 @@ class TrackingConfig:
     log_last_checkpoint: bool = setting()
     log_model: bool = setting()
     ui_url: str = setting()
+    outage_patience_s: float = setting(ge=0)
+    http_retries: int = setting(ge=0, le=10)  # MLflow refuses more than 10
+    http_timeout_s: int = setting(ge=1)
 
 
 @dataclass

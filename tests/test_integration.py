@@ -6,8 +6,12 @@ Run with `make test-integration` (left out of `make test`): they start servers a
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,7 +19,7 @@ from omegaconf import OmegaConf
 
 from btxrd.tracking.server import MlflowServer
 
-from .helpers import run_script, sweeps_in, tiny
+from .helpers import run_script, start_script, sweeps_in, tiny
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fresh_store]  # the server is the store
 
@@ -52,6 +56,43 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     stored = list((server.artifacts).rglob("confusion_matrix_test.png"))
     assert len(stored) == 4
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/sweep_report.csv"}
+
+
+def test_a_job_whose_server_stops_and_comes_back_trains_on_and_loses_nothing(
+    server: MlflowServer, synth_root: Path, tmp_path: Path
+) -> None:
+    """The server stopped after the first epoch and started again once training is over: the job
+    trains on, keeps its writes, sends them when the server answers, and closes its run FINISHED."""
+    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=6"), f"tracking.uri={server.uri}"]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            assert wait_for(lambda: list((tmp_path / "checkpoints").glob("*/last.pt")), 180)
+            server.stop()
+            # It trains on without the server to the end, then waits for it (tracking.outage_patience_s).
+            assert wait_for(lambda: list((tmp_path / "multirun").glob("*/*/0/metrics_test.json")), 300)
+            assert sweep.poll() is None
+        finally:
+            server.start()
+        assert sweep.wait(timeout=300) == 0
+    [said] = [log.read_text() for log in (tmp_path / "multirun").glob("*/*/0/train.log")]  # the job's log
+    assert f"the tracking server {server.uri} does not answer (Connection refused): the job goes on" in said
+    assert "the tracking server answers again after" in said
+    [(parent, [child])] = sweeps_in(tmp_path, uri=server.uri)
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert child.data.tags["tracking_outage"].startswith("cut off from the tracking server 1 time(s)")
+    client = MlflowClient(server.uri)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")] == [1, 2, 3, 4, 5, 6]
+    assert "test_macro_f1" in child.data.metrics
+    assert {"confusion_matrix_test.png", "predictions_test.csv"} <= {a.path for a in client.list_artifacts(
+        child.info.run_id)}  # fmt: skip
+
+
+def wait_for(found: Callable[[], Any], seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (result := found()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
 
 
 def test_submitit_local_launcher_logs_both_jobs_under_one_parent(synth_root: Path, tmp_path: Path) -> None:

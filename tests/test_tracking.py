@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from btxrd.tracking import Tracker, flatten
+from btxrd.tracking import Tracker, flatten, job_run
+from btxrd.tracking.mlflow_store import TrackingUnreachable, unreachable
 
 N_WORKERS = 4
 
@@ -231,3 +233,167 @@ def test_runs_whose_process_is_gone_are_closed_and_only_those(tmp_path: Path) ->
     status = {run_id: tracker.get_run(run_id).info.status for run_id in (dead, reused, alive, elsewhere)}
     assert status == {dead: "KILLED", reused: "KILLED", alive: "RUNNING", elsewhere: "RUNNING"}
     assert "its process (pid" in tracker.get_run(dead).data.tags["error"]
+
+
+# --------------------------------------------------------------- a tracking server that stops answering
+
+
+class CutOffTracker(Tracker):
+    """A real store behind a switch: while ``down``, every call fails as a server that does not answer."""
+
+    down = False
+
+    def answers(self) -> bool:
+        return not self.down
+
+    def _cut(self, name: str):
+        real = getattr(super(), name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise TrackingUnreachable("the tracking server http://127.0.0.1:1 does not answer (Connection refused)")
+            return real(*args, **kwargs)
+
+        return call
+
+    def __getattribute__(self, name: str):
+        if name in ("log_params", "log_metrics", "set_tags", "log_artifact", "end_run"):
+            return object.__getattribute__(self, "_cut")(name)
+        return object.__getattribute__(self, name)
+
+
+def test_a_job_cut_off_from_its_server_goes_on_and_sends_what_it_kept_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    from btxrd.tracking import lifecycle, mlflow_store
+
+    monkeypatch.setattr(lifecycle, "PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr(mlflow_store, "PROBE_INTERVAL_S", 0.05)
+    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns", outage_patience_s=5)
+    (tmp_path / "history.csv").write_text("epoch\n0\n")
+    with job_run(tracker, "job", {}, output_dir=tmp_path) as recorder:
+        recorder.log_metrics({"val_loss": 1.0}, step=1)
+        tracker.down = True
+        started = time.monotonic()
+        for step in (2, 3, 4):  # training goes on: nothing waits for the server
+            recorder.log_metrics({"val_loss": 1.0 / step}, step=step)
+        recorder.artifact(tmp_path / "history.csv")
+        recorder.set_tags({"code_version": "x"})
+        assert time.monotonic() - started < 1.0 and len(recorder.kept) == 5
+        assert "does not answer (Connection refused): the job goes on" in caplog.text
+        tracker.down = False
+        time.sleep(0.1)
+        recorder.log_metrics({"val_loss": 0.2}, step=5)  # the first write once it answers sends the rest first
+        assert recorder.kept == []
+    run = tracker.get_run(recorder.run_id)
+    assert run.info.status == "FINISHED"
+    history = tracker.client.get_metric_history(run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25), (5, 0.2)]
+    assert sorted(m.timestamp for m in history) == [m.timestamp for m in history]  # measured, not sent, times
+    assert tracker.artifact_paths(run.info.run_id) == ["history.csv"] and run.data.tags["code_version"] == "x"
+    assert run.data.tags["tracking_outage"] == ("cut off from the tracking server 1 time(s), 0 s in all; 6 write(s) "
+                                                "were kept and sent once it answered again")  # fmt: skip
+
+
+def test_a_job_whose_server_stays_away_waits_its_patience_then_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from btxrd.tracking import lifecycle
+
+    monkeypatch.setattr(lifecycle, "PROBE_INTERVAL_S", 0.05)
+    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns",
+                            outage_patience_s=0.3)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(TrackingUnreachable) as lost:
+        with job_run(tracker, "job", {}, output_dir=tmp_path) as recorder:
+            tracker.down = True
+            recorder.log_metrics({"val_loss": 1.0}, step=1)
+    assert 0.3 <= time.monotonic() - started < 3
+    message = str(lost.value)
+    assert "\n" not in message and message.startswith("the tracking server http://127.0.0.1:1 does not answer")
+    assert f"2 write(s) of run {recorder.run_id} were not sent; the run stays RUNNING until" in message
+    tracker.down = False
+    assert tracker.run_status(recorder.run_id) == "RUNNING"  # closed by close-stale once its process is gone
+
+    # A job that fails meanwhile raises its own error, not the server's, and does not wait (stopped: SIGTERM)
+    tracker.down = False
+    with pytest.raises(ValueError, match="the job's own error"):
+        with job_run(tracker, "job 2", {}, output_dir=tmp_path) as recorder:
+            tracker.down = True
+            raise ValueError("the job's own error")
+
+
+def test_a_write_the_server_refuses_is_an_error_not_kept(tmp_path: Path) -> None:
+    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    with pytest.raises(Exception, match="Changing param values is not allowed"):
+        with job_run(tracker, "job", {}, output_dir=tmp_path) as recorder:
+            recorder.log_params({"lr": "0.1"})
+            recorder.log_params({"lr": "0.2"})
+    assert recorder.kept == [] and tracker.run_status(recorder.run_id) == "FAILED"
+
+
+def test_what_mlflow_says_of_a_server_that_does_not_answer_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import http.server
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    from .helpers import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(MlflowException) as failed:
+        MlflowClient(closed).get_run("0" * 32)
+    assert str(unreachable(failed.value)) == f"the tracking server {closed} does not answer (Connection refused)"
+    assert unreachable(MlflowException("Run '00' not found")) is None  # an answer, not a missing server
+    assert not Tracker(closed, "btxrd").answers()
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(int(self.path.split("/")[1]))
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    served = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{served.server_port}"
+        assert Tracker(f"{base}/200", "btxrd").answers() and Tracker(f"{base}/403", "btxrd").answers()
+        assert not Tracker(f"{base}/503", "btxrd").answers()  # the server is up, its store is not
+    finally:
+        served.shutdown()
+
+
+def test_a_sweep_ending_while_its_server_is_away_waits_for_it_to_close_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import threading
+
+    from btxrd.sweep.callback import MLflowSweepCallback
+    from btxrd.tracking import mlflow_store
+
+    monkeypatch.setattr(mlflow_store, "PROBE_INTERVAL_S", 0.05)
+    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns", outage_patience_s=5)
+    callback = MLflowSweepCallback()
+    callback.tracker, callback.sweep_dir = tracker, str(tmp_path / "multirun")
+    parent_id = callback.parent_id = tracker.start_run("sweep", {"sweep": "parent"})
+    tracker.end_run(tracker.start_run("job 0", {"job_num": "0"}, parent_id=parent_id))
+    tracker.down = True
+    threading.Timer(0.3, lambda: setattr(tracker, "down", False)).start()  # a restart
+    callback.finish()
+    assert tracker.run_status(parent_id) == "FINISHED"
+    assert "sweep: the tracking server sqlite:" in capsys.readouterr().err
+
+    # One that stays away: one line, exit code 1; the parent is left to close-stale
+    tracker.outage_patience_s = 0.2
+    parent_id = callback.parent_id = tracker.start_run("sweep", {"sweep": "parent"})
+    tracker.down = True
+    with pytest.raises(SystemExit) as stopped:
+        callback.finish()
+    assert stopped.value.code == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("error: sweep: the tracking server sqlite:") and "did not answer for 0.2 s" in said[-1]
+    tracker.down = False
+    assert tracker.run_status(parent_id) == "RUNNING"

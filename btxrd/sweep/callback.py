@@ -46,6 +46,7 @@ from btxrd.tracking import (
     Tracker,
     active_statuses,
     error_text,
+    is_server,
     source_tags,
     tracker_for,
 )
@@ -131,7 +132,7 @@ class MLflowSweepCallback(Callback):
         total = planned_jobs(config)
         self.url = self.tracker.runs_url(config.tracking.ui_url, sweep_dir)
         port = urlparse(config.tracking.ui_url).port or 5000
-        self.how_to_look = (f"open {self.url}" if uri.startswith(("http://", "https://")) else
+        self.how_to_look = (f"open {self.url}" if is_server(uri) else
                             f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}, then open {self.url}")
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
@@ -183,6 +184,15 @@ class MLflowSweepCallback(Callback):
                 stopped_by = stop_signal() or "SIGINT"
         if self.progress is not None:
             self.progress.stop()
+        if not tracker.answers():  # a server restarting: the parent is closed once it answers again
+            patience = tracker.outage_patience_s
+            print(f"sweep: the tracking server {tracker.uri} does not answer; waiting up to {patience:g} s "
+                  "(tracking.outage_patience_s) to close the sweep's runs", file=sys.stderr)  # fmt: skip
+            if not tracker.wait_until_answering(patience):
+                print(f"error: sweep: the tracking server {tracker.uri} did not answer for {patience:g} s: the "
+                      f"parent run {parent_id} stays RUNNING until the next sweep on the store or `python -m "
+                      "btxrd.tracking close-stale` closes it", file=sys.stderr)  # fmt: skip
+                raise SystemExit(1)
         children = tracker.children(parent_id)
         failed, running_on = self._close_children(children, stopped_by, lost)
         # Every launched job has its folder <sweep dir>/<job number>; one without a child run here

@@ -8,6 +8,7 @@ from btxrd.tracking.mlflow_store import (
     active_statuses,
     default_tracking_uri,
     flatten,
+    is_server,
     parent_from_env,
     tracker_for,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "default_tracking_uri",
     "error_text",
     "flatten",
+    "is_server",
     "job_run",
     "parent_from_env",
     "record_skip",

@@ -3,7 +3,9 @@
 Joblib's loky workers are reused between jobs, so MLflow's process-global
 "active run" would leak from one job into the next; every call here names its
 run id instead. SQLite allows one writer at a time: calls are retried when the
-database is locked by another job of the sweep.
+database is locked by another job of the sweep. A tracking server that does not answer (after
+MLflow's own retries) raises ``TrackingUnreachable``, one line naming the server: a job's writes
+are then kept and sent later (``lifecycle.RunRecorder``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +28,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from btxrd.errors import ConfigError
+from btxrd.errors import BTXRDError, ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +44,29 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 TRACKING_URI_ENV = "BTXRD_TRACKING_URI"
 _RETRIES = 8
 _PARAM_LIMIT = 6000
+# While a server does not answer, it is asked again (GET /health) at most this often.
+PROBE_INTERVAL_S = 15.0
+
+
+class TrackingUnreachable(BTXRDError):
+    """The tracking server did not answer (refused, timed out, or only 5xx errors) after MLflow's retries."""
+
+
+# MLflow's REST client words every failure to get an answer this way (rest_utils.http_request)
+_NO_ANSWER = re.compile(r"^API request to (?P<url>\S+) failed with (?P<why>.*)", re.DOTALL)
+_WHY = ((re.compile(r"\[Errno -?\d+\] (?P<why>[^'\")]+)"), "{why}"), (re.compile(r"timed? ?out", re.I), "timed out"),
+        (re.compile(r"too many (?P<code>\d{3}) error responses"), "HTTP {code} responses"))  # fmt: skip
+
+
+def unreachable(exc: BaseException) -> TrackingUnreachable | None:
+    """``exc`` as a ``TrackingUnreachable`` when it says the tracking server did not answer, else None."""
+    found = _NO_ANSWER.match(str(exc)) if isinstance(exc, MlflowException) else None
+    if found is None:
+        return None
+    server = re.split(r"/(?:ajax-)?api/", found["url"])[0]
+    why = next((form.format(**m.groupdict()) for pattern, form in _WHY if (m := pattern.search(found["why"]))),
+               "no answer")  # fmt: skip
+    return TrackingUnreachable(f"the tracking server {server} does not answer ({why.strip()})")
 
 
 def default_tracking_uri(project_root: str | Path) -> str:
@@ -55,7 +83,14 @@ def tracker_for(tracking: Any, project_root: str | Path) -> Tracker | None:
     if not tracking.enabled:
         return None
     uri = tracking.uri or os.environ.get(TRACKING_URI_ENV) or default_tracking_uri(project_root)
-    return Tracker(uri, tracking.experiment, tracking.artifact_root)
+    if is_server(uri):  # MLflow's own defaults (7 retries, 120 s) block a call for minutes
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking.http_timeout_s)
+    return Tracker(uri, tracking.experiment, tracking.artifact_root, tracking.outage_patience_s)
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -80,11 +115,14 @@ def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
 
 
 def _retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
-    """``call``, again while SQLite is locked or busy (or the error names one of ``also``)."""
+    """``call``, again while SQLite is locked or busy (or the error names one of ``also``); a server
+    that does not answer raises ``TrackingUnreachable``."""
     for attempt in range(_RETRIES):
         try:
             return call()
         except MlflowException as exc:
+            if (down := unreachable(exc)) is not None:
+                raise down from None
             text = str(exc).lower()
             if attempt == _RETRIES - 1 or not any(word in text for word in ("locked", "busy", *also)):
                 raise
@@ -95,10 +133,13 @@ def _retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
 class Tracker:
     """One tracking store and experiment; runs are addressed by id."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None,
+                 outage_patience_s: float = 0.0) -> None:  # fmt: skip
         self.uri = uri
         self.experiment_name = experiment
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        # How long a job, at its end, and a sweep, at its end, wait for a server that does not answer
+        self.outage_patience_s = outage_patience_s
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
 
@@ -114,8 +155,33 @@ class Tracker:
                     _retry(lambda: client.search_experiments(max_results=1))
                 except MlflowException as exc:
                     raise ConfigError(f"tracking.uri={self.uri}: cannot open the tracking store ({exc})") from None
+                except TrackingUnreachable as exc:
+                    raise ConfigError(f"tracking.uri={self.uri}: {exc}") from None
             self._client = client
         return self._client
+
+    def answers(self) -> bool:
+        """Whether the tracking server answers at all (a local store always does); quick: one
+        request, no retries. Any HTTP answer below 500 counts (a proxy may refuse /health)."""
+        if not is_server(self.uri):
+            return True
+        try:
+            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=5):
+                return True
+        except urllib.error.HTTPError as exc:
+            return exc.code < 500
+        except OSError:  # refused, timed out, no route
+            return False
+
+    def wait_until_answering(self, seconds: float) -> bool:
+        """Ask the server every ``PROBE_INTERVAL_S`` until it answers, for at most ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.answers():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(PROBE_INTERVAL_S, left))
+        return True
 
     @property
     def experiment_id(self) -> str:
@@ -126,7 +192,7 @@ class Tracker:
     def _ensure_experiment(self) -> str:
         try:
             found = _retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
-        except MlflowException as exc:
+        except (MlflowException, TrackingUnreachable) as exc:
             raise ConfigError(f"tracking.uri={self.uri}: cannot reach the tracking store ({exc})") from None
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -179,8 +245,10 @@ class Tracker:
             batch = items[i : i + 100]
             _retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0,
+                    timestamp_ms: int | None = None) -> None:  # fmt: skip
+        """``timestamp_ms``: when the values were measured (a write sent late keeps its time); default now."""
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             batch = items[i : i + 500]
@@ -207,9 +275,9 @@ class Tracker:
         return _retry(lambda: self.client.get_run(run_id))
 
     def find_run(self, run_id: str):
-        """The run, or None if this store has no run with that id."""
+        """The run, or None if this store has no run with that id (a server that does not answer is an error)."""
         try:
-            return self.client.get_run(run_id)
+            return _retry(lambda: self.client.get_run(run_id))
         except MlflowException:
             return None
 
@@ -241,7 +309,7 @@ class Tracker:
 
 def ui_base(tracking_uri: str, ui_url: str) -> str:
     """Where the MLflow UI of a store is: a tracking server serves its own; ``mlflow ui`` a local one."""
-    return tracking_uri if tracking_uri.startswith(("http://", "https://")) else ui_url
+    return tracking_uri if is_server(tracking_uri) else ui_url
 
 
 def active_statuses() -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
-from btxrd.tracking.mlflow_store import Tracker
+from btxrd.tracking.mlflow_store import Tracker, unreachable
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name within its run
@@ -50,16 +50,23 @@ def _signature(operating_points: list[str]) -> Any:
 def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, operating_points: list[str], step: int = 0) -> str:
     """Log ``checkpoint`` as the run's MLflow model; its model id (also the run's tag ``logged_model_id``)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
-    mlflow.set_experiment(experiment_id=tracker.experiment_id)  # else the model lands in experiment Default
-    info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
-                     python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                     artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
-                     input_example=np.zeros((1, 48, 64), dtype=np.uint8),  # checked by MLflow: loads and predicts
-                     pip_requirements=_requirements(),
-                     metadata={"btxrd": "needs the btxrd project installed"})  # fmt: skip
+    try:
+        mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
+        mlflow.set_experiment(experiment_id=tracker.experiment_id)  # else the model lands in experiment Default
+        info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
+                         python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                         artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
+                         input_example=np.zeros((1, 48, 64), dtype=np.uint8),  # checked by MLflow: loads and predicts
+                         pip_requirements=_requirements(),
+                         metadata={"btxrd": "needs the btxrd project installed"})  # fmt: skip
+    except MlflowException as exc:  # a server that does not answer: the job keeps the write for later
+        down = unreachable(exc)
+        if down is None:
+            raise
+        raise down from exc
     tracker.set_tags(run_id, {LOGGED_MODEL_TAG: info.model_id})
     return info.model_id
 
