@@ -7,7 +7,7 @@ DEMO_DATA ?= data/demo
 DEMO_N ?= 480
 MLFLOW_PORT ?= 5000
 
-.PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders bench mlflow-server clean clean-all
+.PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders evidence bench mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show 
 autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on its branch), 128 px, 3 seeds (~60 min on 2 cores)
 	$(PY) train.py -m experiment=ae_demo data.root=$(abspath $(DEMO_DATA)) \
 	  model=ae_residual,ae_attention,ae_attention_residual seed=0,1,2 hydra.launcher.n_jobs=2
+
+evidence: venv demo-data  ## regenerate one README table from its sweep: make evidence NAME=annotations-demo (NAME=list)
+	$(PY) -m btxrd.report.evidence $(NAME) --data-root $(abspath $(DEMO_DATA))
 
 bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
 	$(PY) -m btxrd.bench

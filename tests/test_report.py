@@ -131,3 +131,52 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     markdown = (tmp_path / "report" / "sweep_report.md").read_text()
     assert "UNPAIRED (different test images)" in markdown
     assert "- machine: not recorded (runs made before runs named their machine)\n" in markdown
+
+
+def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_rest(sweep, tmp_path: Path,
+                                                                                    capsys) -> None:  # fmt: skip
+    from btxrd.report.evidence import main
+
+    tracker, parent, out = sweep
+    write_report(tracker, parent, out, settings(["eval.n_bootstrap=500"]).eval)
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nprose before\n\n", "\n\nprose after\n"
+    old = "<!-- evidence annotations-demo -->\nold table\n<!-- /evidence annotations-demo -->"
+    readme.write_text(before + old + after)
+    assert main(["annotations-demo", "--sweep", str(out), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(before + "<!-- evidence annotations-demo -->\nWritten by `make evidence NAME=annotations-")
+    assert text.endswith("<!-- /evidence annotations-demo -->" + after) and "old table" not in text
+    configurations = pd.read_csv(out / "sweep_configurations.csv").set_index("configuration")
+    on = configurations.loc["model=b0 annotations=on"]
+    assert (f"| model=b0 annotations=on | 3 | {on['test_macro_f1_mean']:.3f} ± {on['test_macro_f1_sd']:.3f} "
+            f"[{on['test_macro_f1_ci_low']:.3f}, {on['test_macro_f1_ci_high']:.3f}] |") in text  # fmt: skip
+    tested = pd.read_csv(out / "sweep_comparisons.csv")
+    row = tested[(tested["choice"] == "annotations") & (tested["metric"] == "macro-F1")].iloc[0]
+    assert (f"| annotations on vs off | model=b0 | macro-F1 | {row['delta']:+.3f} [{row['ci_low']:+.3f}, "
+            f"{row['ci_high']:+.3f}] | {row['p']:.2g} | {row['p_holm']:.2g} | **yes** |") in text  # fmt: skip
+    assert "Holm-adjusted over the sweep report's 6 tests" in text
+    assert "- machine: AMD EPYC 7B13, 2 cores, no GPU; torch 2.14.1\n" in text and "\n- runs: 20" in text
+    assert text == readme.read_text() and capsys.readouterr().out.startswith("<!-- evidence annotations-demo -->")
+
+    # The same again gives the same file: what a re-run changes is what git diff shows
+    assert main(["annotations-demo", "--sweep", str(out), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text
+
+
+def test_evidence_refuses_a_readme_without_the_block_and_every_block_names_a_section(tmp_path: Path) -> None:
+    from btxrd.errors import ConfigError
+    from btxrd.report.evidence import SECTIONS, blocks_in, write_block
+
+    from .conftest import PROJECT_ROOT
+    from .helpers import compose_config
+
+    readme = tmp_path / "README.md"
+    readme.write_text("no blocks\n")
+    with pytest.raises(ConfigError, match=r"README.md: no block <!-- evidence showcase --> \.\.\. "):
+        write_block(readme, "showcase", "x")
+    assert readme.read_text() == "no blocks\n"
+    assert set(blocks_in(PROJECT_ROOT / "README.md")) <= set(SECTIONS)
+    assert "annotations-demo" in blocks_in(PROJECT_ROOT / "README.md")
+    for section in SECTIONS.values():  # each sweep's first job composes
+        compose_config([o.split(",")[0] for o in section.overrides if not o.startswith("hydra.")])

@@ -19,7 +19,7 @@ def _value(value: float, low: float = math.nan, high: float = math.nan, digits: 
     return f"{text} [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else text
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -76,7 +76,7 @@ def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]
         cells += [_value(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"]) for c in shown]
         cells += ["" if pd.isna(r["epochs"]) else str(int(r["epochs"])), f"{r['minutes']:.1f}", r["error"]]
         rows.append(cells)
-    return _table(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def chance_markdown(records: list[RunRecord], columns: dict[str, str], shown: list[str]) -> str:
@@ -110,7 +110,7 @@ def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
                         if np.isfinite(r.get(f"{c}_ci_low", np.nan)) else "")  # fmt: skip
             cells.append(f"{r[f'{c}_mean']:.3f}{sd}{interval}")
         rows.append(cells)
-    return _table(["configuration", "seeds", *[f"{columns[c]} mean ± sd [95% CI]" for c in shown]], rows)
+    return markdown_table(["configuration", "seeds", *[f"{columns[c]} mean ± sd [95% CI]" for c in shown]], rows)
 
 
 def comparisons_markdown(table: pd.DataFrame) -> str:
@@ -125,7 +125,7 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
         lines.append("- none: every difference below is within what the test parts' sampling (and the seeds) explain.")
     rows = []
     for _, r in table.iterrows():
-        delta = "" if not np.isfinite(r["delta"]) else _signed(r["delta"], r["ci_low"], r["ci_high"])
+        delta = "" if not np.isfinite(r["delta"]) else signed(r["delta"], r["ci_low"], r["ci_high"])
         kind = ("paired" if r["paired"] else "UNPAIRED (different test images)") + (
             f", {r['seeds']} seeds" if r["seeds"] > 1 else "")  # fmt: skip
         rows.append([f"{r['choice']}: {r['a']} vs {r['b']}", r["other choices"] or "(all else equal)", r["metric"],
@@ -133,17 +133,17 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
                      f"{r['p']:.3g}", f"{r['p_holm']:.3g}", "**yes**" if r["real"] else "no", kind])  # fmt: skip
     headers = ["comparison (A vs B)", "with", "metric", "test", "Δ = A − B [95% CI]", "p", "p (Holm)", "real?",
                "design"]  # fmt: skip
-    return "\n".join(lines) + "\n\n" + _table(headers, rows)
+    return "\n".join(lines) + "\n\n" + markdown_table(headers, rows)
 
 
-def _signed(delta: float, low: float, high: float) -> str:
+def signed(delta: float, low: float, high: float) -> str:
     return f"{delta:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def _sentence(r: pd.Series) -> str:
     """e.g. 'annotations on vs off (model=resnet50_cbam, split=stratified): Δ macro-F1 +0.031 [-0.012,
     0.074], p = 0.17 (Holm 0.51)'."""
-    delta = f" {_signed(r['delta'], r['ci_low'], r['ci_high'])}" if np.isfinite(r["delta"]) else ""
+    delta = f" {signed(r['delta'], r['ci_low'], r['ci_high'])}" if np.isfinite(r["delta"]) else ""
     return (f"{r['choice']} {r['a']} vs {r['b']} ({r['other choices'] or 'all else equal'}): {r['test']} "
             f"Δ {r['metric']}{delta}, p = {r['p']:.3g} (Holm {r['p_holm']:.3g})")  # fmt: skip
 
