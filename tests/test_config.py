@@ -199,18 +199,32 @@ def test_run_settings_read_no_file_and_are_plain_dataclasses() -> None:
 # --------------------------------------------------------------- launchers
 
 
+@pytest.mark.parametrize(("override", "said"), [
+    ("train.lr=abc", "Error merging override train.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
+    ("model=vgg19", "In 'config': Could not find 'model/vgg19'. available: ae_attention, ae_attention_residual, "
+                    "ae_residual, b0, b3, resnet50_cbam"),
+    ("train.lrr=0.1", "Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'. To append to your config "
+                      "use +train.lrr=0.1"),
+    ("train.lr=[1", "train.lr=[1: no viable alternative at input '[1'"),
+])  # fmt: skip
+def test_a_command_line_that_does_not_compose_is_said_in_one_line_naming_the_override(override: str,
+                                                                                     said: str) -> None:  # fmt: skip
+    from hydra.errors import CompactHydraException
+
+    from btxrd.entry import composition_error_line
+
+    with pytest.raises(CompactHydraException) as failed:
+        compose_config([override])
+    line = composition_error_line(failed.value)
+    assert line.startswith(said) and "\n" not in line, line
+
+
 @pytest.mark.parametrize(("script", "override", "said"), [
-    ("train.py", "train.lr=abc", "error: Error merging override train.lr=abc: Value 'abc' of type 'str' could not "
-                                 "be converted to Float"),
-    ("train.py", "model=vgg19", "error: In 'config': Could not find 'model/vgg19'. available: ae_attention, "
-                                "ae_attention_residual, ae_residual, b0, b3, resnet50_cbam"),
-    ("train.py", "train.lrr=0.1", "error: Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'. To append "
-                                  "to your config use +train.lrr=0.1"),
-    ("train.py", "train.lr=[1", "error: train.lr=[1: no viable alternative at input '[1'"),
+    ("train.py", "train.lr=abc", "error: Error merging override train.lr=abc: Value 'abc'"),
     ("evaluate.py", "eval.n_bootstrap=many", "error: Error merging override eval.n_bootstrap=many: Value 'many'"),
 ])  # fmt: skip
 @pytest.mark.fresh_store  # no store copied in: the folder must stay empty
-def test_a_command_line_that_does_not_compose_is_one_line_naming_the_override(
+def test_the_entry_points_end_such_a_command_line_with_that_line_and_exit_code_2(
     tmp_path: Path, script: str, override: str, said: str
 ) -> None:
     result = run_script(script, [override], cwd=tmp_path, timeout=120)

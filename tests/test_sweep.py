@@ -183,6 +183,7 @@ def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_pa
     assert message.removeprefix("error: ")[:30] in found[0].data.tags["error"]
 
 
+@pytest.mark.integration  # a real multirun subprocess (make test's time budget)
 def test_a_sweep_value_that_does_not_compose_stops_the_sweep_before_any_job(synth_root: Path, tmp_path: Path) -> None:
     result = run_script("train.py", ["-m", *tiny(synth_root, tmp_path), "train.lr=0.01,abc"], cwd=tmp_path)
     assert result.returncode == 2
