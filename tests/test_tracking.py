@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from btxrd.tracking import Tracker, flatten, job_run
@@ -128,6 +129,31 @@ def test_the_experiment_opens_in_model_training_mode_and_runs_record_their_datas
     [logged] = client.get_run(run_id).inputs.dataset_inputs
     assert (logged.dataset.name, logged.dataset.digest) == ("demo", "0123abcd")
     assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "train", "split": "center"}
+
+
+@pytest.mark.parametrize("store_error", [
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+    'BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+    "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1-BTXRD-9d5a' for key 'datasets.PRIMARY'\")",
+])  # fmt: skip
+def test_two_jobs_logging_one_dataset_at_once_both_record_it(tmp_path: Path, store_error: str) -> None:
+    # The second job's insert loses the race on the datasets table's key (a 2x2 sweep on a PostgreSQL
+    # server failed a job this way); tried again, it links the row the first job made.
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    run_id = tracker.start_run("job")
+    real_log_inputs, calls = tracker.client.log_inputs, []
+
+    def loses_the_race_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException(store_error)
+        return real_log_inputs(*args, **kwargs)
+
+    tracker.client.log_inputs = loses_the_race_once
+    tracker.log_dataset(run_id, "BTXRD", "9d5a", "/data", "train", {"images": 10})
+    assert len(calls) == 2
+    [logged] = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == "9d5a"
 
 
 def test_the_sweep_progress_line() -> None:

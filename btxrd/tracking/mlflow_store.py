@@ -43,6 +43,9 @@ PARENT_RUN_ENV = "BTXRD_PARENT_RUN_ID"
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TRACKING_URI_ENV = "BTXRD_TRACKING_URI"
 _RETRIES = 8
+# The duplicate-key error of MLflow's datasets table as each store words it (lower case): SQLite,
+# PostgreSQL (a server's usual backend; seen in CI), MySQL
+DATASET_KEY_RACE = ("unique constraint failed: datasets", 'unique constraint "dataset_pk"', "for key 'datasets.")
 _PARAM_LIMIT = 6000
 # While a server does not answer, it is asked again (GET /health) at most this often.
 PROBE_INTERVAL_S = 15.0
@@ -230,7 +233,7 @@ class Tracker:
         # Jobs of a sweep log the same dataset at once: MLflow looks it up, then inserts it, and the
         # second insert fails on its unique key; tried again, it finds the first one's row.
         _retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
-               also=("unique constraint failed: datasets",))  # fmt: skip
+               also=DATASET_KEY_RACE)  # fmt: skip
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
         all_tags = dict(tags or {})
