@@ -72,8 +72,8 @@ demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run g
 	@echo "Done. The sweep's last line above gives the command that starts the MLflow UI (on 127.0.0.1) and"
 	@echo "the address of this sweep's runs in it (model-training view); its report: multirun/<date>/<time>/sweep_report.md"
 
-showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show it: resnet50_cbam, 128 px, on/off x 2 seeds (~40 min on 2 cores)
-	$(PY) train.py -m experiment=showcase data.root=$(abspath $(DEMO_DATA)) annotations=on,off seed=0,1 \
+showcase: venv demo-data  ## annotation-guided training where Grad-CAM can show it: resnet50_cbam, 128 px, on/off x 3 seeds (~60 min on 2 cores)
+	$(PY) train.py -m experiment=showcase data.root=$(abspath $(DEMO_DATA)) annotations=on,off seed=0,1,2 \
 	  hydra.launcher.n_jobs=2
 
 autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on its branch), 128 px, 3 seeds (~60 min on 2 cores)

@@ -46,9 +46,9 @@ SECTIONS = {
         ("experiment=demo", "model=resnet50_cbam", "annotations=on,off", "seed=0,1,2", "hydra.launcher.n_jobs=2"),
         CLASSIFY, ("macro-F1", "malignant recall", "AUROC"), 15),
     "showcase": Section(
-        ("experiment=showcase", "annotations=on,off", "seed=0,1", "hydra.launcher.n_jobs=2"),
+        ("experiment=showcase", "annotations=on,off", "seed=0,1,2", "hydra.launcher.n_jobs=2"),
         {**CLASSIFY, **CAM, "test_cam_energy_baseline": "energy, uniform map"},
-        ("macro-F1", "malignant recall", "AUROC", "CAM pointing", "CAM energy in box"), 40),
+        ("macro-F1", "malignant recall", "AUROC", "CAM pointing", "CAM energy in box"), 60),
     "autoencoders": Section(
         ("experiment=ae_demo", "model=ae_residual,ae_attention,ae_attention_residual", "seed=0,1,2",
          "hydra.launcher.n_jobs=2"),
