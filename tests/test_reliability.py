@@ -33,6 +33,9 @@ from btxrd.tasks import make_task
 from .conftest import PROJECT_ROOT
 from .helpers import compose_config, runs, settings, start_script, tiny
 
+# Where a test is about a run's life, not its numbers: a quarter of debug=tiny's pixels
+SMALLEST = "model.image_size=32"
+
 pytestmark = pytest.mark.slow
 
 
@@ -75,28 +78,35 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
 
 def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path,
                                                                 _migrated_store: Path) -> None:  # fmt: skip
-    small = ["train.epochs=3", "model.image_size=32", "train.device=cpu"]  # equal to the bit: a CPU guarantee
+    small = ["train.epochs=4", SMALLEST, "train.device=cpu"]  # equal to the bit: a CPU guarantee
     for folder in ("a", "b"):  # two project folders, each with a ready store (tests/conftest.py)
         (tmp_path / folder).mkdir()
         shutil.copyfile(_migrated_store, tmp_path / folder / "mlflow.db")
-    # Uninterrupted reference, in its own project folder (in-process: same code, no start-up cost).
-    train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))
-    expected = runs(tmp_path / "a")[0].data.metrics
-
     args = tiny(synth_root, tmp_path / "b", *small)
     proc = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    last = None
-    while time.time() < deadline and last is None:
-        found = list((tmp_path / "b" / "checkpoints").glob("*/last.pt"))
-        if found and torch.load(found[0], weights_only=True)["epoch"] >= 1:
-            last = found[0]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
+    checkpoints: list[Path] = []
+
+    def kill_after_its_first_epoch() -> None:
+        deadline = time.time() + 180
+        while time.time() < deadline and not checkpoints:
+            found = list((tmp_path / "b" / "checkpoints").glob("*/last.pt"))
+            if found and torch.load(found[0], weights_only=True)["epoch"] >= 1:
+                checkpoints.append(found[0])
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_after_its_first_epoch, daemon=True)
+    watcher.start()
+    # Meanwhile, the uninterrupted reference in its own project folder (in-process: same code, no
+    # start-up cost; it overlaps the process's start-up)
+    train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))
+    expected = runs(tmp_path / "a")[0].data.metrics
+    watcher.join()
     proc.wait()
-    assert last is not None, "no epoch finished before the deadline"
+    assert checkpoints, "no epoch finished before the deadline"
+    last = checkpoints[0]
     killed_at = torch.load(last, weights_only=True)["epoch"]
-    assert killed_at < 3
+    assert killed_at < 4
     [interrupted] = runs(tmp_path / "b")
     assert interrupted.info.status == "RUNNING"  # killed: nobody closed it
 
@@ -111,7 +121,7 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
 
 def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
-    cfg = compose_config(tiny(synth_root, tmp_path, "train.epochs=50", "model.image_size=32"))
+    cfg = compose_config(tiny(synth_root, tmp_path, "train.epochs=50", SMALLEST))
 
     def stop_after_the_first_epoch() -> None:  # as `kill PID` would, from outside the training loop
         deadline = time.time() + 120
@@ -194,7 +204,7 @@ def test_documented_servers_bind_to_loopback() -> None:
 
 
 def test_checkpoints_logged_by_default_are_best_only(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(tiny(synth_root, tmp_path))
+    cfg = compose_config(tiny(synth_root, tmp_path, SMALLEST))
     train_job(cfg)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = runs(tmp_path)
@@ -203,7 +213,7 @@ def test_checkpoints_logged_by_default_are_best_only(synth_root: Path, tmp_path:
 
 
 def test_a_skipped_job_returns_the_earlier_best_value(synth_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(tiny(synth_root, tmp_path, "sweep.skip_finished=true"))
+    cfg = compose_config(tiny(synth_root, tmp_path, SMALLEST, "sweep.skip_finished=true"))
     first = train_job(cfg)
     assert train_job(cfg) == first  # the value Hydra sweepers optimise, not NaN
     assert [r.data.tags.get("skipped") for r in runs(tmp_path)].count("true") == 1
@@ -218,7 +228,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tm
     from btxrd.runtime.provenance import code_version
     from btxrd.tracking import Tracker
 
-    cfg = compose_config(tiny(synth_root, tmp_path))
+    cfg = compose_config(tiny(synth_root, tmp_path, SMALLEST))
     folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
     interrupted = tracker.start_run("demo | b0 | stratified | ann-off")
@@ -239,7 +249,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tm
 
     save_checkpoint(stale, folder / "last.pt")
     with pytest.raises(ConfigError, match=r"train.resume: the last checkpoint in .* does not fit this model"):
-        train_job(compose_config(tiny(synth_root, tmp_path, "train.resume=true")))
+        train_job(compose_config(tiny(synth_root, tmp_path, SMALLEST, "train.resume=true")))
 
 
 def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) -> None:
@@ -290,7 +300,7 @@ def test_an_interrupted_run_that_is_not_continued_is_closed_with_the_reason(synt
     from btxrd.engine.checkpoint import remember_run
     from btxrd.tracking import Tracker
 
-    cfg = compose_config(tiny(synth_root, tmp_path, *overrides))
+    cfg = compose_config(tiny(synth_root, tmp_path, SMALLEST, *overrides))
     folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
     folder.mkdir(parents=True)
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
