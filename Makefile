@@ -83,7 +83,7 @@ autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on i
 evidence: venv demo-data  ## regenerate one README table from its sweep: make evidence NAME=annotations-demo (NAME=list)
 	$(PY) -m btxrd.report.evidence $(NAME) --data-root $(abspath $(DEMO_DATA))
 
-bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json
+bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json and its README tables
 	$(PY) -m btxrd.bench
 
 clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)

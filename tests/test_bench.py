@@ -25,3 +25,120 @@ def test_an_efficiency_above_1_is_never_printed_as_a_result(ratios: list[float],
     assert described_efficiency(finding).startswith(printed)
     results = {"throughput": {"128px": {"efficiency": finding, "naive_efficiency": efficiency_finding([0.5, 0.6])}}}
     assert implausible(results) == (["128px efficiency"] if verdict == "implausible" else [])
+
+
+def _figure(median: float) -> dict:
+    return spread([median * 0.9, median, median * 1.1])
+
+
+def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
+    """A results file as the benchmark saves it (its figures made up, its shape the real one)."""
+    import torch
+
+    from btxrd.bench.cpu import PHASES
+    from btxrd.bench.readme import made_by
+
+    made = made_by(["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"))
+    phases = {mark: _figure(i + 1.0) for i, (mark, _) in enumerate(PHASES)}
+    startup = {p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
+               for p in ("cold", "warm")}  # fmt: skip
+    if section == "startup":
+        return {**startup, "section": section, "made": made}
+    if section == "allocator":
+        ab = {"default_ips": _figure(22.0), "tunables_ips": _figure(23.0), "speedup": _figure(1.05),
+              "speedup_geometric_mean_ci95": [0.91, 1.24]}  # fmt: skip
+        return {"tunables": "glibc.malloc.top_pad=1", "b0 128 px": ab, "section": section, "made": made}
+    if section == "gpu":  # made on a GPU machine, its file brought back
+        made.update({"machine.accelerator": "NVIDIA H100 80GB HBM3", "machine.cuda": "13.0"})
+        model = {"size": 224, "batch": 256, "model_only_ips": _figure(4416.0), "end_to_end_ips": _figure(2751.0),
+                 "efficiency": _figure(0.62), "peak_memory_gib": 10.8, "timm_rtx3090": ["efficientnet_b0 @ 224", 1752]}
+        autoencoders = {f"{m}_batch{b}_{p}": {"peak_gib": 12.7, "images_per_s": 291.0} for m in ("ae_residual",
+                        "ae_attention") for b in (16, 32) for p in ("fp32", "bf16")}  # fmt: skip
+        sync = {"sync_every_1": _figure(4085.0), "sync_every_25": _figure(4321.0), "compiled": _figure(5202.0),
+                "per_step_sync_cost": _figure(1.058), "compile_speedup": _figure(1.2), "compile_seconds": 77.0}
+        return {"gpu": "NVIDIA H100 80GB HBM3", "gpu_memory_gib": 79.2, "torch": "2.11.0+cu130", "cuda": "13.0",
+                "cpu_threads": 16, "n_images": 1024, "throughput": {"loader_workers": 8, "b0": model},
+                "loader": {"224px_plain": {"one_worker_ips": 1169.0, "8_workers_ips": 4130.0}},
+                "sync_and_compile": sync, "autoencoders": autoencoders, "section": section, "made": made}  # fmt: skip
+    size = {"model_only_ips": _figure(24.7), "end_to_end_ips": _figure(23.4), "naive_ips": _figure(14.8),
+            "gradcam_over_forward": _figure(1.22), "efficiency": efficiency_finding(efficiency or [0.9, 0.95]),
+            "naive_efficiency": efficiency_finding([0.55, 0.6])}  # fmt: skip
+    cores = made["machine.cores"]
+    cache = {"cache_build_ips_1_threads": _figure(47.5), f"cache_build_ips_{cores}_threads": _figure(84.6),
+             "naive_decode_ips_1_thread": _figure(29.7), "cache_vs_naive_1_thread": _figure(1.54),
+             "cache_vs_naive_parallel": _figure(2.77), "cache_other_size_ips_1_thread": _figure(696.0)}  # fmt: skip
+    return {"model": "b0", "threads": 2, "batch": 16, "steps": 6, "rounds": 3, "cache_rounds": 3, "n_images": 160,
+            "median_width": 1612.0, "median_height": 2256.0, "cache": cache, "throughput": {"128px": size},
+            "bootstrap": {"seconds": _figure(0.24), "images": 600, "resamples": 2000}, "startup": startup,
+            "section": section, "made": made}  # fmt: skip
+
+
+def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_made(tmp_path, capsys) -> None:
+    import json
+
+    from btxrd.bench.__main__ import main
+    from btxrd.runtime.environment import cpu_model
+    from btxrd.runtime.provenance import git_commit
+
+    names = ("bench-cpu", "bench-startup", "bench-allocator")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n" + "".join(f"<!-- evidence {n} -->\nold\n<!-- /evidence {n} -->\n" for n in names))
+    for section in ("cpu", "allocator"):
+        saved = tmp_path / f"{section}.json"
+        saved.write_text(json.dumps(_saved_results(section)))
+        assert main(["--results", str(saved), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and "\nold\n" not in text
+    cpu_block = text[text.index("<!-- evidence bench-cpu -->"):text.index("<!-- /evidence bench-cpu -->")]
+    assert "Written by `python -m btxrd.bench` (`make bench`); do not edit by hand." in cpu_block
+    assert f"- code: commit {git_commit()[:12]}" in cpu_block and f"- machine: {cpu_model()}" in cpu_block
+    assert "- measured: 2026-11-18 " in cpu_block  # the time the measurement started, in UTC
+    assert "CUDA" not in cpu_block  # torch's CUDA build is named only where a GPU computed the figures
+    assert ("| 128 px | 24.7 (22.2-27.2) img/s | 23.4 (21.1-25.7) img/s | 0.93 (0.90-0.95) | 14.8 (13.3-16.3) img/s "
+            "| 0.57 (0.55-0.60) | 1.22 (1.10-1.34)x |") in cpu_block  # fmt: skip
+    assert "47.5 (42.8-52.3) img/s on 1 thread" in cpu_block and "0.24 (0.22-0.26) s" in cpu_block
+    assert "| **command start to the later job's first step** | 20.0 (18.0-22.0) | 15.0 (13.5-16.5) |" in text
+    assert "`python -m btxrd.bench --only allocator`" in text
+    assert "| b0 128 px | 22.0 (19.8-24.2) | 23.0 (20.7-25.3) | 1.05 (0.95-1.16) | [0.91, 1.24] |" in text
+    # Again from the same file: the same README (a re-run's git diff shows only what moved)
+    assert main(["--results", str(tmp_path / "allocator.json"), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text
+
+    # A file whose efficiency is impossible writes nothing; a file that is not a results file is one line
+    impossible = tmp_path / "impossible.json"
+    impossible.write_text(json.dumps(_saved_results("cpu", efficiency=[1.1, 1.2])))
+    assert main(["--results", str(impossible), "--readme", str(readme)]) == 1
+    assert readme.read_text() == text and "physically impossible figures" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    from btxrd.cli import run_cli
+
+    assert run_cli(lambda: main(["--results", str(tmp_path / "other.json"), "--readme", str(readme)])) == 2
+    assert capsys.readouterr().err.startswith(f"error: --results {tmp_path / 'other.json'}: not a results file")
+
+
+def test_the_machine_line_names_cuda_only_for_a_gpu() -> None:
+    from btxrd.report.render import machine_line
+
+    tags = {"machine.cpu": "AMD EPYC", "machine.cores": "16", "machine.torch": "2.14.1+cu130", "machine.cuda": "13.0"}
+    assert machine_line({**tags, "machine.accelerator": "none"}) == "AMD EPYC, 16 cores, no GPU; torch 2.14.1+cu130"
+    assert machine_line({**tags, "machine.accelerator": "NVIDIA H100"}) == (
+        "AMD EPYC, 16 cores, NVIDIA H100; torch 2.14.1+cu130, CUDA 13.0")
+
+
+def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
+    import json
+
+    from btxrd.bench.__main__ import main
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- evidence bench-gpu -->\nold\n<!-- /evidence bench-gpu -->\n")
+    saved = tmp_path / "bench_gpu.json"
+    saved.write_text(json.dumps(_saved_results("gpu")))
+    assert main(["--results", str(saved), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "`python -m btxrd.bench --only gpu`" in text
+    assert "NVIDIA H100 80GB HBM3; torch" in text and "CUDA 13.0" in text
+    assert ("| b0 | 224 px | 256 | 4416 (3974-4858) | 2751 (2476-3026) | 0.62 (0.56-0.68) | 10.8 GiB | "
+            "efficientnet_b0 @ 224: 1,752 |") in text  # fmt: skip
+    assert "224px_plain: 1169 img/s per worker, 4130 with 8" in text and "`train.compile=true` 5202 img/s" in text
+    assert "| ae_attention | " + " | ".join(["12.7 GiB, 291 img/s"] * 4) + " |" in text

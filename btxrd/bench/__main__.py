@@ -1,20 +1,27 @@
-"""python -m btxrd.bench [--only cpu|gpu|allocator]: writes bench/bench.json (CPU), bench/bench_gpu.json (GPU),
-bench/bench_allocator.json (the allocator A/B, only when asked for)."""
+"""python -m btxrd.bench [--only cpu|gpu|allocator|startup]: writes bench/bench.json (CPU, start-up included),
+bench/bench_gpu.json (GPU), bench_startup.json / bench_allocator.json (when asked for alone), and each
+section's tables into README.md's blocks (``--no-readme``: not; ``--results FILE``: from a saved file)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from btxrd.bench import cpu
+from btxrd.bench import cpu, readme
+from btxrd.cli import run_cli
 from btxrd.config import project_root
+from btxrd.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=cpu.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--only", choices=("cpu", "gpu", "allocator", "startup"), default=None,
@@ -28,43 +35,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-rounds", type=int, default=3, help="image cache builds (~35 s each)")
     parser.add_argument("--startup-rounds", type=int, default=3, help="cold + warm 2-job sweeps")
     parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
+    parser.add_argument("--readme", type=Path, default=Path(project_root()) / "README.md",
+                        help="the file whose blocks the tables are written into")
+    parser.add_argument("--no-readme", action="store_true", help="print the tables, write no README block")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="measure nothing: write the README blocks of a saved results file")
     args = parser.parse_args(argv)
+    if args.results is not None:
+        try:
+            results = json.loads(args.results.read_text())
+            section = results["section"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"--results {args.results}: not a results file of this benchmark ({exc})") from None
+        return 0 if _report(section, results, args) else 1
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    if args.only == "startup":
-        results = cpu.startup(cpu.bench_data(args), work, args.startup_rounds)
-        cpu.print_startup(results)
-        _write(results, work / "bench_startup.json")
-        return 0
-    if args.only == "allocator":
-        results = cpu.allocator_ab(args)
-        cpu.print_allocator(results)
-        _write(results, work / "bench_allocator.json")
-        return 0
-    if args.only in (None, "cpu"):
-        results = cpu.cpu_section(args)
-        _write(results, work / "bench.json")
-        flagged = cpu.implausible(results)
-        if flagged:
-            print(f"error: physically impossible figures (end-to-end faster than model-only in every round): "
-                  f"{', '.join(flagged)}; the measurement is wrong, not the loader", file=sys.stderr)  # fmt: skip
-            return 1
-    if args.only in (None, "gpu"):
-        if not torch.cuda.is_available():
+    sections: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        "startup": ("bench_startup.json", lambda: cpu.startup(cpu.bench_data(args), work, args.startup_rounds)),
+        "allocator": ("bench_allocator.json", lambda: cpu.allocator_ab(args)),
+        "cpu": ("bench.json", lambda: cpu.cpu_section(args)),
+        "gpu": ("bench_gpu.json", lambda: _gpu_section(work)),
+    }  # fmt: skip
+    for section in [args.only] if args.only else ["cpu", "gpu"]:
+        if section == "gpu" and not torch.cuda.is_available():
             print("no CUDA GPU here: GPU section skipped")
             return 0 if args.only is None else 1
-        from btxrd.bench import gpu
-
-        results = gpu.gpu_section(work)
-        gpu.print_gpu(results)
-        _write(results, work / "bench_gpu.json")
+        file_name, measure = sections[section]
+        started = time.time()
+        results = measure()
+        device = torch.device("cuda" if section == "gpu" else "cpu")
+        results.update(section=section, made=readme.made_by(argv, started, device))
+        (work / file_name).write_text(json.dumps(results, indent=2))
+        print(f"\nwritten {work / file_name}")
+        if not _report(section, results, args):
+            return 1
     return 0
 
 
-def _write(results: dict, out: Path) -> None:
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten {out}")
+def _gpu_section(work: Path) -> dict[str, Any]:
+    from btxrd.bench import gpu  # CUDA only
+
+    return gpu.gpu_section(work)
+
+
+def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Print the section's tables and write them into the README; False (nothing written) when a figure
+    is physically impossible."""
+    flagged = cpu.implausible(results) if section == "cpu" else []
+    if flagged:  # never a table
+        print(f"error: physically impossible figures (end-to-end faster than model-only in every round): "
+              f"{', '.join(flagged)}; the measurement is wrong, not the loader", file=sys.stderr)  # fmt: skip
+        return False
+    for text in readme.blocks(section, results).values():
+        print(f"\n{text}")
+    if not args.no_readme:
+        readme.write(args.readme, section, results)
+    return True
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

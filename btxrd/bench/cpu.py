@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from btxrd.bench.common import bench_table, described_efficiency, efficiency_finding, shown, spread
+from btxrd.bench.common import bench_table, efficiency_finding, spread
 from btxrd.config import project_root
 from btxrd.data.synth import generate
 
@@ -213,16 +213,6 @@ def geometric_mean_interval(ratios: list[float]) -> list[float]:
     return [float(np.exp(low)), float(np.exp(high))]
 
 
-def print_allocator(results: dict[str, Any]) -> None:
-    print(f"\nglibc tunables {results['tunables']}\nmodel-only img/s, median (min-max) of fresh processes:")
-    for name, r in results.items():
-        if name == "tunables":
-            continue
-        low, high = r["speedup_geometric_mean_ci95"]
-        print(f"  {name:>22}: default {shown(r['default_ips'])}, tunables {shown(r['tunables_ips'])}; speed-up "
-              f"{shown(r['speedup'], 2)}, geometric mean 95% CI [{low:.2f}, {high:.2f}]")  # fmt: skip
-
-
 def bench_data(args: argparse.Namespace) -> Path:
     """The benchmark's dataset: ``args.n`` generated images of the release's real sizes (made once)."""
     data_root = Path(args.workdir) / f"data_real_sizes_{args.n}"
@@ -233,7 +223,7 @@ def bench_data(args: argparse.Namespace) -> Path:
 
 
 def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
-    """The CPU benchmark (the module's docstring lists what it measures); prints its tables."""
+    """The CPU benchmark (the module's docstring lists what it measures)."""
     work = Path(args.workdir)
     data_root = bench_data(args)
     table = bench_table(data_root)
@@ -246,41 +236,7 @@ def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
     results["throughput"] = throughput(data_root, work, args)
     results["bootstrap"] = bootstrap_cost()
     results["startup"] = startup(data_root, work, args.startup_rounds)
-    print_cpu(results)
     return results
-
-
-def print_cpu(results: dict[str, Any]) -> None:
-    print(f"\n{results['model']}, {results['threads']} threads, batch {results['batch']}, {results['n_images']} "
-          f"images (median {results['median_width']:.0f} x {results['median_height']:.0f} px); median (min-max) "
-          f"of {results['rounds']} rounds in fresh processes\n")  # fmt: skip
-    print(f"{'input':>6} | {'model-only img/s':>18} | {'end-to-end img/s':>18} | {'efficiency':>32} | "
-          f"{'naive img/s':>18} | {'naive efficiency':>18} | Grad-CAM / forward")  # fmt: skip
-    for size, r in results["throughput"].items():
-        print(f"{size:>6} | {shown(r['model_only_ips']):>18} | {shown(r['end_to_end_ips']):>18} | "
-              f"{described_efficiency(r['efficiency']):>32} | {shown(r['naive_ips']):>18} | "
-              f"{described_efficiency(r['naive_efficiency']):>18} | {shown(r['gradcam_over_forward'], 2)}")  # fmt: skip
-    c, cores = results["cache"], os.cpu_count() or 1
-    print(f"\nimage cache, first build: {shown(c['cache_build_ips_1_threads'])} img/s on 1 thread, "
-          f"{shown(c[f'cache_build_ips_{cores}_threads'])} on {cores}; naive decode + resize "
-          f"{shown(c['naive_decode_ips_1_thread'])} img/s: {shown(c['cache_vs_naive_1_thread'], 2)}x per thread, "
-          f"{shown(c['cache_vs_naive_parallel'], 2)}x as built; another input size from the same source: "
-          f"{shown(c['cache_other_size_ips_1_thread'], 0)} img/s on 1 thread")  # fmt: skip
-    b = results["bootstrap"]
-    print(f"confidence intervals of a {b['images']}-image test part, {b['resamples']} group-bootstrap "
-          f"resamples: {shown(b['seconds'], 2)} s")  # fmt: skip
-    print_startup(results["startup"])
-
-
-def print_startup(s: dict[str, Any]) -> None:
-    print("\nstart-up of a 2-job multirun, seconds (the job that starts training last), median (min-max):")
-    print(f"{'phase':>13} | {'cold':>17} | {'warm':>17} | what")
-    for mark, what in PHASES:
-        print(f"{mark:>13} | {shown(s['cold'][mark]):>17} | {shown(s['warm'][mark]):>17} | {what}")
-    print(f"{'job process':>13} | {shown(s['cold']['job_process']):>17} | {shown(s['warm']['job_process']):>17} | "
-          "the job's process start to its first training step")  # fmt: skip
-    print(f"{'total':>13} | {shown(s['cold']['total']):>17} | {shown(s['warm']['total']):>17} | "
-          "command start to the later job's first training step")  # fmt: skip
 
 
 def implausible(results: dict[str, Any]) -> list[str]:

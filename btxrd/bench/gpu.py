@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from btxrd.bench.common import Trainer, shown, spread, training_loader, uint8_batches
+from btxrd.bench.common import Trainer, spread, training_loader, uint8_batches
 from btxrd.config import compose_run
 from btxrd.data.loaders import collate_batch, loader_workers
 from btxrd.data.reader import load_dataset
@@ -171,28 +171,3 @@ def gpu_section(work: Path, n_images: int = 1024) -> dict[str, Any]:
         results[name] = measure()
         (work / "bench_gpu.partial.json").write_text(json.dumps(results, indent=2))
     return results
-
-
-def print_gpu(results: dict[str, Any]) -> None:
-    print(f"\n{results['gpu']} ({results['gpu_memory_gib']:.0f} GiB), torch {results['torch']}, CUDA "
-          f"{results['cuda']}, {results['cpu_threads']} CPU threads; bf16 autocast, channels_last")  # fmt: skip
-    t = results["throughput"]
-    print(f"{'model':>14} {'px':>4} {'batch':>5} {'model-only img/s':>22} {'end-to-end img/s':>22} "
-          f"{'efficiency':>20} {'peak GiB':>9}  timm RTX 3090")  # fmt: skip
-    for name, _, _ in MODELS:
-        r = t[name]
-        cells = [shown(r[k], 0) for k in ("model_only_ips", "end_to_end_ips")]
-        eff = r["efficiency"]
-        print(f"{name:>14} {r['size']:>4} {r['batch']:>5} {cells[0]:>22} {cells[1]:>22} "
-              f"{shown(eff, 2)}{'':>4} {r['peak_memory_gib']:>8.1f}  "
-              f"{r['timm_rtx3090'][0]}: {r['timm_rtx3090'][1]}")  # fmt: skip
-    print(f"loader ({t['loader_workers']} workers): " + "; ".join(
-        f"{k}: {v['one_worker_ips']:.0f} img/s per worker, {list(v.values())[1]:.0f} all"
-        for k, v in results["loader"].items()))  # fmt: skip
-    s = results["sync_and_compile"]
-    print(f"b0 224 px model-only: sync_every=1 {s['sync_every_1']['median']:.0f}, sync_every=25 "
-          f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); compiled "
-          f"{s['compiled']['median']:.0f} img/s ({s['compile_speedup']['median']:.2f}x, "
-          f"{s['compile_seconds']:.0f} s to compile)")  # fmt: skip
-    for key, value in results.get("autoencoders", {}).items():
-        print(f"{key}: peak {value['peak_gib']:.2f} GiB, {value['images_per_s']:.0f} img/s")

@@ -14,7 +14,6 @@ from a sweep that already ran. Anyone can re-run a section and read ``git diff R
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pandas as pd
 from btxrd.cli import run_cli
 from btxrd.config import project_root
 from btxrd.errors import ConfigError
+from btxrd.report.blocks import closing, opening, write_block
 from btxrd.report.render import markdown_table, seeds_markdown, signed
 
 
@@ -87,7 +87,7 @@ def block(name: str, section: Section, sweep_dir: Path) -> str:
              r["metric"], signed(r["delta"], r["ci_low"], r["ci_high"]), f"{r['p']:.2g}", f"{r['p_holm']:.2g}",
              "**yes**" if r["real"] else "no"] for _, r in tested.iterrows()]  # fmt: skip
     seeds = sorted({int(s) for value in summary["seeds"] for s in str(value).split()})
-    header = [f"<!-- evidence {name} -->",
+    header = [opening(name),
               f"Written by `make evidence NAME={name}` (= `{command(section)}` on `make demo-data`'s data; "
               f"seeds {', '.join(map(str, seeds))}); do not edit by hand.", "", *made]  # fmt: skip
     root = Path(project_root()).resolve()
@@ -96,21 +96,7 @@ def block(name: str, section: Section, sweep_dir: Path) -> str:
     comparisons = ("Paired by seed; Δ = A − B with its 95% interval, p-values Holm-adjusted over the sweep "
                    f"report's {len(every_test)} tests:\n\n"
                    + markdown_table(["A vs B", "with", "metric", "Δ [95% CI]", "p", "p (Holm)", "real?"], rows))
-    end = f"<!-- /evidence {name} -->"
-    return "\n".join([*header, "", seeds_markdown(summary, section.columns), comparisons, end])
-
-
-def write_block(readme: Path, name: str, text: str) -> None:
-    """Replace the block ``name`` in ``readme`` (markers included) with ``text``."""
-    pattern = re.compile(rf"<!-- evidence {re.escape(name)} -->.*?<!-- /evidence {re.escape(name)} -->", re.DOTALL)
-    content = readme.read_text()
-    if not pattern.search(content):
-        raise ConfigError(f"{readme}: no block <!-- evidence {name} --> ... <!-- /evidence {name} --> to write")
-    readme.write_text(pattern.sub(lambda _: text, content, count=1))
-
-
-def blocks_in(readme: Path) -> list[str]:
-    return re.findall(r"<!-- evidence ([\w-]+) -->", readme.read_text())
+    return "\n".join([*header, "", seeds_markdown(summary, section.columns), comparisons, closing(name)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _utc(ms: float) -> str:
+def utc(ms: float) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -37,30 +37,37 @@ def _one_or_each(values: list[str]) -> str:
     return ", ".join(f"{v} ({n} job{'s' if n > 1 else ''})" for v, n in counts.items())
 
 
+def code_line(made: dict[str, str]) -> str:
+    """The commit of a run's tags (``mlflow.source.git.commit``, ``code_version``), and whether it had
+    uncommitted changes."""
+    commit, version = made.get("mlflow.source.git.commit", "unknown"), made.get("code_version", "")
+    dirty = version.startswith(commit + "+")
+    return f"{commit[:12]}{' with uncommitted changes (' + version.split('+')[1] + ')' if dirty else ''}"
+
+
+def machine_line(made: dict[str, str]) -> str:
+    """The machine of a run's ``machine.*`` tags (btxrd.runtime.environment.machine_tags)."""
+    if "machine.cpu" not in made:
+        return "not recorded (runs made before runs named their machine)"
+    gpu = made.get("machine.accelerator", "none")
+    # torch's CUDA build says nothing of numbers a CPU computed
+    cuda = made.get("machine.cuda", "none") if gpu != "none" else "none"
+    return (f"{made.get('machine.cpu', 'unknown CPU')}, {made.get('machine.cores', '?')} cores"
+            f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {made.get('machine.torch', '?')}"
+            f"{', CUDA ' + cuda if cuda != 'none' else ''}")  # fmt: skip
+
+
 def provenance_markdown(command: str, records: list[RunRecord]) -> str:
     """How the numbers were made, so a table copied elsewhere can be regenerated and diffed: the
     command, the code (commit, and whether it had uncommitted changes), the machine, the dates."""
     made = [r.made_by for r in records if r.made_by]
     lines = [f"- command: `{command}`"]
     if made:
-        def code(m: dict[str, str]) -> str:
-            commit, version = m.get("mlflow.source.git.commit", "unknown"), m.get("code_version", "")
-            dirty = version.startswith(commit + "+")
-            return f"{commit[:12]}{' with uncommitted changes (' + version.split('+')[1] + ')' if dirty else ''}"
-
-        def machine(m: dict[str, str]) -> str:
-            if "machine.cpu" not in m:
-                return "not recorded (runs made before runs named their machine)"
-            gpu = m.get("machine.accelerator", "none")
-            return (f"{m.get('machine.cpu', 'unknown CPU')}, {m.get('machine.cores', '?')} cores"
-                    f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {m.get('machine.torch', '?')}"
-                    f"{', CUDA ' + m['machine.cuda'] if m.get('machine.cuda', 'none') != 'none' else ''}")  # fmt: skip
-
-        lines += [f"- code: commit {_one_or_each([code(m) for m in made])}",
-                  f"- machine: {_one_or_each([machine(m) for m in made])}"]  # fmt: skip
+        lines += [f"- code: commit {_one_or_each([code_line(m) for m in made])}",
+                  f"- machine: {_one_or_each([machine_line(m) for m in made])}"]  # fmt: skip
     times = [(r.started, r.ended) for r in records if np.isfinite(r.started)]
     if times:
-        lines.append(f"- runs: {_utc(min(t[0] for t in times))} to {_utc(max(t[1] for t in times))}")
+        lines.append(f"- runs: {utc(min(t[0] for t in times))} to {utc(max(t[1] for t in times))}")
     return "\n".join(lines) + "\n"
 
 

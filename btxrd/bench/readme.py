@@ -1,0 +1,135 @@
+"""The benchmark's tables as README.md shows them, written there by the benchmark itself.
+
+Each results file (bench/bench.json, bench_startup.json, bench_allocator.json, bench_gpu.json) holds
+its section's name and how it was made (command, code, machine, when); ``blocks`` turns it into the
+README blocks it measures, which ``make bench`` writes, and ``python -m btxrd.bench --results FILE``
+writes again from a saved file (a GPU machine's results brought back, say).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from btxrd.bench.common import described_efficiency, shown
+from btxrd.bench.cpu import PHASES
+from btxrd.report.blocks import closing, opening, write_block
+from btxrd.report.render import code_line, machine_line, markdown_table, utc
+from btxrd.runtime.environment import machine_tags
+from btxrd.runtime.provenance import code_version, git_commit
+
+# README block of each section's results (the CPU section's results hold its start-up table too)
+BLOCKS = {"cpu": ("bench-cpu", "bench-startup"), "startup": ("bench-startup",), "allocator": ("bench-allocator",),
+          "gpu": ("bench-gpu",)}  # fmt: skip
+
+
+def made_by(argv: list[str], started: float, device: torch.device) -> dict[str, Any]:
+    """How a section's figures were made: its command, code, machine and time (seconds since the epoch)."""
+    commit = git_commit()
+    return {"command": " ".join(["python -m btxrd.bench", *argv]), "started": started, "ended": time.time(),
+            **machine_tags(device), "mlflow.source.git.commit": commit,
+            "code_version": code_version(commit=commit)}  # fmt: skip
+
+
+def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
+    """The README blocks of a section's results, by name."""
+    made = results["made"]
+    render = {"bench-cpu": lambda: _cpu(results), "bench-startup": lambda: _startup(results.get("startup", results)),
+              "bench-allocator": lambda: _allocator(results), "bench-gpu": lambda: _gpu(results)}  # fmt: skip
+    return {name: "\n".join([opening(name), *_provenance(made), "", render[name](), closing(name)])
+            for name in BLOCKS[section]}  # fmt: skip
+
+
+def write(readme: Path, section: str, results: dict[str, Any]) -> None:
+    for name, text in blocks(section, results).items():
+        write_block(readme, name, text)
+    print(f"\nwritten to {readme}: {', '.join(BLOCKS[section])} (git diff shows what moved)")
+
+
+def _provenance(made: dict[str, Any]) -> list[str]:
+    make = " (`make bench`)" if made["command"] == "python -m btxrd.bench" else ""
+    return [f"Written by `{made['command']}`{make}; do not edit by hand.", "",
+            f"- code: commit {code_line(made)}", f"- machine: {machine_line(made)}",
+            f"- measured: {utc(made['started'] * 1000)} to {utc(made['ended'] * 1000)}"]  # fmt: skip
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    cores = int(r["made"]["machine.cores"])
+    settings = (f"{r['model']}, {r['threads']} threads, batch {r['batch']}, {r['steps']} steps per feed; "
+                f"{r['n_images']} generated images of the release's real sizes (median {r['median_width']:.0f} x "
+                f"{r['median_height']:.0f} px); median (min-max) of {r['rounds']} rounds in fresh "
+                "processes:")  # fmt: skip
+    rows = [[f"{size.removesuffix('px')} px", f"{shown(t['model_only_ips'])} img/s",
+             f"{shown(t['end_to_end_ips'])} img/s", described_efficiency(t["efficiency"]),
+             f"{shown(t['naive_ips'])} img/s", described_efficiency(t["naive_efficiency"]),
+             f"{shown(t['gradcam_over_forward'], 2)}x"]
+            for size, t in r["throughput"].items()]  # fmt: skip
+    table = markdown_table(["input", "model-only", "end-to-end (cache)", "efficiency", "naive loader",
+                            "naive efficiency", "Grad-CAM / forward"], rows)  # fmt: skip
+    c, b = r["cache"], r["bootstrap"]
+    cache = (f"Image cache, first build ({r['cache_rounds']} rounds): {shown(c['cache_build_ips_1_threads'])} img/s "
+             f"on 1 thread, {shown(c[f'cache_build_ips_{cores}_threads'])} on {cores}, against "
+             f"{shown(c['naive_decode_ips_1_thread'])} img/s for a naive full decode + resize on 1 thread: "
+             f"{shown(c['cache_vs_naive_1_thread'], 2)}x per thread, {shown(c['cache_vs_naive_parallel'], 2)}x as "
+             f"built. Another input size from the same source: {shown(c['cache_other_size_ips_1_thread'], 0)} img/s "
+             f"on 1 thread. Confidence intervals of a {b['images']}-image test part ({b['resamples']:,} "
+             f"group-bootstrap resamples, every interval a run logs): {shown(b['seconds'], 2)} s.")  # fmt: skip
+    return f"{settings}\n\n{table}\n{cache}"
+
+
+def _startup(s: dict[str, Any]) -> str:
+    rounds = len(s["cold"]["total"]["rounds"])
+    rows = [[what, shown(s["cold"][mark]), shown(s["warm"][mark])] for mark, what in PHASES]
+    rows += [["**the job's process start to its first step**", shown(s["cold"]["job_process"]),
+              shown(s["warm"]["job_process"])],
+             ["**command start to the later job's first step**", shown(s["cold"]["total"]),
+              shown(s["warm"]["total"])]]  # fmt: skip
+    return (f"{rounds} round{'s' if rounds > 1 else ''}, cold and warm interleaved; seconds, median (min-max):\n\n"
+            + markdown_table(["phase", "cold", "warm"], rows))  # fmt: skip
+
+
+def _allocator(r: dict[str, Any]) -> str:
+    rows = []
+    for name, figures in r.items():
+        if not (isinstance(figures, dict) and "speedup" in figures):  # the tunables, how it was made
+            continue
+        low, high = figures["speedup_geometric_mean_ci95"]
+        rows.append([name, shown(figures["default_ips"]), shown(figures["tunables_ips"]),
+                     shown(figures["speedup"], 2), f"[{low:.2f}, {high:.2f}]"])  # fmt: skip
+    return (f"`GLIBC_TUNABLES={r['tunables']}`; model-only steps, each arm its own process:\n\n"
+            + markdown_table(["model", "default img/s", "with tunables img/s", "speed-up, median (min-max)",
+                              "geometric mean, 95% CI"], rows))  # fmt: skip
+
+
+def _gpu(r: dict[str, Any]) -> str:
+    t, workers = r["throughput"], r["throughput"]["loader_workers"]
+    settings = (f"{r['gpu']} ({r['gpu_memory_gib']:.0f} GiB), CUDA {r['cuda']}, {r['cpu_threads']} CPU threads; "
+                f"{r['n_images']:,} generated images; bf16 autocast, channels_last; median (min-max) of the "
+                "rounds:")  # fmt: skip
+    rows = [[name, f"{f['size']} px", str(f["batch"]), shown(f["model_only_ips"], 0), shown(f["end_to_end_ips"], 0),
+             shown(f["efficiency"], 2), f"{f['peak_memory_gib']:.1f} GiB", f"{f['timm_rtx3090'][0]}: "
+             f"{f['timm_rtx3090'][1]:,}"] for name, f in t.items() if isinstance(f, dict) and "size" in f]  # fmt: skip
+    table = markdown_table(["model", "input", "batch", "model-only img/s",
+                            f"end-to-end img/s ({workers} loader workers)", "efficiency",
+                            "peak GPU memory", "timm's RTX 3090 figure"], rows)  # fmt: skip
+    loader = "Loader alone: " + "; ".join(f"{k}: {v['one_worker_ips']:.0f} img/s per worker, "
+                                          f"{v[f'{workers}_workers_ips']:.0f} with {workers}"
+                                          for k, v in r["loader"].items()) + "."  # fmt: skip
+    s = r["sync_and_compile"]
+    syncs = (f"b0 224 px model-only: `train.sync_every=1` {s['sync_every_1']['median']:.0f}, 25 "
+             f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); "
+             f"`train.compile=true` {s['compiled']['median']:.0f} img/s ({s['compile_speedup']['median']:.2f}x, "
+             f"{s['compile_seconds']:.0f} s to compile).")  # fmt: skip
+    variants = {"batch 16, float32": "batch16_fp32", "batch 16, bf16": "batch16_bf16",
+                "batch 32, float32": "batch32_fp32", "batch 32, bf16": "batch32_bf16"}  # fmt: skip
+    measured = r["autoencoders"]
+    models = dict.fromkeys(key.split("_batch")[0] for key in measured)
+    memory = markdown_table(["model", *variants], [
+        [model, *(f"{measured[f'{model}_{v}']['peak_gib']:.1f} GiB, {measured[f'{model}_{v}']['images_per_s']:.0f} "
+                  "img/s" for v in variants.values())] for model in models])  # fmt: skip
+    return (f"{settings}\n\n{table}\n{loader} {syncs}\n\nThe autoencoders at the plan's size (256 px, base 64), "
+            f"peak GPU memory of training steps (activations, gradients, AdamW state, cuDNN workspaces):\n\n{memory}")
+
