@@ -183,3 +183,20 @@ def test_evidence_refuses_a_readme_without_the_block_and_every_block_names_a_sec
     assert "annotations-demo" in blocks_in(PROJECT_ROOT / "README.md")
     for section in SECTIONS.values():  # each sweep's first job composes
         compose_config([o.split(",")[0] for o in section.overrides if not o.startswith("hydra.")])
+
+
+def test_a_metric_a_configuration_does_not_have_is_a_blank_cell_not_nan() -> None:
+    from btxrd.report.render import seeds_markdown
+
+    summary = pd.DataFrame([
+        {"configuration": "model=ae_residual", "n_seeds": 3, "test_psnr_mean": 27.66, "test_psnr_sd": 0.72,
+         "test_psnr_ci_low": 26.96, "test_psnr_ci_high": 28.41, "val_channel_gates_mean_mean": np.nan,
+         "val_channel_gates_mean_sd": np.nan},
+        {"configuration": "model=ae_attention", "n_seeds": 3, "test_psnr_mean": 23.84, "test_psnr_sd": 1.64,
+         "test_psnr_ci_low": 22.0, "test_psnr_ci_high": 25.11, "val_channel_gates_mean_mean": 0.51,
+         "val_channel_gates_mean_sd": 0.004},
+    ])  # fmt: skip
+    table = seeds_markdown(summary, {"test_psnr": "PSNR (dB)", "val_channel_gates_mean": "channel gates"})
+    assert "| model=ae_residual | 3 | 27.660 ± 0.720 [26.960, 28.410] |  |" in table  # B has no gates
+    assert "| model=ae_attention | 3 | 23.840 ± 1.640 [22.000, 25.110] | 0.510 ± 0.004 |" in table
+    assert "nan" not in table

@@ -52,7 +52,10 @@ SECTIONS = {
     "autoencoders": Section(
         ("experiment=ae_demo", "model=ae_residual,ae_attention,ae_attention_residual", "seed=0,1,2",
          "hydra.launcher.n_jobs=2"),
-        {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM"}, ("PSNR (dB)", "SSIM"), 60),
+        {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM", "test_psnr_normal": "PSNR normal",
+         "test_psnr_benign": "PSNR benign", "test_psnr_malignant": "PSNR malignant",
+         "val_channel_gates_mean": "channel gates", "val_spatial_gates_mean": "spatial gates"},
+        ("PSNR (dB)", "SSIM"), 60),
 }  # fmt: skip
 
 

@@ -112,6 +112,9 @@ def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
     for _, r in summary.iterrows():
         cells = [r["configuration"], str(r["n_seeds"])]
         for c in shown:
+            if not np.isfinite(r[f"{c}_mean"]):  # a metric this configuration has not (gates of a model without)
+                cells.append("")
+                continue
             sd = f" ± {r[f'{c}_sd']:.3f}" if np.isfinite(r.get(f"{c}_sd", np.nan)) else ""
             interval = (f" [{r[f'{c}_ci_low']:.3f}, {r[f'{c}_ci_high']:.3f}]"
                         if np.isfinite(r.get(f"{c}_ci_low", np.nan)) else "")  # fmt: skip

@@ -97,7 +97,10 @@ class ReconstructTask(Task):
     settings_type = ReconstructSettings
     monitors = ("val_psnr", "val_ssim")
     headline = ("test_psnr", "test_ssim")
-    report_columns = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM"}
+    # per class, and where the CBAM gates sit at the last validation (attention models only)
+    report_columns = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM", "test_psnr_normal": "PSNR normal",
+                      "test_psnr_benign": "PSNR benign", "test_psnr_malignant": "PSNR malignant",
+                      "val_channel_gates_mean": "channel gates", "val_spatial_gates_mean": "spatial gates"}  # fmt: skip
     compared = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
     per_image_file = "reconstruction_{part}.csv"
     chart_metrics = ("test_psnr",)
