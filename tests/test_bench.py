@@ -42,6 +42,7 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     phases = {mark: _figure(i + 1.0) for i, (mark, _) in enumerate(PHASES)}
     startup = {p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
                for p in ("cold", "warm")}  # fmt: skip
+    startup["import_floor"] = _figure(4.0)
     if section == "startup":
         return {**startup, "section": section, "made": made}
     if section == "allocator":
@@ -98,6 +99,8 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
             "| 0.57 (0.55-0.60) | 1.22 (1.10-1.34)x |") in cpu_block  # fmt: skip
     assert "47.5 (42.8-52.3) img/s on 1 thread" in cpu_block and "0.24 (0.22-0.26) s" in cpu_block
     assert "| **command start to the later job's first step** | 20.0 (18.0-22.0) | 15.0 (13.5-16.5) |" in text
+    assert "importing timm alone (torch, torchvision and through it torch._dynamo)" in text
+    assert "one process alone: 4.0 (3.6-4.4) s." in text
     assert "`python -m btxrd.bench --only allocator`" in text
     assert "| b0 128 px | 22.0 (19.8-24.2) | 23.0 (20.7-25.3) | 1.05 (0.95-1.16) | [0.91, 1.24] |" in text
     # Again from the same file: the same README (a re-run's git diff shows only what moved)

@@ -165,10 +165,19 @@ def startup_round(data_root: Path, work: Path, phase: str) -> dict[str, float]:
     return out
 
 
+def import_floor() -> float:
+    """Seconds for a fresh interpreter to import timm (torch, torchvision, and through it torch._dynamo):
+    what any job that builds a timm model pays before its own code runs."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import timm"], check=True)
+    return time.perf_counter() - start
+
+
 def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
     """Cold (a new project folder: new tracking store, no image cache or probe memo) then warm (the same
-    folder again), ``rounds`` times, interleaved."""
+    folder again), ``rounds`` times, interleaved; and the import floor, alone."""
     measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+    floor = []
     for index in range(rounds):
         folder = work / "startup" / str(index)
         shutil.rmtree(folder, ignore_errors=True)
@@ -176,7 +185,8 @@ def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
         for phase in ("cold", "warm"):
             print(f"start-up of a 2-job sweep, {phase}, round {index + 1} of {rounds} ...", flush=True)
             measured[phase].append(startup_round(data_root, folder, phase))
-    return {phase: summarised(values) for phase, values in measured.items()}
+        floor.append(import_floor())
+    return {**{phase: summarised(values) for phase, values in measured.items()}, "import_floor": spread(floor)}
 
 
 def allocator_ab(args: argparse.Namespace) -> dict[str, Any]:

@@ -87,8 +87,11 @@ def _startup(s: dict[str, Any]) -> str:
               shown(s["warm"]["job_process"])],
              ["**command start to the later job's first step**", shown(s["cold"]["total"]),
               shown(s["warm"]["total"])]]  # fmt: skip
+    floor = (f"\nThe floor, in the same rounds: a fresh interpreter importing timm alone (torch, torchvision and "
+             f"through it torch._dynamo), one process alone: {shown(s['import_floor'])} s.\n"
+             if "import_floor" in s else "")  # fmt: skip
     return (f"{rounds} round{'s' if rounds > 1 else ''}, cold and warm interleaved; seconds, median (min-max):\n\n"
-            + markdown_table(["phase", "cold", "warm"], rows))  # fmt: skip
+            + markdown_table(["phase", "cold", "warm"], rows) + floor)  # fmt: skip
 
 
 def _allocator(r: dict[str, Any]) -> str:
