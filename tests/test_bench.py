@@ -49,6 +49,11 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
         ab = {"default_ips": _figure(22.0), "tunables_ips": _figure(23.0), "speedup": _figure(1.05),
               "speedup_geometric_mean_ci95": [0.91, 1.24]}  # fmt: skip
         return {"tunables": "glibc.malloc.top_pad=1", "b0 128 px": ab, "section": section, "made": made}
+    if section == "sizes":
+        model = {"image_size": 256, "base_channels": 64, "parameters": 23_900_000,
+                 "activation_bytes_per_image": 437 * 2**20, "activation_bytes_batch16": int(6.8 * 2**30),
+                 "activation_bytes_batch32": int(13.6 * 2**30), "weights_grads_adamw_bytes": 365 * 2**20}
+        return {"batches": [16, 32], "ae_residual": model, "section": section, "made": made}
     if section == "gpu":  # made on a GPU machine, its file brought back
         made.update({"machine.accelerator": "NVIDIA H100 80GB HBM3", "machine.cuda": "13.0"})
         model = {"size": 224, "batch": 256, "model_only_ips": _figure(4416.0), "end_to_end_ips": _figure(2751.0),
@@ -81,10 +86,10 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     from btxrd.runtime.environment import cpu_model
     from btxrd.runtime.provenance import git_commit
 
-    names = ("bench-cpu", "bench-startup", "bench-allocator")
+    names = ("bench-cpu", "bench-startup", "bench-allocator", "autoencoder-sizes")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n" + "".join(f"<!-- evidence {n} -->\nold\n<!-- /evidence {n} -->\n" for n in names))
-    for section in ("cpu", "allocator"):
+    for section in ("cpu", "allocator", "sizes"):
         saved = tmp_path / f"{section}.json"
         saved.write_text(json.dumps(_saved_results(section)))
         assert main(["--results", str(saved), "--readme", str(readme)]) == 0
@@ -103,6 +108,8 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     assert "one process alone: 4.0 (3.6-4.4) s." in text
     assert "`python -m btxrd.bench --only allocator`" in text
     assert "| b0 128 px | 22.0 (19.8-24.2) | 23.0 (20.7-25.3) | 1.05 (0.95-1.16) | [0.91, 1.24] |" in text
+    assert "256 px, base 64, float32" in text
+    assert "| ae_residual | 23.9 M | 437 MB | 6.8 GB | 13.6 GB | 365 MB |" in text
     # Again from the same file: the same README (a re-run's git diff shows only what moved)
     assert main(["--results", str(tmp_path / "allocator.json"), "--readme", str(readme)]) == 0
     assert readme.read_text() == text

@@ -1,5 +1,6 @@
-"""python -m btxrd.bench [--only cpu|gpu|allocator|startup]: writes bench/bench.json (CPU, start-up included),
-bench/bench_gpu.json (GPU), bench_startup.json / bench_allocator.json (when asked for alone), and each
+"""python -m btxrd.bench [--only cpu|sizes|gpu|allocator|startup]: writes bench/bench.json (CPU, start-up
+included), bench_sizes.json (the autoencoders' memory), bench/bench_gpu.json (GPU), bench_startup.json /
+bench_allocator.json (when asked for alone), and each
 section's tables into README.md's blocks (``--no-readme``: not; ``--results FILE``: from a saved file)."""
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=cpu.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--only", choices=("cpu", "gpu", "allocator", "startup"), default=None,
-                        help="one section (default: cpu and gpu)")
+    parser.add_argument("--only", choices=("cpu", "sizes", "gpu", "allocator", "startup"), default=None,
+                        help="one section (default: cpu, sizes and gpu)")
     parser.add_argument("--n", type=int, default=160, help="generated images (real sizes)")
     parser.add_argument("--model", default="b0")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
@@ -54,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "startup": ("bench_startup.json", lambda: cpu.startup(cpu.bench_data(args), work, args.startup_rounds)),
         "allocator": ("bench_allocator.json", lambda: cpu.allocator_ab(args)),
         "cpu": ("bench.json", lambda: cpu.cpu_section(args)),
+        "sizes": ("bench_sizes.json", cpu.autoencoder_sizes),
         "gpu": ("bench_gpu.json", lambda: _gpu_section(work)),
     }  # fmt: skip
-    for section in [args.only] if args.only else ["cpu", "gpu"]:
+    for section in [args.only] if args.only else ["cpu", "sizes", "gpu"]:
         if section == "gpu" and not torch.cuda.is_available():
             print("no CUDA GPU here: GPU section skipped")
             return 0 if args.only is None else 1

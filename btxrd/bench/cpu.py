@@ -253,3 +253,26 @@ def implausible(results: dict[str, Any]) -> list[str]:
     """The figures flagged as physically impossible (not results)."""
     return [f"{size} {name}" for size, r in results.get("throughput", {}).items()
             for name in ("efficiency", "naive_efficiency") if r[name]["verdict"] == "implausible"]  # fmt: skip
+
+
+def autoencoder_sizes(models: tuple[str, ...] = ("ae_residual", "ae_attention", "ae_attention_residual"),
+                      batches: tuple[int, ...] = (16, 32)) -> dict[str, Any]:  # fmt: skip
+    """Each autoencoder at its configured size (the plan's: 256 px, base 64): parameters and the activation
+    memory of one float32 training step (btxrd.models.memory: counted, not timed, so one round)."""
+    from btxrd.config import compose_run
+    from btxrd.models import build_model
+    from btxrd.models.memory import activation_bytes
+
+    out: dict[str, Any] = {"batches": list(batches)}
+    for name in models:
+        print(f"autoencoder size: {name} ...", flush=True)
+        settings = compose_run(["task=reconstruct", f"model={name}"]).model
+        torch.manual_seed(0)
+        model = build_model(settings)
+        per_image, fixed = activation_bytes(model, settings.image_size)
+        parameters = sum(p.numel() for p in model.parameters())
+        out[name] = {"image_size": settings.image_size, "base_channels": settings.base_channels,
+                     "parameters": parameters, "activation_bytes_per_image": per_image,
+                     **{f"activation_bytes_batch{b}": fixed + per_image * b for b in batches},
+                     "weights_grads_adamw_bytes": 4 * parameters * 4}  # fmt: skip
+    return out

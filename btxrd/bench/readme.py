@@ -23,7 +23,7 @@ from btxrd.runtime.provenance import code_version, git_commit
 
 # README block of each section's results (the CPU section's results hold its start-up table too)
 BLOCKS = {"cpu": ("bench-cpu", "bench-startup"), "startup": ("bench-startup",), "allocator": ("bench-allocator",),
-          "gpu": ("bench-gpu",)}  # fmt: skip
+          "sizes": ("autoencoder-sizes",), "gpu": ("bench-gpu",)}  # fmt: skip
 
 
 def made_by(argv: list[str], started: float, device: torch.device) -> dict[str, Any]:
@@ -38,7 +38,8 @@ def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
     """The README blocks of a section's results, by name."""
     made = results["made"]
     render = {"bench-cpu": lambda: _cpu(results), "bench-startup": lambda: _startup(results.get("startup", results)),
-              "bench-allocator": lambda: _allocator(results), "bench-gpu": lambda: _gpu(results)}  # fmt: skip
+              "bench-allocator": lambda: _allocator(results), "autoencoder-sizes": lambda: _sizes(results),
+              "bench-gpu": lambda: _gpu(results)}  # fmt: skip
     return {name: "\n".join([opening(name), *_provenance(made), "", render[name](), closing(name)])
             for name in BLOCKS[section]}  # fmt: skip
 
@@ -105,6 +106,18 @@ def _allocator(r: dict[str, Any]) -> str:
     return (f"`GLIBC_TUNABLES={r['tunables']}`; model-only steps, each arm its own process:\n\n"
             + markdown_table(["model", "default img/s", "with tunables img/s", "speed-up, median (min-max)",
                               "geometric mean, 95% CI"], rows))  # fmt: skip
+
+
+def _sizes(r: dict[str, Any]) -> str:
+    models = {name: m for name, m in r.items() if isinstance(m, dict) and "parameters" in m}
+    first = next(iter(models.values()))
+    rows = [[name, f"{m['parameters'] / 1e6:.1f} M", f"{m['activation_bytes_per_image'] / 2**20:.0f} MB",
+             *(f"{m[f'activation_bytes_batch{b}'] / 2**30:.1f} GB" for b in r["batches"]),
+             f"{m['weights_grads_adamw_bytes'] / 2**20:.0f} MB"] for name, m in models.items()]  # fmt: skip
+    return (f"{first['image_size']} px, base {first['base_channels']}, float32; activation memory of one training "
+            "step from the tensors autograd saves (counted, linear in the batch; MB = MiB, GB = GiB):\n\n"
+            + markdown_table(["model", "parameters", "activations / image", *(f"batch {b}" for b in r["batches"]),
+                              "weights + grads + AdamW"], rows))  # fmt: skip
 
 
 def _gpu(r: dict[str, Any]) -> str:
