@@ -1,7 +1,7 @@
 """python -m btxrd.bench [--only cpu|sizes|gpu|allocator|startup]: writes bench/bench.json (CPU, start-up
-included), bench_sizes.json (the autoencoders' memory), bench/bench_gpu.json (GPU), bench_startup.json /
-bench_allocator.json (when asked for alone), and each
-section's tables into README.md's blocks (``--no-readme``: not; ``--results FILE``: from a saved file)."""
+included), bench/bench_sizes.json (the autoencoders' memory), bench/bench_gpu.json (GPU), and
+bench/bench_startup.json / bench_allocator.json (when asked for alone); and each section's tables into
+README.md's blocks (``--no-readme``: not; ``--results FILE``: from a saved file, measuring nothing)."""
 
 from __future__ import annotations
 

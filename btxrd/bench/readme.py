@@ -1,6 +1,7 @@
 """The benchmark's tables as README.md shows them, written there by the benchmark itself.
 
-Each results file (bench/bench.json, bench_startup.json, bench_allocator.json, bench_gpu.json) holds
+Each results file (bench/bench.json, bench_sizes.json, bench_startup.json, bench_allocator.json,
+bench_gpu.json) holds
 its section's name and how it was made (command, code, machine, when); ``blocks`` turns it into the
 README blocks it measures, which ``make bench`` writes, and ``python -m btxrd.bench --results FILE``
 writes again from a saved file (a GPU machine's results brought back, say).
