@@ -110,6 +110,7 @@ def cache_build(data_root: Path, work: Path, args: argparse.Namespace) -> dict[s
                                                     "size": max(args.sizes)}))  # fmt: skip
     out: dict[str, Any] = summarised(measured)
     cores = os.cpu_count() or 1
+    out["parallel_threads"] = cores  # the rounds' parallel build (btxrd.bench.rounds), named in the tables
     for name, threads in (("1_thread", 1), ("parallel", cores)):  # per round: the build over the naive decode
         out[f"cache_vs_naive_{name}"] = spread([r[f"cache_build_ips_{threads}_threads"] / r["naive_decode_ips_1_thread"]
                                                 for r in measured])  # fmt: skip

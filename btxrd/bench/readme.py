@@ -59,7 +59,6 @@ def _provenance(made: dict[str, Any]) -> list[str]:
 
 
 def _cpu(r: dict[str, Any]) -> str:
-    cores = int(r["made"]["machine.cores"])
     settings = (f"{r['model']}, {r['threads']} threads, batch {r['batch']}, {r['steps']} steps per feed; "
                 f"{r['n_images']} generated images of the release's real sizes (median {r['median_width']:.0f} x "
                 f"{r['median_height']:.0f} px); median (min-max) of {r['rounds']} rounds in fresh "
@@ -72,6 +71,7 @@ def _cpu(r: dict[str, Any]) -> str:
     table = markdown_table(["input", "model-only", "end-to-end (cache)", "efficiency", "naive loader",
                             "naive efficiency", "Grad-CAM / forward"], rows)  # fmt: skip
     c, b = r["cache"], r["bootstrap"]
+    cores = c["parallel_threads"]  # os.cpu_count() in the rounds, not the affinity machine.cores counts
     cache = (f"Image cache, first build ({r['cache_rounds']} rounds): {shown(c['cache_build_ips_1_threads'])} img/s "
              f"on 1 thread, {shown(c[f'cache_build_ips_{cores}_threads'])} on {cores}, against "
              f"{shown(c['naive_decode_ips_1_thread'])} img/s for a naive full decode + resize on 1 thread: "
