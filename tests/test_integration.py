@@ -57,6 +57,18 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     assert len(stored) == 4
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/sweep_report.csv"}
 
+    # evaluate.py, as a user starts it, re-scores a child by its run id: the checkpoint comes from the
+    # server's artifacts, the evaluation is a nested run there with the child's test metrics.
+    child = children[0]
+    result = run_script("evaluate.py", [f"run_id={child.info.run_id}", f"paths.root={tmp_path}",
+                                        f"tracking.uri={server.uri}"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [evaluation] = client.search_runs([parent.info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{child.info.run_id}'")  # fmt: skip
+    assert evaluation.info.status == "FINISHED"
+    for key in ("test_accuracy", "test_macro_f1", "test_auroc_macro", "test_macro_f1_ci_low"):
+        assert evaluation.data.metrics[key] == pytest.approx(child.data.metrics[key], abs=1e-9), key
+
 
 def test_a_job_whose_server_stops_and_comes_back_trains_on_and_loses_nothing(
     server: MlflowServer, synth_root: Path, tmp_path: Path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from btxrd.tasks import make_task
 
 from .conftest import PROJECT_ROOT
 from .helpers import compose_config, runs, settings, start_script, tiny
+
+fit_module = importlib.import_module("btxrd.engine.fit")  # the module (btxrd.engine.fit is the function)
 
 # Where a test is about a run's life, not its numbers: a quarter of debug=tiny's pixels
 SMALLEST = "model.image_size=32"
@@ -76,6 +79,7 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     assert not list(tmp_path.glob("*.pt"))
 
 
+@pytest.mark.integration  # a real process killed: make test-integration (in-process resume: below)
 def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path,
                                                                 _migrated_store: Path) -> None:  # fmt: skip
     small = ["train.epochs=4", SMALLEST, "train.device=cpu"]  # equal to the bit: a CPU guarantee
@@ -119,29 +123,46 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
     assert not last.exists()  # finished: nothing left to resume
 
 
-def test_sigterm_ends_the_run_killed_and_keeps_its_checkpoint(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_job_stopped_by_sigterm_ends_killed_and_the_same_command_resumes_it_to_the_same_numbers(
+        synth_root: Path, tmp_path: Path, _migrated_store: Path, monkeypatch) -> None:  # fmt: skip
     monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
-    cfg = compose_config(tiny(synth_root, tmp_path, "train.epochs=50", SMALLEST))
+    small = ["train.epochs=2", SMALLEST, "train.device=cpu"]  # equal to the bit: a CPU guarantee
+    for folder in ("a", "b"):  # two project folders, each with a ready store (tests/conftest.py)
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(_migrated_store, tmp_path / folder / "mlflow.db")
+    train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))  # the uninterrupted reference
+    expected = runs(tmp_path / "a")[0].data.metrics
 
-    def stop_after_the_first_epoch() -> None:  # as `kill PID` would, from outside the training loop
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if list((tmp_path / "checkpoints").glob("*/last.pt")):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.1)
+    save = fit_module.save_checkpoint
 
-    threading.Thread(target=stop_after_the_first_epoch, daemon=True).start()
+    def stop_after_the_first_epoch(state: dict, path: Path) -> None:  # a real SIGTERM, as `kill PID` sends
+        save(state, path)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    args = tiny(synth_root, tmp_path / "b", *small)
+    monkeypatch.setattr(fit_module, "save_checkpoint", stop_after_the_first_epoch)
     with pytest.raises(SystemExit) as stopped:
-        hydra_task(train_job, cfg)
+        hydra_task(train_job, compose_config(args))
+    monkeypatch.setattr(fit_module, "save_checkpoint", save)
     assert stopped.value.code == 143  # 128 + SIGTERM, as the signal itself would give
-    [run] = runs(tmp_path)
-    assert run.info.status == "KILLED"
-    assert run.data.tags["error"] == (
+    [interrupted] = runs(tmp_path / "b")
+    assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags["error"] == (
         "interrupted by SIGTERM; its last checkpoint is kept: the same command resumes it"
     )
-    assert len(list((tmp_path / "checkpoints").glob("*/last.pt"))) == 1
+    [last] = (tmp_path / "b" / "checkpoints").glob("*/last.pt")
+    assert torch.load(last, weights_only=True)["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler lived only as long as the task
+
+    train_job(compose_config(args))  # started again with the same overrides: resumes automatically
+    [run] = runs(tmp_path / "b")
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resumed_from_epoch"] == "1" and "error" not in run.data.tags
+    assert "SIGTERM" in run.data.tags["interruption"]
+    for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "best_val_macro_f1", "val_loss"):
+        assert run.data.metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert not last.exists()  # finished: nothing left to resume
 
 
 def test_a_stopped_evaluation_ends_its_run_killed(tmp_path: Path, monkeypatch) -> None:

@@ -13,9 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from btxrd.jobs.evaluate import evaluate_job
 from btxrd.runtime.environment import cpu_model
 
-from .helpers import mlflow_ui, run_script, runs, start_script, sweep_runs, tiny
+from .helpers import compose_config, mlflow_ui, run_script, runs, start_script, sweep_runs, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -99,10 +100,10 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
         assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"BTXRD"}
         assert run_tags(run)["mlflow.source.name"] == "train.py" and run_tags(run)["mlflow.user"]
 
-    # evaluate.py re-scores a child's checkpoint as a nested run with the same test metrics.
+    # evaluate.py's job re-scores a child's checkpoint as a nested run with the same test metrics (in
+    # process; evaluate.py as a process, against a tracking server: test_integration).
     child = children[0]
-    result = run_script("evaluate.py", [f"run_id={child.info.run_id}", f"paths.root={tmp_path}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    evaluate_job(compose_config([f"run_id={child.info.run_id}", f"paths.root={tmp_path}"], "evaluate"))
     _, _, nested = runs_by_role(tmp_path)
     evaluation = [r for r in nested if r.data.tags["mlflow.parentRunId"] == child.info.run_id]
     assert len(evaluation) == 1 and evaluation[0].info.status == "FINISHED"

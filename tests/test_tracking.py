@@ -35,19 +35,17 @@ def _job(uri: str, artifact_root: str, parent_id: str, job: int, scratch: str) -
 @pytest.mark.slow
 def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> None:
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
-    # One pool for the three stores, as loky reuses its workers from one sweep's jobs to the next.
+    work = tmp_path / "project"  # a folder without a store (tmp_path has a ready one: tests/conftest.py)
+    work.mkdir()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    # As the sweep callback does: the launching process creates store, experiment and parent first.
+    launcher = Tracker(uri, "btxrd", work / "mlruns")
+    parent_id = launcher.start_run("sweep", {"sweep": "parent"})
     with context.Pool(N_WORKERS) as pool:
-        for repetition in range(1):
-            work = tmp_path / f"rep{repetition}"
-            work.mkdir()
-            uri = f"sqlite:///{work / 'mlflow.db'}"
-            # As the sweep callback does: the launching process creates store, experiment and parent first.
-            launcher = Tracker(uri, "btxrd", work / "mlruns")
-            parent_id = launcher.start_run("sweep", {"sweep": "parent"})
-            args = [(uri, str(work / "mlruns"), parent_id, job, str(work)) for job in range(N_WORKERS)]
-            run_ids = pool.starmap(_job, args)
-            launcher.end_run(parent_id)
-            _check_runs(uri, run_ids, parent_id)
+        args = [(uri, str(work / "mlruns"), parent_id, job, str(work)) for job in range(N_WORKERS)]
+        run_ids = pool.starmap(_job, args)
+    launcher.end_run(parent_id)
+    _check_runs(uri, run_ids, parent_id)
 
 
 def _check_runs(uri: str, run_ids: list[str], parent_id: str) -> None:

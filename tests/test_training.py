@@ -96,7 +96,7 @@ def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trai
 
 
 def test_evaluate_reproduces_the_run_through_the_same_scoring(trained, tmp_path: Path) -> None:
-    """(In process; evaluate.py as a process, by MLflow run id: test_sweep.)"""
+    """(In process; by MLflow run id: test_sweep; evaluate.py as a process: test_integration.)"""
     out, info = trained
     cfg = compose_config([f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu",
                           f"paths.root={tmp_path}"], config_name="evaluate")  # fmt: skip
