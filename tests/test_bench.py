@@ -36,9 +36,10 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     import torch
 
     from btxrd.bench.cpu import PHASES
-    from btxrd.bench.readme import made_by
+    from btxrd.bench.readme import code_measured, made_by
 
-    made = made_by(["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"))
+    made = made_by(["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"),
+                   code_measured())  # fmt: skip
     phases = {mark: _figure(i + 1.0) for i, (mark, _) in enumerate(PHASES)}
     startup = {p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
                for p in ("cold", "warm")}  # fmt: skip
@@ -153,3 +154,28 @@ def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
             "efficientnet_b0 @ 224: 1,752 |") in text  # fmt: skip
     assert "224px_plain: 1169 img/s per worker, 4130 with 8" in text and "`train.compile=true` 5202 img/s" in text
     assert "| ae_attention | " + " | ".join(["12.7 GiB, 291 img/s"] * 4) + " |" in text
+
+
+def test_the_code_measured_is_the_code_when_the_run_started(tmp_path, monkeypatch) -> None:
+    """A section's README write (or an edit while the benchmark runs) is not the measured code."""
+    import json
+
+    from btxrd.bench import cpu, readme
+    from btxrd.bench.__main__ import main
+
+    edited = []
+    monkeypatch.setattr(readme, "git_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(readme, "code_version", lambda commit: commit + ("+e1e1e1e1e1" if edited else ""))
+
+    def measured_while_edited() -> dict:
+        edited.append(True)
+        results = _saved_results("sizes")
+        return {k: v for k, v in results.items() if k not in ("section", "made")}
+
+    monkeypatch.setattr(cpu, "autoencoder_sizes", measured_while_edited)
+    readme_file = tmp_path / "README.md"
+    readme_file.write_text("<!-- evidence autoencoder-sizes -->\n<!-- /evidence autoencoder-sizes -->\n")
+    assert main(["--only", "sizes", "--workdir", str(tmp_path), "--readme", str(readme_file)]) == 0
+    made = json.loads((tmp_path / "bench_sizes.json").read_text())["made"]
+    assert made["code_version"] == "0123456789abcdef"
+    assert "- code: commit 0123456789ab\n" in readme_file.read_text()

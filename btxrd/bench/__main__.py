@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": ("bench_sizes.json", cpu.autoencoder_sizes),
         "gpu": ("bench_gpu.json", lambda: _gpu_section(work)),
     }  # fmt: skip
+    code = readme.code_measured()
     for section in [args.only] if args.only else ["cpu", "sizes", "gpu"]:
         if section == "gpu" and not torch.cuda.is_available():
             print("no CUDA GPU here: GPU section skipped")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         results = measure()
         device = torch.device("cuda" if section == "gpu" else "cpu")
-        results.update(section=section, made=readme.made_by(argv, started, device))
+        results.update(section=section, made=readme.made_by(argv, started, device, code))
         (work / file_name).write_text(json.dumps(results, indent=2))
         print(f"\nwritten {work / file_name}")
         if not _report(section, results, args):

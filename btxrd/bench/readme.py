@@ -27,12 +27,18 @@ BLOCKS = {"cpu": ("bench-cpu", "bench-startup"), "startup": ("bench-startup",), 
           "sizes": ("autoencoder-sizes",), "gpu": ("bench-gpu",)}  # fmt: skip
 
 
-def made_by(argv: list[str], started: float, device: torch.device) -> dict[str, Any]:
-    """How a section's figures were made: its command, code, machine and time (seconds since the epoch)."""
+def code_measured() -> dict[str, str]:
+    """The code a benchmark run measures, read before it starts: its own README writes (and any edit
+    made while it runs) would otherwise count as uncommitted changes of a later section."""
     commit = git_commit()
+    return {"mlflow.source.git.commit": commit, "code_version": code_version(commit=commit)}
+
+
+def made_by(argv: list[str], started: float, device: torch.device, code: dict[str, str]) -> dict[str, Any]:
+    """How a section's figures were made: its command, code (``code_measured``), machine and time
+    (seconds since the epoch)."""
     return {"command": " ".join(["python -m btxrd.bench", *argv]), "started": started, "ended": time.time(),
-            **machine_tags(device), "mlflow.source.git.commit": commit,
-            "code_version": code_version(commit=commit)}  # fmt: skip
+            **machine_tags(device), **code}  # fmt: skip
 
 
 def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
