@@ -37,6 +37,32 @@ def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+# What a run writes into its project folder (a user's own runs may be there already)
+RUN_OUTPUTS = ("outputs", "checkpoints", "mlruns", "multirun", "mlflow.db")
+
+
+def _run_outputs_in_project() -> dict[str, float]:
+    """Each run-time output of the project folder and its entries, with their modification times."""
+    found = {}
+    for name in RUN_OUTPUTS:
+        path = PROJECT_ROOT / name
+        for entry in [path, *(path.iterdir() if path.is_dir() else [])]:
+            if entry.exists():
+                found[str(entry.relative_to(PROJECT_ROOT))] = entry.stat().st_mtime
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _project_folder_untouched() -> Iterator[None]:
+    """No test writes run outputs into the project folder (a module-scoped fixture runs before the
+    per-test chdir above, in the project folder: it must change folder itself)."""
+    before = _run_outputs_in_project()
+    yield
+    after = _run_outputs_in_project()
+    written = sorted(name for name, mtime in after.items() if before.get(name) != mtime)
+    assert not written, f"tests wrote into the project folder: {', '.join(written)}"
+
+
 @pytest.fixture(scope="session")
 def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store with its tables made: creating them (MLflow's migrations) takes

@@ -3,7 +3,6 @@ on new radiographs (JPEG, PNG, DICOM) with `python -m btxrd.predict`."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import subprocess
@@ -43,12 +42,11 @@ def sweep(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[T
     work = tmp_path_factory.mktemp("served")
     tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}", "btxrd", work / "mlruns")
     parent = tracker.start_run("sweep", {"sweep": "parent", "sweep_dir": str(work)})
-    os.environ[PARENT_RUN_ENV] = parent
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # as the sweep callback passes it; ./outputs under work
+        mp.setenv(PARENT_RUN_ENV, parent)
+        mp.chdir(work)
         for annotations in ("on", "off"):
             train_job(compose_config(tiny(synth_root, work, f"annotations={annotations}", "tracking.log_model=true")))
-    finally:
-        del os.environ[PARENT_RUN_ENV]
     tracker.end_run(parent)
     return tracker, parent, work
 
