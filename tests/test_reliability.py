@@ -38,6 +38,16 @@ fit_module = importlib.import_module("btxrd.engine.fit")  # the module (btxrd.en
 
 # Where a test is about a run's life, not its numbers: a quarter of debug=tiny's pixels
 SMALLEST = "model.image_size=32"
+# A resumed run matches an uninterrupted one to the bit: a CPU guarantee
+RESUMABLE = [SMALLEST, "train.device=cpu"]
+
+
+def _reference_and_interrupted_projects(tmp_path: Path, store: Path) -> None:
+    """Project folders a (the uninterrupted reference) and b (the run interrupted, then resumed),
+    each with a ready store (tests/conftest.py)."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(store, tmp_path / folder / "mlflow.db")
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +92,8 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
 @pytest.mark.integration  # a real process killed: make test-integration (in-process resume: below)
 def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path,
                                                                 _migrated_store: Path) -> None:  # fmt: skip
-    small = ["train.epochs=4", SMALLEST, "train.device=cpu"]  # equal to the bit: a CPU guarantee
-    for folder in ("a", "b"):  # two project folders, each with a ready store (tests/conftest.py)
-        (tmp_path / folder).mkdir()
-        shutil.copyfile(_migrated_store, tmp_path / folder / "mlflow.db")
+    small = ["train.epochs=4", *RESUMABLE]
+    _reference_and_interrupted_projects(tmp_path, _migrated_store)
     args = tiny(synth_root, tmp_path / "b", *small)
     proc = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints: list[Path] = []
@@ -126,10 +134,8 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
 def test_a_job_stopped_by_sigterm_ends_killed_and_the_same_command_resumes_it_to_the_same_numbers(
         synth_root: Path, tmp_path: Path, _migrated_store: Path, monkeypatch) -> None:  # fmt: skip
     monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
-    small = ["train.epochs=2", SMALLEST, "train.device=cpu"]  # equal to the bit: a CPU guarantee
-    for folder in ("a", "b"):  # two project folders, each with a ready store (tests/conftest.py)
-        (tmp_path / folder).mkdir()
-        shutil.copyfile(_migrated_store, tmp_path / folder / "mlflow.db")
+    small = ["train.epochs=2", *RESUMABLE]
+    _reference_and_interrupted_projects(tmp_path, _migrated_store)
     train_job(compose_config(tiny(synth_root, tmp_path / "a", *small)))  # the uninterrupted reference
     expected = runs(tmp_path / "a")[0].data.metrics
 
