@@ -28,4 +28,6 @@ def write_block(readme: Path, name: str, text: str) -> None:
 
 
 def blocks_in(readme: Path) -> list[str]:
-    return re.findall(r"<!-- evidence ([\w-]+) -->", readme.read_text())
+    """The names of the blocks ``readme`` holds, in order."""
+    named = re.escape(opening("NAME")).replace("NAME", r"([\w-]+)")
+    return re.findall(named, readme.read_text())

@@ -117,7 +117,7 @@ def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
     return contextlib.nullcontext()
 
 
-def _retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
+def retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
     """``call``, again while SQLite is locked or busy (or the error names one of ``also``); a server
     that does not answer raises ``TrackingUnreachable``."""
     for attempt in range(_RETRIES):
@@ -155,7 +155,7 @@ class Tracker:
             with _store_lock(self.uri):
                 try:
                     client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates or migrates its tables
-                    _retry(lambda: client.search_experiments(max_results=1))
+                    retry(lambda: client.search_experiments(max_results=1))
                 except MlflowException as exc:
                     raise ConfigError(f"tracking.uri={self.uri}: cannot open the tracking store ({exc})") from None
                 except TrackingUnreachable as exc:
@@ -194,7 +194,7 @@ class Tracker:
 
     def _ensure_experiment(self) -> str:
         try:
-            found = _retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
+            found = retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
         except (MlflowException, TrackingUnreachable) as exc:
             raise ConfigError(f"tracking.uri={self.uri}: cannot reach the tracking store ({exc})") from None
         if found is not None:
@@ -203,16 +203,16 @@ class Tracker:
                     f"tracking.experiment={self.experiment_name!r} is deleted in {self.uri}; restore it or pick another"
                 )
             if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an older version
-                _retry(lambda: self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
+                retry(lambda: self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
             return found.experiment_id
         location = None
         if self.artifact_root is not None and self.uri.startswith("sqlite:"):
             location = (self.artifact_root / self.experiment_name).as_uri()
         kind = {EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         try:
-            return _retry(lambda: self.client.create_experiment(self.experiment_name, location, tags=kind))
+            return retry(lambda: self.client.create_experiment(self.experiment_name, location, tags=kind))
         except MlflowException:  # created meanwhile by another process
-            return _retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
+            return retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
 
     def runs_url(self, ui_url: str, sweep_dir: str | None = None) -> str:
         """The MLflow UI's runs table of this experiment in its model-training view (not the GenAI
@@ -232,21 +232,21 @@ class Tracker:
         input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, v) for k, v in (tags or {}).items())]
         # Jobs of a sweep log the same dataset at once: MLflow looks it up, then inserts it, and the
         # second insert fails on its unique key; tried again, it finds the first one's row.
-        _retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
+        retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
                also=DATASET_KEY_RACE)  # fmt: skip
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
         all_tags = dict(tags or {})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
+        run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             batch = items[i : i + 100]
-            _retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
+            retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0,
                     timestamp_ms: int | None = None) -> None:  # fmt: skip
@@ -255,32 +255,32 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             batch = items[i : i + 500]
-            _retry(lambda batch=batch: self.client.log_batch(run_id, metrics=batch))
+            retry(lambda batch=batch: self.client.log_batch(run_id, metrics=batch))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            _retry(lambda key=key, value=value: self.client.set_tag(run_id, key, str(value)[:5000]))
+            retry(lambda key=key, value=value: self.client.set_tag(run_id, key, str(value)[:5000]))
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+        retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        _retry(lambda: self.client.set_terminated(run_id, status=status))
+        retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def run_status(self, run_id: str) -> str:
-        return _retry(lambda: self.client.get_run(run_id)).info.status
+        return retry(lambda: self.client.get_run(run_id)).info.status
 
     def children(self, parent_id: str) -> list:
         query = f"tags.mlflow.parentRunId = '{parent_id}'"
-        return _retry(lambda: self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000))
+        return retry(lambda: self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000))
 
     def get_run(self, run_id: str):
-        return _retry(lambda: self.client.get_run(run_id))
+        return retry(lambda: self.client.get_run(run_id))
 
     def find_run(self, run_id: str):
         """The run, or None if this store has no run with that id (a server that does not answer is an error)."""
         try:
-            return _retry(lambda: self.client.get_run(run_id))
+            return retry(lambda: self.client.get_run(run_id))
         except MlflowException:
             return None
 
@@ -288,7 +288,7 @@ class Tracker:
         """The newest FINISHED run of the experiment whose tag ``key`` equals ``value``, or None."""
         query = f"tags.{key} = '{value}' and attributes.status = 'FINISHED'"
         order = ["attributes.start_time DESC"]
-        runs = _retry(lambda: self.client.search_runs([self.experiment_id], query, order_by=order, max_results=1))
+        runs = retry(lambda: self.client.search_runs([self.experiment_id], query, order_by=order, max_results=1))
         return runs[0] if runs else None
 
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
@@ -297,17 +297,17 @@ class Tracker:
         Its ``error`` tag (why it stopped) moves to ``interruption``: a run that then finishes
         must not show an error, but the interruption stays on record.
         """
-        earlier_error = _retry(lambda: self.client.get_run(run_id)).data.tags.get("error")
-        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        earlier_error = retry(lambda: self.client.get_run(run_id)).data.tags.get("error")
+        retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         if earlier_error is not None:
-            _retry(lambda: self.client.delete_tag(run_id, "error"))
+            retry(lambda: self.client.delete_tag(run_id, "error"))
         self.set_tags(run_id, {**({"interruption": earlier_error} if earlier_error else {}), **(tags or {})})
 
     def artifact_paths(self, run_id: str, folder: str | None = None) -> list[str]:
-        return [a.path for a in _retry(lambda: self.client.list_artifacts(run_id, folder))]
+        return [a.path for a in retry(lambda: self.client.list_artifacts(run_id, folder))]
 
     def download_artifact(self, run_id: str, path: str, dest: str | Path) -> Path:
-        return Path(_retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
+        return Path(retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
 
 
 def ui_base(tracking_uri: str, ui_url: str) -> str:

@@ -15,7 +15,7 @@ import os
 import socket
 
 from btxrd.runtime.provenance import process_alive, process_start_time
-from btxrd.tracking.mlflow_store import Tracker, _retry
+from btxrd.tracking.mlflow_store import Tracker, retry
 
 HOST, PID, STARTED = "btxrd.host", "btxrd.pid", "btxrd.started"
 
@@ -28,7 +28,7 @@ def owner_tags() -> dict[str, str]:
 def stale_runs(tracker: Tracker) -> list:
     """RUNNING runs of the experiment opened on this host by a process that is gone."""
     query = f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{socket.gethostname()}'"
-    found = _retry(lambda: tracker.client.search_runs([tracker.experiment_id], query, max_results=10_000))
+    found = retry(lambda: tracker.client.search_runs([tracker.experiment_id], query, max_results=10_000))
     return [run for run in found
             if not process_alive(int(run.data.tags[PID]), float(run.data.tags.get(STARTED, "nan")))]  # fmt: skip
 
