@@ -117,3 +117,27 @@ def run_python_at_once(code: str, n: int = 2, timeout: int = 120) -> list[str]:
     procs = [subprocess.Popen([sys.executable, "-c", setup + code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=PROJECT_ROOT) for _ in range(n)]  # fmt: skip
     return [p.communicate(timeout=timeout)[0] for p in procs]
+
+
+def write_dicom(path: Path, pixels: Any, photometric: str = "MONOCHROME2", signed: bool = False,
+                **attributes: Any) -> Path:  # fmt: skip
+    """A secondary-capture DICOM radiograph of 12-bit ``pixels`` (in 16), as a hospital export writes one;
+    ``attributes`` add e.g. RescaleSlope, WindowCenter, VOILUTSequence."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "CR", photometric, 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, int(signed)
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    ds.PixelData = pixels.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -14,8 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages
@@ -28,7 +26,7 @@ from btxrd.tracking import PARENT_RUN_ENV, Tracker
 from btxrd.tracking.models import register_best
 
 from .conftest import PROJECT_ROOT
-from .helpers import compose_config, runs, tiny
+from .helpers import compose_config, runs, tiny, write_dicom
 
 # In make test-integration (CI runs it): fresh processes loading MLflow models and the command line
 # cost about a minute and a half, which make test's 5 minutes cannot hold.
@@ -94,23 +92,6 @@ def test_an_image_is_prepared_exactly_as_the_evaluation_prepares_it(sweep, synth
         assert np.array_equal(prepared, evaluation[i][0][0].numpy())
 
 
-def _dicom(path: Path, pixels: np.ndarray, photometric: str) -> Path:
-    """A secondary-capture DICOM radiograph (16-bit), as a hospital export writes one."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "CR", photometric, 1
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_predict_scores_jpeg_png_and_dicom_and_draws_grad_cam(sweep, synth_root: Path, tmp_path: Path) -> None:
     tracker, parent, work = sweep
     model_id = _child(tracker, parent, "on").data.tags["logged_model_id"]
@@ -121,8 +102,9 @@ def test_predict_scores_jpeg_png_and_dicom_and_draws_grad_cam(sweep, synth_root:
     shutil.copy(source, folder / "a.jpeg")
     Image.fromarray(gray).save(folder / "b.png")
     twelve_bit = gray.astype(np.uint16) * 16  # the same picture in 12 bits
-    _dicom(folder / "c.dcm", twelve_bit, "MONOCHROME2")
-    _dicom(folder / "d.dcm", 4095 - twelve_bit, "MONOCHROME1")  # inverted storage: shows the same picture
+    rescale = {"RescaleSlope": 1, "RescaleIntercept": 0}
+    write_dicom(folder / "c.dcm", twelve_bit, "MONOCHROME2", **rescale)
+    write_dicom(folder / "d.dcm", 4095 - twelve_bit, "MONOCHROME1", **rescale)  # inverted: shows the same picture
     out = tmp_path / "predictions.csv"
     command = [sys.executable, "-m", "btxrd.predict", f"models:/{model_id}", str(folder), "--out", str(out),
                "--gradcam", str(tmp_path / "cams"), "--tracking-uri", tracker.uri]  # fmt: skip

@@ -1,14 +1,15 @@
 """DICOM radiographs (hospitals store them so) as pictures, the way a DICOM viewer shows them.
 
 pydicom decodes the pixel data; then, as the standard's display pipeline does: the modality LUT
-(rescale slope and intercept, or a LUT), the VOI LUT or window (the grey range the modality chose
-to show), and MONOCHROME1 inverted (in it, the lowest value is white). The result is a float
-picture (Pillow mode F) that ``to_gray8`` maps onto 0-255 by its own range.
+(rescale slope and intercept, or a LUT), the VOI LUT (preferred) or window (the grey range the
+modality chose to show), and MONOCHROME1 inverted (in it, the lowest value is white). The result is
+a float picture (Pillow mode F) that ``to_gray8`` maps onto 0-255 by its own range.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,10 +43,35 @@ def read_dicom(path: str | Path) -> Image.Image:
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or pixels.ndim != 2:
         raise DataError(f"{path}: a {photometric} DICOM image of shape {pixels.shape}; "
                         "a radiograph is one grayscale frame")  # fmt: skip
-    values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float32)
+    modality = apply_modality_lut(pixels, dataset)
+    if dataset.get("VOILUTSequence"):
+        values = voi_lut(modality, dataset.VOILUTSequence[0], little_endian=dataset.original_encoding[1] is not False)
+    else:
+        values = apply_voi_lut(modality, dataset)  # window centre and width, when there are
+    values = values.astype(np.float32)
     if photometric == "MONOCHROME1":
         values = values.max() - values
     return Image.fromarray(values)  # float32: mode F
+
+
+def voi_lut(values: np.ndarray, item: Any, little_endian: bool = True) -> np.ndarray:
+    """A VOI LUT (an item of the VOI LUT Sequence) applied to modality values: values below the first
+    mapped one take the first entry, values beyond the table its last.
+
+    Written here because pydicom 3.0.2's ``apply_voi`` holds the table's input indices in the table's
+    output type: with 8 bits per entry (descriptor ``[4096, 0, 8]``, a 12-bit radiograph shown in 8
+    bits) every value above 255 wraps around, and the picture comes out scrambled (tested). It also
+    warns on the float values a rescale gives; here they are rounded to the nearest entry.
+    """
+    entries, first, _bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 2**16  # 0 means 65536 entries
+    data = item.LUTData
+    if isinstance(data, bytes):  # OW: one 16-bit word per entry, in the file's byte order
+        table = np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=entries)
+    else:  # US: already numbers
+        table = np.asarray(data, dtype=np.int64).reshape(-1)[:entries]
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, entries - 1)
+    return table[index]
 
 
 def open_radiograph(path: str | Path) -> Image.Image:
