@@ -13,7 +13,7 @@ from btxrd.data import cache as cache_module
 from btxrd.data.annotations import rasterise
 from btxrd.data.cache import Preprocess, cache_for, cache_images, lesions_in_input, letterbox
 from btxrd.data.dataset import BTXRDImages, CropSettings, crop_window
-from btxrd.data.reader import load_dataset
+from btxrd.data.reader import inspect_dataset, load_dataset
 
 from .helpers import run_python_at_once, settings
 
@@ -143,3 +143,30 @@ def test_evaluation_items_never_carry_annotations(synth_root: Path, tmp_path: Pa
     training = BTXRDImages(table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True,
                            with_masks=True)  # fmt: skip
     assert training[tumour][3] and training[tumour][2].sum() > 0
+
+
+def test_an_image_stored_rotated_is_read_upright_as_its_annotation_was_drawn(synth_copy: Path, tmp_path: Path) -> None:
+    """EXIF orientation 6: the pixels are stored turned a quarter and the file says to show them turned
+    back, as viewers do and as LabelMe did when the lesion was drawn. The probe, the cache and so the
+    lesion masks take the same upright picture."""
+    table = load_dataset(synth_copy)
+    row = table[(table["label"] > 0) & (table["width"] != table["height"])].iloc[0]
+    before = cache_images(table, 128, tmp_path / "before", source_size=None)
+    path = Path(row["path"])
+    with Image.open(path) as img:
+        shown = img.convert("L")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    shown.transpose(Image.Transpose.ROTATE_90).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+
+    inspection = inspect_dataset(synth_copy)
+    probed = inspection.table.set_index("image_id").loc[row["image_id"]]
+    assert (probed["width"], probed["height"], probed["orientation"]) == (row["width"], row["height"], 6)
+    messages = [p.message for p in inspection.problems]
+    assert any("1 image(s) stored rotated or mirrored" in m and row["image_id"] in m for m in messages), messages
+    assert not any("imageWidth" in m for m in messages)  # its annotation fits the upright size: nothing rescaled
+    after = cache_images(inspection.table, 128, tmp_path / "after", source_size=None)
+    i = before.row_of()[row["image_id"]]
+    np.testing.assert_array_equal(after.extent[i], before.extent[i])
+    np.testing.assert_allclose(after.scale[i], before.scale[i])
+    assert np.abs(after.pixels[i].astype(int) - before.pixels[i].astype(int)).mean() < 2  # recompressed only

@@ -33,13 +33,13 @@ from filelock import FileLock
 from PIL import Image
 
 from btxrd.data.annotations import rasterise, transform_box
-from btxrd.data.pixels import to_gray8
+from btxrd.data.pixels import TRANSPOSED, orientation, to_gray8, upright, upright_size
 from btxrd.errors import DataError
 from btxrd.settings import DataConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: images read upright (EXIF orientation)
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,11 @@ def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCES
 def letterbox_image(img: Image.Image, size: int, preprocess: Preprocess = NO_PREPROCESS,
                     name: str = "image") -> Geometry:  # fmt: skip
     """``letterbox`` of an opened (or decoded) image."""
-    width, height = img.size
+    width, height = upright_size(img)  # annotations are drawn on the upright picture
     new_w, new_h = _fitted(width, height, size)
-    img.draft("L", (new_w, new_h))  # JPEG: decode at the smallest DCT scale >= target (others: no-op)
-    gray = to_gray8(img, name)
+    stored = (new_h, new_w) if orientation(img) in TRANSPOSED else (new_w, new_h)
+    img.draft("L", stored)  # JPEG: decode at the smallest DCT scale >= target (others: no-op)
+    gray = to_gray8(upright(img), name)
     resized = gray.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return _placed(preprocess(np.asarray(resized)), size, (width, height))  # CLAHE on the image, not the padding
 

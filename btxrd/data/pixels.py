@@ -9,18 +9,43 @@ Pillow decodes by content (a PNG named .jpeg is read as a PNG). Modes, as radiog
   0-255 (the full window; DICOM exports and external datasets are often 16-bit, and Pillow's own
   conversion to L would clip them to white); floating point (F) likewise;
 - anything else (e.g. a multi-band raw format): a named problem, never a silent guess.
+
+Orientation: a JPEG (or PNG) may store its pixels rotated or mirrored and say so in its EXIF
+orientation tag. Viewers show it upright, and LabelMe draws its annotations on the upright picture,
+so every image here is read upright too (``upright_size`` before decoding, ``upright`` after).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from btxrd.errors import DataError
 
 WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # rescaled by their own range
 TRANSPARENT = ("LA", "RGBA", "PA", "La", "RGBa")
 CONVERTED = ("L", "1", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+
+
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # orientations whose upright picture swaps width and height
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1, upright, when absent or not one of them)."""
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height of the picture as shown (before decoding it)."""
+    width, height = image.size
+    return (height, width) if orientation(image) in TRANSPOSED else (width, height)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The picture as shown: turned or mirrored as its EXIF orientation says (decodes it)."""
+    return ImageOps.exif_transpose(image) if orientation(image) != 1 else image
 
 
 def is_wide(mode: str) -> bool:

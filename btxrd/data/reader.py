@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
 from btxrd.data.duplicates import duplicate_pairs, fingerprint, merge_groups
-from btxrd.data.pixels import is_wide, to_gray8
+from btxrd.data.pixels import is_wide, orientation, to_gray8, upright, upright_size
 from btxrd.data.schema import (
     ANATOMY_COLUMNS,
     ANNOTATIONS_DIR,
@@ -164,8 +164,10 @@ def patient_groups(sheet: pd.DataFrame) -> np.ndarray:
     return ((key != key.shift()).cumsum() - 1).to_numpy(dtype=np.int64)
 
 
-# width, height, perceptual hash, SHA-1 of the file (btxrd.data.duplicates), image mode
-Probe = tuple[int, int, str, str, str]
+# What probing an image learns: its upright size, perceptual hash and SHA-1 of the file
+# (btxrd.data.duplicates), image mode and EXIF orientation; the table's columns of the same names.
+Probe = tuple[int, int, str, str, str, int]
+PROBED = ("width", "height", "phash", "sha1", "mode", "orientation")
 _HASH_SIDE = 128  # decode at least this many pixels on the short side for the perceptual hash
 
 
@@ -178,12 +180,12 @@ def _probe_image(path: str) -> Probe:
     """
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as img:
-        width, height, mode = *img.size, img.mode
+        (width, height), mode, turned = upright_size(img), img.mode, orientation(img)
         scale = max(1, min(8, min(width, height) // _HASH_SIDE))
-        img.draft("L", (max(1, width // scale), max(1, height // scale)))
+        img.draft("L", (max(1, img.width // scale), max(1, img.height // scale)))
         img.load()
-        phash, sha1 = fingerprint(to_gray8(img, path), data)
-    return width, height, phash, sha1, mode
+        phash, sha1 = fingerprint(to_gray8(upright(img), path), data)
+    return width, height, phash, sha1, mode, turned
 
 
 def _probe_all(paths: list[str]) -> list[Probe | str]:
@@ -231,7 +233,7 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
             keys.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
         except OSError:
             keys.append("")
-    todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != 5]  # also older memos (no fingerprint)
+    todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != len(PROBED)]  # also older memos
     if todo:
         log.info("probing %d images (decodability, size, fingerprints; memo %s)", len(todo), memo_path)
     results: list[Probe | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
@@ -301,16 +303,19 @@ def inspect_dataset(
     for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None):
         if isinstance(result, str):
             bad.append(result)
-            result = (0, 0, "", "", "")
+            result = (0, 0, "", "", "", 1)
         probes.append(result)
-    columns = ("width", "height", "phash", "sha1", "mode")
-    for name, values in zip(columns, map(list, zip(*probes, strict=True)), strict=True):
+    for name, values in zip(PROBED, map(list, zip(*probes, strict=True)), strict=True):
         table[name] = values
     bad = _name_case_mismatches(bad, images_dir)
     wide = table.loc[table["mode"].map(is_wide), "image_id"].tolist()
     if wide:
         problems.append(Problem("warning", f"{len(wide)} image(s) with more than 8 bits per pixel, rescaled to 8 "
                                            f"bits from each image's own value range: {_names(wide)}"))  # fmt: skip
+    turned = table.loc[table["orientation"] != 1, "image_id"].tolist()
+    if turned:
+        problems.append(Problem("warning", f"{len(turned)} image(s) stored rotated or mirrored (EXIF orientation), "
+                                           f"read upright as LabelMe shows them: {_names(turned)}"))  # fmt: skip
     unknown = table.loc[~table["center"].isin(CENTERS), ["image_id", "center"]]
     if len(unknown):
         listed = [f"{i} (centre {c})" for i, c in zip(unknown["image_id"], unknown["center"], strict=True)]
