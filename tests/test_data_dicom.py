@@ -60,6 +60,19 @@ def test_a_voi_lut_of_8_bit_entries_maps_every_12_bit_value(tmp_path: Path) -> N
     np.testing.assert_array_equal(shown(both), shown(path))
 
 
+def test_a_table_of_packed_8_bit_entries_is_read_and_a_short_one_named(tmp_path: Path) -> None:
+    table = np.arange(4096, dtype=np.uint16) // 16  # 0-255
+    packed = voi_lut_item(table, bits=8)
+    packed.LUTData = table.astype(np.uint8).tobytes()  # one byte per entry, as some exports write them
+    path = write_dicom(tmp_path / "packed.dcm", RAMP, VOILUTSequence=Sequence([packed]))
+    np.testing.assert_array_equal(np.asarray(open_radiograph(path))[0], table[RAMP[0]])
+    short = voi_lut_item(table[:1000], bits=16)
+    short.LUTDescriptor = [4096, 0, 16]
+    path = write_dicom(tmp_path / "short.dcm", RAMP, VOILUTSequence=Sequence([short]))
+    with pytest.raises(DataError, match=r"short.dcm: its VOI LUT holds 1000 entries, its descriptor says 4096"):
+        open_radiograph(path)
+
+
 def test_values_outside_the_table_take_its_first_or_last_entry(tmp_path: Path) -> None:
     table = np.arange(100, 1124, dtype=np.uint16)  # 1024 entries from the value 1000 on
     path = write_dicom(tmp_path / "part.dcm", RAMP, VOILUTSequence=Sequence([voi_lut_item(table, 16, first=1000)]))

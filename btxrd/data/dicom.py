@@ -45,7 +45,10 @@ def read_dicom(path: str | Path) -> Image.Image:
                         "a radiograph is one grayscale frame")  # fmt: skip
     modality = apply_modality_lut(pixels, dataset)
     if dataset.get("VOILUTSequence"):
-        values = voi_lut(modality, dataset.VOILUTSequence[0], little_endian=dataset.original_encoding[1] is not False)
+        try:
+            values = voi_lut(modality, dataset.VOILUTSequence[0], dataset.original_encoding[1] is not False)
+        except (ValueError, TypeError, AttributeError) as exc:  # a table that does not fit its descriptor
+            raise DataError(f"{path}: {exc}") from None
     else:
         values = apply_voi_lut(modality, dataset)  # window centre and width, when there are
     values = values.astype(np.float32)
@@ -63,13 +66,17 @@ def voi_lut(values: np.ndarray, item: Any, little_endian: bool = True) -> np.nda
     bits) every value above 255 wraps around, and the picture comes out scrambled (tested). It also
     warns on the float values a rescale gives; here they are rounded to the nearest entry.
     """
-    entries, first, _bits = (int(v) for v in item.LUTDescriptor)
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
     entries = entries or 2**16  # 0 means 65536 entries
     data = item.LUTData
-    if isinstance(data, bytes):  # OW: one 16-bit word per entry, in the file's byte order
-        table = np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=entries)
+    if isinstance(data, bytes) and bits == 8 and len(data) == entries:  # 8-bit entries packed one per byte
+        table = np.frombuffer(data, dtype=np.uint8)
+    elif isinstance(data, bytes):  # OW: one 16-bit word per entry, in the file's byte order
+        table = np.frombuffer(data, dtype="<u2" if little_endian else ">u2", count=min(entries, len(data) // 2))
     else:  # US: already numbers
         table = np.asarray(data, dtype=np.int64).reshape(-1)[:entries]
+    if len(table) != entries:
+        raise ValueError(f"its VOI LUT holds {len(table)} entries, its descriptor says {entries}")
     index = np.clip(np.rint(values).astype(np.int64) - first, 0, entries - 1)
     return table[index]
 
