@@ -298,6 +298,7 @@ class SweepConfig:
     skip_finished: bool = setting()
     register_best: bool = setting()
     model_name: str = setting()
+    prepare_data: bool = setting()
 
 
 @dataclass

@@ -43,6 +43,10 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     phases = {mark: _figure(i + 1.0) for i, (mark, _) in enumerate(PHASES)}
     startup = {p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
                for p in ("cold", "warm")}  # fmt: skip
+    for p in ("cold", "warm"):  # sweep.prepare_data=false, in the same rounds
+        startup[f"{p}_unprepared"] = {**phases, "job_process": _figure(14.0), "total": _figure(22.0)}
+    startup["prepare_data_difference"] = {p: {"job_process": spread([-2.5, -2.0, -1.5]),
+                                              "total": spread([-2.0, -1.0, 0.5])} for p in ("cold", "warm")}
     startup["import_floor"] = _figure(4.0)
     if section == "startup":
         return {**startup, "section": section, "made": made}
@@ -108,6 +112,9 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     assert "| **command start to the later job's first step** | 20.0 (18.0-22.0) | 15.0 (13.5-16.5) |" in text
     assert "importing timm alone (torch, torchvision and through it torch._dynamo)" in text
     assert "one process alone: 4.0 (3.6-4.4) s." in text
+    assert ("Without the sweep's data preparation (`sweep.prepare_data=false`: the first job probes and decodes the "
+            "dataset) in the same rounds, the job's process start to its first step: cold 14.0 (12.6-15.4)") in text
+    assert "With minus without, round by round, command start to first step: cold -1.0 (-2.0 to +0.5) s" in text
     assert "`python -m btxrd.bench --only allocator`" in text
     assert "| b0 128 px | 22.0 (19.8-24.2) | 23.0 (20.7-25.3) | 1.05 (0.95-1.16) | [0.91, 1.24] |" in text
     assert "256 px, base 64, float32" in text

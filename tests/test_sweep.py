@@ -57,6 +57,11 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
     assert job_hydra.job.env_set.BTXRD_PARENT_RUN_ID == parents[0].info.run_id
     assert job_hydra.job.env_set.BTXRD_TRACKING_URI == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert "- machine: " + cpu_model() in (sweep_dir / "sweep_report.md").read_text()
+    # The dataset was probed and decoded once: by the process the sweep started for it (or a job first)
+    prepared = (sweep_dir / "prepare_data.log").read_text()
+    assert "ready: 160 images" in prepared
+    logs = prepared + "".join((sweep_dir / str(job) / "train.log").read_text() for job in (0, 1))
+    assert logs.count("probing 160 images") == 1 and logs.count("px, decoding)") == 1, logs
     report = pd.read_csv(sweep_dir / "sweep_report.csv")
     assert len(report) == 2 and set(report["status"]) == {"FINISHED"}
     by_run = {c.info.run_id: c for c in children}

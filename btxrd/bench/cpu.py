@@ -147,12 +147,13 @@ def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = 5) 
     return {"seconds": spread(times), "images": n_images, "resamples": resamples}
 
 
-def startup_round(data_root: Path, work: Path, phase: str) -> dict[str, float]:
+def startup_round(data_root: Path, work: Path, phase: str, prepare_data: bool = True) -> dict[str, float]:
     """One 2-job multirun, as a user starts it: the seconds of each phase of the job that starts training
     last, from the command's start to its first training step (the phases add up to the total)."""
     args = [sys.executable, str(Path(project_root()) / "train.py"), "-m", "experiment=demo",
             f"data.root={data_root}", f"paths.root={work}", "train.epochs=1", "annotations=on,off",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={work}/multirun/{phase}"]  # fmt: skip
+            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={work}/multirun/{phase}",
+            f"sweep.prepare_data={str(prepare_data).lower()}"]  # fmt: skip
     command_start = time.time()
     result = subprocess.run(args, capture_output=True, text=True, cwd=work)
     if result.returncode != 0:
@@ -176,18 +177,27 @@ def import_floor() -> float:
 
 def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
     """Cold (a new project folder: new tracking store, no image cache or probe memo) then warm (the same
-    folder again), ``rounds`` times, interleaved; and the import floor, alone."""
-    measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+    folder again), ``rounds`` times, with the sweep's data preparation (the default) and without it
+    (sweep.prepare_data=false), the two arms interleaved (which goes first alternates); the difference
+    of the arms taken round by round; and the import floor, alone."""
+    measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "cold_unprepared": [],
+                                                   "warm_unprepared": []}  # fmt: skip
     floor = []
     for index in range(rounds):
-        folder = work / "startup" / str(index)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for phase in ("cold", "warm"):
-            print(f"start-up of a 2-job sweep, {phase}, round {index + 1} of {rounds} ...", flush=True)
-            measured[phase].append(startup_round(data_root, folder, phase))
+        for prepare_data in (True, False) if index % 2 == 0 else (False, True):
+            folder = work / "startup" / f"{index}_{'prepared' if prepare_data else 'unprepared'}"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for phase in ("cold", "warm"):
+                arm = phase if prepare_data else f"{phase}_unprepared"
+                print(f"start-up of a 2-job sweep, {arm}, round {index + 1} of {rounds} ...", flush=True)
+                measured[arm].append(startup_round(data_root, folder, phase, prepare_data))
         floor.append(import_floor())
-    return {**{phase: summarised(values) for phase, values in measured.items()}, "import_floor": spread(floor)}
+    gain = {phase: {figure: spread([a[figure] - b[figure] for a, b in
+                                    zip(measured[phase], measured[f"{phase}_unprepared"], strict=True)])
+                    for figure in ("job_process", "total")} for phase in ("cold", "warm")}  # fmt: skip
+    return {**{arm: summarised(values) for arm, values in measured.items()}, "prepare_data_difference": gain,
+            "import_floor": spread(floor)}  # fmt: skip
 
 
 def allocator_ab(args: argparse.Namespace) -> dict[str, Any]:

@@ -98,8 +98,21 @@ def _startup(s: dict[str, Any]) -> str:
     floor = (f"\nThe floor, in the same rounds: a fresh interpreter importing timm alone (torch, torchvision and "
              f"through it torch._dynamo), one process alone: {shown(s['import_floor'])} s.\n"
              if "import_floor" in s else "")  # fmt: skip
+    if "prepare_data_difference" in s:
+        d, off = s["prepare_data_difference"], {phase: s[f"{phase}_unprepared"] for phase in ("cold", "warm")}
+        floor += (f"\nWithout the sweep's data preparation (`sweep.prepare_data=false`: the first job probes and "
+                  f"decodes the dataset) in the same rounds, the job's process start to its first step: cold "
+                  f"{shown(off['cold']['job_process'])}, warm {shown(off['warm']['job_process'])}; command start "
+                  f"to the later job's first step: cold {shown(off['cold']['total'])}, warm "
+                  f"{shown(off['warm']['total'])}. With minus without, round by round, command start to first "
+                  f"step: cold {signed(d['cold']['total'])} s, warm {signed(d['warm']['total'])} s.\n")  # fmt: skip
     return (f"{rounds} round{'s' if rounds > 1 else ''}, cold and warm interleaved; seconds, median (min-max):\n\n"
             + markdown_table(["phase", "cold", "warm"], rows) + floor)  # fmt: skip
+
+
+def signed(figure: dict[str, Any]) -> str:
+    """A difference measured in several rounds: ``median (min to max)`` with signs."""
+    return f"{figure['median']:+.1f} ({figure['min']:+.1f} to {figure['max']:+.1f})"
 
 
 def _allocator(r: dict[str, Any]) -> str:

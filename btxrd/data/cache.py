@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from filelock import FileLock
 from PIL import Image
 
@@ -243,6 +242,7 @@ def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str
     """One image as a run's evaluation feeds it to the model, (image_size, image_size) uint8: the same
     decode, preprocessing and letterbox as its cache (through the source size when the cache goes
     through it), then the canvas resized to the input size as the evaluation dataset does."""
+    import torch  # here, not at the top: the cache is built without torch (btxrd.data.prepare)
     import torchvision.transforms.v2.functional as TF
 
     preprocess = Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)

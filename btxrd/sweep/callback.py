@@ -22,6 +22,7 @@ import atexit
 import logging
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.config import typed_settings
+from btxrd.data.prepare import start_preparing
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
 from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
-from btxrd.settings import EvalConfig
+from btxrd.settings import DataConfig, EvalConfig
 from btxrd.sweep.progress import SweepProgress, planned_jobs
 from btxrd.sweep.slurm import LostJob, is_slurm, wait_for_slurm_jobs
 from btxrd.tracking import (
@@ -85,6 +87,25 @@ def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
         config.hydra.overrides.hydra.extend(overrides)
 
 
+def prepare_data(config: DictConfig) -> subprocess.Popen | None:
+    """A local sweep's dataset probed and decoded into its image cache by a process of its own, started
+    now (``btxrd.data.prepare``; its log: ``prepare_data.log`` in the sweep folder), stopped with this one.
+    Not with sweep.prepare_data=false, nor for Slurm, whose jobs run on other nodes, nor with settings
+    that every job will refuse anyway."""
+    if not config.sweep.prepare_data or is_slurm(config.hydra.launcher):
+        return None
+    try:
+        data = typed_settings(OmegaConf.to_container(config.data, resolve=True), DataConfig, "data.")
+        image_size = int(config.model.image_size)
+    except (ConfigError, ValueError, TypeError):  # each job says what is wrong, in its own run
+        return None
+    if not Path(data.root).expanduser().is_dir():
+        return None
+    process = start_preparing(data, image_size, Path(config.hydra.sweep.dir) / "prepare_data.log")
+    atexit.register(lambda: process.poll() is None and process.terminate())  # a stopped sweep stops it too
+    return process
+
+
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.evaluation: EvalConfig | None = None
@@ -116,6 +137,7 @@ class MLflowSweepCallback(Callback):
 
     def _start(self, config: DictConfig) -> None:
         check_launcher(config.hydra.launcher)
+        prepare_data(config)  # first: it overlaps with all that follows, and with the jobs' imports
         self.tracker = tracker_for(config.tracking, config.paths.root)
         if self.tracker is None:
             return
