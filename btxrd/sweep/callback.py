@@ -101,7 +101,10 @@ def prepare_data(config: DictConfig) -> subprocess.Popen | None:
         return None
     if not Path(data.root).expanduser().is_dir():
         return None
-    process = start_preparing(data, image_size, Path(config.hydra.sweep.dir) / "prepare_data.log")
+    try:
+        process = start_preparing(data, image_size, Path(config.hydra.sweep.dir) / "prepare_data.log")
+    except OSError:  # no process to spare, or no sweep folder: the jobs prepare it themselves
+        return None
     atexit.register(lambda: process.poll() is None and process.terminate())  # a stopped sweep stops it too
     return process
 
