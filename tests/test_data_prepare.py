@@ -48,3 +48,12 @@ def test_preparing_imports_no_torch() -> None:
     code = "import sys, btxrd.data.prepare; print(sorted({'torch', 'timm', 'mlflow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_preparation_that_cannot_start_leaves_the_work_to_the_jobs(synth_root: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_process(*args: object) -> None:
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr("btxrd.sweep.callback.start_preparing", no_process)
+    assert prepare_data(compose_config(tiny(synth_root, tmp_path), with_hydra=True)) is None
