@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import re
 import time
 from pathlib import Path
 
@@ -315,8 +316,9 @@ def test_a_job_cut_off_from_its_server_goes_on_and_sends_what_it_kept_in_order(
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3), (4, 0.25), (5, 0.2)]
     assert sorted(m.timestamp for m in history) == [m.timestamp for m in history]  # measured, not sent, times
     assert tracker.artifact_paths(run.info.run_id) == ["history.csv"] and run.data.tags["code_version"] == "x"
-    assert run.data.tags["tracking_outage"] == ("cut off from the tracking server 1 time(s), 0 s in all; 6 write(s) "
-                                                "were kept and sent once it answered again")  # fmt: skip
+    # The seconds are measured (well under 1 here, but this machine is shared): any whole number
+    assert re.fullmatch(r"cut off from the tracking server 1 time\(s\), \d+ s in all; 6 write\(s\) were kept and "
+                        r"sent once it answered again", run.data.tags["tracking_outage"])  # fmt: skip
 
 
 def test_a_job_whose_server_stays_away_waits_its_patience_then_says_so_in_one_line(
