@@ -26,10 +26,10 @@ def test_the_sweep_prepares_its_dataset_and_the_jobs_find_it_ready(synth_root: P
     log = (Path(config.hydra.sweep.dir) / "prepare_data.log").read_text()
     assert "probing 160 images" in log and "(160 images, 512 px, decoding)" in log and "ready: 160 images" in log
     # A job's data step (jobs/parts.py) afterwards: nothing left to probe or decode.
-    data = settings(overrides).data
+    run = settings(overrides)
     with caplog.at_level(logging.INFO):
-        table = load_dataset(data.root, read_annotations=True, memo_dir=data.cache_dir)
-        cache = cache_for(table, settings(overrides).model.image_size, data)
+        table = load_dataset(run.data.root, read_annotations=True, memo_dir=run.data.cache_dir)
+        cache = cache_for(table, run.model.image_size, run.data)
     assert not [r.message for r in caplog.records if "probing" in r.message or "building image cache" in r.message]
     assert len(cache.image_ids) == len(table) == 160
 
