@@ -178,6 +178,20 @@ def test_the_sweep_progress_line() -> None:
     assert not progress._thread.is_alive() and progress.stream.getvalue() == ""
 
 
+def test_the_sql_store_is_imported_before_the_store_lock_is_taken(tmp_path: Path) -> None:
+    """A sweep's jobs open the store at the same moment: the job that waits for the lock must wait for
+    the other's table check only, not for its import of MLflow's SQL store (about 1 s)."""
+    from .helpers import run_python_at_once
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spy = ("import sys; from btxrd.tracking import mlflow_store as m; lock = m._store_lock;"
+           "m._store_lock = lambda uri: print('imported at the lock:', "
+           "'mlflow.store.tracking.sqlalchemy_store' in sys.modules) or lock(uri);"
+           f"m.Tracker({uri!r}, 'btxrd').client; print('opened')")  # fmt: skip
+    (output,) = run_python_at_once(spy, n=1)
+    assert "imported at the lock: True" in output and output.strip().endswith("opened"), output
+
+
 @pytest.mark.integration  # fault injection with real processes, repeated: make test-integration
 @pytest.mark.slow
 def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path: Path) -> None:

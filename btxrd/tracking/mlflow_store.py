@@ -152,6 +152,10 @@ class Tracker:
         it: processes opening a new store at once (two sweeps started together) raced creating its
         tables. (A tracking server serialises this itself.)"""
         if self._client is None:
+            if self.uri.startswith("sqlite:"):
+                # Imported before the lock, not under it: the SQL store's modules take about 1 s to import,
+                # and a sweep's other jobs, opening the store at the same moment, would wait for that too.
+                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
             with _store_lock(self.uri):
                 try:
                     client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates or migrates its tables
