@@ -186,3 +186,20 @@ def test_the_code_measured_is_the_code_when_the_run_started(tmp_path, monkeypatc
     made = json.loads((tmp_path / "bench_sizes.json").read_text())["made"]
     assert made["code_version"] == "0123456789abcdef"
     assert "- code: commit 0123456789ab\n" in readme_file.read_text()
+
+
+def test_the_start_up_rounds_leave_no_sweep_behind(tmp_path, monkeypatch) -> None:
+    """Each round's sweeps keep checkpoints and logged models (3 GB for the default 3 rounds): only
+    the figures stay."""
+    from btxrd.bench import cpu
+
+    def sweep(data_root, folder, phase, prepare_data):
+        (folder / "multirun" / phase).mkdir(parents=True)
+        (folder / "multirun" / phase / "best.pt").write_bytes(b"x" * 1000)
+        return {"job_process": 9.0 if prepare_data else 11.0, "total": 14.0 if prepare_data else 16.0}
+
+    monkeypatch.setattr(cpu, "startup_round", sweep)
+    monkeypatch.setattr(cpu, "import_floor", lambda: 4.0)
+    results = cpu.startup(tmp_path / "data", tmp_path, rounds=2)
+    assert results["prepare_data_difference"]["cold"]["total"]["median"] == -2.0
+    assert list((tmp_path / "startup").iterdir()) == []

@@ -192,6 +192,7 @@ def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
                 arm = phase if prepare_data else f"{phase}_unprepared"
                 print(f"start-up of a 2-job sweep, {arm}, round {index + 1} of {rounds} ...", flush=True)
                 measured[arm].append(startup_round(data_root, folder, phase, prepare_data))
+            shutil.rmtree(folder, ignore_errors=True)  # its sweeps' checkpoints and models: about 250 MB
         floor.append(import_floor())
     gain = {phase: {figure: spread([a[figure] - b[figure] for a, b in
                                     zip(measured[phase], measured[f"{phase}_unprepared"], strict=True)])
