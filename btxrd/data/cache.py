@@ -228,13 +228,16 @@ def cache_images(
     return _cached(cache_dir, f"{prefix}{size}_{preprocess.key}_from{source_size}", image_ids, build)
 
 
+def _preprocess(data: DataConfig) -> Preprocess:
+    return Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
+
+
 def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir: str | Path | None = None,
               workers: int | None = None) -> ImageCache:  # fmt: skip
     """The cache a run's ``data`` settings ask for, for model input ``image_size`` (in ``cache_dir``,
     default ``data.cache_dir``)."""
-    preprocess = Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
     canvas = canvas_size(image_size, data.canvas_scale)
-    return cache_images(table, canvas, cache_dir or data.cache_dir, preprocess, workers,
+    return cache_images(table, canvas, cache_dir or data.cache_dir, _preprocess(data), workers,
                         source_size=data.cache_source_size)
 
 
@@ -245,7 +248,7 @@ def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str
     import torch  # here, not at the top: the cache is built without torch (btxrd.data.prepare)
     import torchvision.transforms.v2.functional as TF
 
-    preprocess = Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
+    preprocess = _preprocess(data)
     canvas = canvas_size(image_size, data.canvas_scale)
     source = data.cache_source_size
     if source and canvas < source:
