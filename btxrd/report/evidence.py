@@ -27,6 +27,7 @@ from btxrd.config import project_root
 from btxrd.errors import ConfigError
 from btxrd.report.blocks import closing, opening, write_block
 from btxrd.report.render import markdown_table, seeds_markdown, signed
+from btxrd.tasks import task_type
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,7 @@ SECTIONS = {
     "autoencoders": Section(
         ("experiment=ae_demo", "model=ae_residual,ae_attention,ae_attention_residual", "seed=0,1,2",
          "hydra.launcher.n_jobs=2"),
-        {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM", "test_psnr_normal": "PSNR normal",
-         "test_psnr_benign": "PSNR benign", "test_psnr_malignant": "PSNR malignant",
-         "val_channel_gates_mean": "channel gates", "val_spatial_gates_mean": "spatial gates"},
-        ("PSNR (dB)", "SSIM"), 60),
+        task_type("reconstruct").report_columns, ("PSNR (dB)", "SSIM"), 60),
 }  # fmt: skip
 
 
