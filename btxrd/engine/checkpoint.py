@@ -41,6 +41,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
+# What only resuming needs, and only from last.pt: the best checkpoint is for scoring and serving. AdamW keeps
+# two moments per weight, so these are two thirds of a checkpoint.
+RESUME_ONLY = ("optimizer", "scheduler", "rng_state")
+
+
+def without_resume_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` less what only resuming reads (the best checkpoint keeps the weights, settings, history)."""
+    return {key: value for key, value in state.items() if key not in RESUME_ONLY}
+
+
 RUN_FILE = "run.json"  # beside the checkpoints: the MLflow run training this configuration
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from btxrd.data.loaders import EpochBatches
-from btxrd.engine.checkpoint import save_checkpoint
+from btxrd.engine.checkpoint import save_checkpoint, without_resume_state
 from btxrd.engine.inputs import InputPipeline, place_model
 from btxrd.engine.loop import Objective, train_one_epoch
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
@@ -137,7 +137,8 @@ def fit(
     resume: dict[str, Any] | None = None,
     extra_state: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train with early stopping on ``monitor``; best and last checkpoints go to ``out_dir``.
+    """Train with early stopping on ``monitor``; best and last checkpoints go to ``out_dir`` (the best
+    one without the optimiser, schedule and RNG states, which only resuming reads, from the last).
 
     ``resume``: a last checkpoint of this same run; training continues after its epoch with the
     model, optimiser, schedule, early-stopping state and RNG state it holds, so on CPU the result
@@ -179,7 +180,7 @@ def fit(
         improved = training.stopper.update(row[monitor], training.epoch)
         state = training.state(row, extra_state or {})
         if improved:
-            save_checkpoint(state, best_path)
+            save_checkpoint(without_resume_state(state), best_path)
         save_checkpoint(state, last_path)  # after best: a kill in between only repeats this epoch
     stopper = training.stopper
     return FitResult(best_path, last_path, stopper.best_epoch, stopper.best_score, training.epoch,
