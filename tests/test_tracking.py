@@ -184,9 +184,9 @@ def test_the_sql_store_is_imported_before_the_store_lock_is_taken(tmp_path: Path
     from .helpers import run_python_at_once
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spy = ("import sys; from btxrd.tracking import mlflow_store as m; lock = m._store_lock;"
-           "m._store_lock = lambda uri: print('imported at the lock:', "
-           "'mlflow.store.tracking.sqlalchemy_store' in sys.modules) or lock(uri);"
+    spy = ("import sys; from btxrd.tracking import mlflow_store as m; Lock = m.FileLock;"
+           "m.FileLock = type('Spy', (Lock,), {'acquire': lambda self, *a, **k: print('imported at the lock:', "
+           "'mlflow.store.tracking.sqlalchemy_store' in sys.modules) or Lock.acquire(self, *a, **k)});"
            f"m.Tracker({uri!r}, 'btxrd').client; print('opened')")  # fmt: skip
     (output,) = run_python_at_once(spy, n=1)
     assert "imported at the lock: True" in output and output.strip().endswith("opened"), output

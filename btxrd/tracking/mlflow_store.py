@@ -109,8 +109,14 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
-    """A lock beside a SQLite store's file (``<db>.lock``); nothing to lock for a server."""
+    """A lock beside a SQLite store's file (``<db>.lock``); nothing to lock for a server.
+
+    MLflow's SQL store is imported here, before the lock is taken, not under it: its modules take about
+    1 s to import, and a sweep's other jobs, opening the store at the same moment, would wait for that too.
+    """
     if uri.startswith("sqlite:///"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
         path = Path(uri.removeprefix("sqlite:///"))  # sqlite:////abs/db -> /abs/db; sqlite:///rel/db -> rel/db
         path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(f"{path}.lock")
@@ -152,10 +158,6 @@ class Tracker:
         it: processes opening a new store at once (two sweeps started together) raced creating its
         tables. (A tracking server serialises this itself.)"""
         if self._client is None:
-            if self.uri.startswith("sqlite:"):
-                # Imported before the lock, not under it: the SQL store's modules take about 1 s to import,
-                # and a sweep's other jobs, opening the store at the same moment, would wait for that too.
-                import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
             with _store_lock(self.uri):
                 try:
                     client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates or migrates its tables
