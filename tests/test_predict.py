@@ -71,7 +71,7 @@ def test_the_logged_model_scores_in_a_new_process_as_the_run_scored_its_test_par
             f"np.save({str(work / 'served.npy')!r}, np.stack(out))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=work)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "type hints" not in done.stderr  # predict has none on purpose (the signature says the input)
+    assert "type hints" not in done.stderr  # predict's hints give MLflow no schema of its own, and no warning
     served = np.load(work / "served.npy")
     # float32 CSV and one forward pass per image instead of batches: equal to 1e-5
     np.testing.assert_allclose(served, predictions.loc[:11, list(CLASSES)].to_numpy(), atol=1e-5)
