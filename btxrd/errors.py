@@ -17,3 +17,7 @@ class DataError(BTXRDError):
 
 class ConfigError(BTXRDError):
     """A configuration value is out of range or refers to something that does not exist."""
+
+
+class StorageError(BTXRDError):
+    """A file could not be written (a full disk, a read-only folder); the message names it and the room left."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,16 +14,15 @@ import torch
 from filelock import FileLock, Timeout
 
 from btxrd.errors import ConfigError, DataError
+from btxrd.files import write_atomically
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` via a temp file and rename: a kill never leaves a torn file."""
+    """Write ``state`` to ``path`` via a temp file and rename: a kill never leaves a torn file, a full
+    disk no temporary file (StorageError naming the path and the room left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -39,6 +37,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise DataError(f"refusing to load {path}: it is not a plain weights checkpoint ({first})") from None
     except Exception as exc:  # a torn or foreign file fails in many ways (EOFError, IndexError, RuntimeError...)
         raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_weights(model: torch.nn.Module, weights: Any, source: str) -> None:
+    """``weights`` (a state dict) into ``model``; DataError naming ``source`` and what differs when they
+    do not fit (a checkpoint of another architecture or class count than its config says)."""
+    if not isinstance(weights, dict):
+        raise DataError(f"{source}: holds no weights (a state dict) for the model")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        detail = weights_mismatch(model, weights)
+        raise DataError(f"{source}: its weights do not fit the model its config names ({detail})") from None
+
+
+def weights_mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
+    """How a state dict differs from ``model``'s: counts of missing, unexpected and reshaped entries, an example."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shape = {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}
+    shaped = [k for k in expected if k in weights and shape[k] != tuple(expected[k].shape)]
+    parts = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(shaped)} of another shape"]
+    if shaped:
+        first = shaped[0]
+        parts.append(f"e.g. {first}: {shape[first]} in the file, "
+                     f"{tuple(expected[first].shape)} in the model")  # fmt: skip
+    elif missing:
+        parts.append(f"e.g. {missing[0]} missing")
+    return ", ".join(parts)
 
 
 # What only resuming needs, and only from last.pt: the best checkpoint is for scoring and serving. AdamW keeps
