@@ -105,8 +105,22 @@ def run_settings(cfg: DictConfig, source: str = "config") -> RunConfig:
 
 
 def stored_run_settings(config: dict[str, Any], model_schema: type, source: str) -> RunConfig:
-    """The settings a checkpoint was trained with (its stored, resolved config)."""
-    return _typed(config, RunConfig, source, model_schema)
+    """The settings a checkpoint was trained with (its stored, resolved config). Settings added since it
+    was written take their default from conf/ (the default option of their group)."""
+    return _typed(OmegaConf.merge(_group_defaults(), config), RunConfig, source, model_schema)
+
+
+# Groups whose every key a stored config has, and that later versions may add keys to
+_FILLED_GROUPS = ("paths", "data", "annotations", "train", "tracking", "eval")
+
+
+def _group_defaults() -> DictConfig:
+    """The default option of each group in ``_FILLED_GROUPS``, as conf/config.yaml's defaults list names it."""
+    top = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")
+    chosen = {group: option for entry in top.defaults if isinstance(entry, DictConfig)
+              for group, option in entry.items() if group in _FILLED_GROUPS}  # fmt: skip
+    return OmegaConf.create({group: OmegaConf.load(Path(CONFIG_DIR) / group / f"{option}.yaml")
+                             for group, option in chosen.items()})  # fmt: skip
 
 
 def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

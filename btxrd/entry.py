@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.errors import BTXRDError
+from btxrd.redaction import PASSWORD_ENV, PGPASSWORD_ENV, USERNAME_ENV, move_credentials, redact_text, without_userinfo
 from btxrd.runtime.process import launcher_gone, stop_signals_handled, watch_launcher
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ def hydra_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
             raise
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
 
 
@@ -51,21 +52,58 @@ def run_hydra_main(main: Callable[[], Any]) -> Any:
     naming the override, exit code 2, like every other user error; Hydra itself prints a few lines
     and exits 1. Any other error is shown as Hydra shows it. ``HYDRA_FULL_ERROR=1`` keeps Hydra's
     full traces."""
+    credentials_out_of_command_line(sys.argv)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return main()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing: its errors are said here
     try:
         return main()
     except CompactHydraException as exc:
-        print(f"error: {composition_error_line(exc)}", file=sys.stderr)
+        print(f"error: {redact_text(composition_error_line(exc))}", file=sys.stderr)
         return USER_ERROR_EXIT
     except Exception as exc:  # as Hydra shows it: the traceback from the task function down, exit code 1
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_name != "run_job":  # Hydra's frames above the task
             tb = tb.tb_next
-        traceback.print_exception(exc.with_traceback(tb.tb_next if tb is not None else exc.__traceback__))
+        shown = traceback.format_exception(exc.with_traceback(tb.tb_next if tb is not None else exc.__traceback__))
+        print(redact_text("".join(shown)), end="", file=sys.stderr)
         print("\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", file=sys.stderr)
         return 1
+
+
+# URL settings whose credentials never reach Hydra (its log lines, .hydra/*.yaml, multirun.yaml)
+_URL_SETTINGS = ("tracking.uri", "tracking.ui_url")
+
+
+def credentials_out_of_command_line(argv: list[str]) -> None:
+    """Take the credentials out of URL overrides in ``argv`` (in place), before Hydra reads it.
+
+    ``tracking.uri=http://user:pass@host``: the username and password go to the variables MLflow reads
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD; a postgresql:// password to PGPASSWORD), which every job of
+    the sweep inherits, and the override keeps the bare URL. ``tracking.ui_url`` is only a link: its
+    user-info is dropped. Anything else is left to the redaction of everything btxrd stores or shows.
+    """
+    for i, arg in enumerate(argv[1:], start=1):
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+~") not in _URL_SETTINGS:
+            continue
+        quote = value[0] if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) > 1 else ""
+        bare = value[1:-1] if quote else value
+        if key.lstrip("+~") == "tracking.uri":
+            clean, env = move_credentials(bare)
+            os.environ.update(env)
+        else:
+            clean, env = without_userinfo(bare), {}
+        if clean == bare:
+            continue
+        argv[i] = f"{key}={quote}{clean}{quote}"
+        if not env:
+            print(f"note: {key.lstrip('+~')}: the credentials in the link are dropped (a browser asks for them)",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        where = f"{USERNAME_ENV} / {PASSWORD_ENV}" if USERNAME_ENV in env else PGPASSWORD_ENV
+        print(f"note: {key.lstrip('+~')}: the credentials in the URL are passed in {where} and stored nowhere; "
+              "export them yourself to keep them out of your shell history", file=sys.stderr)  # fmt: skip
 
 
 def composition_error_line(exc: CompactHydraException) -> str:

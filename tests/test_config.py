@@ -125,6 +125,7 @@ RELATION_CASES = [  # values that are fine alone but not together
     (["split=center", "split.test_centers=[]"], "split.test_centers is empty"),
     (["split=kfold", "split.fold=5"], "split.fold=5 is out of range for split.k=5"),
     (["data.crop_min_scale=0.9", "data.crop_max_scale=0.8"], "larger than data.crop_max_scale"),
+    (["data.root="], "data.root is empty: give the folder of the dataset"),
     (["eval.specificities=[0.9,1.0]"], "eval.specificities=[0.9, 1.0]: give one or more values"),
     (["task=reconstruct", "model.image_size=72"], "model.image_size=72: the autoencoders downsample 16x"),
     (["train.monitor=val_psnr"], "train.monitor='val_psnr': task=classify reports val_macro_f1"),
@@ -186,9 +187,21 @@ def test_stored_settings_are_checked_like_composed_ones() -> None:
     config["train"]["lr"] = -1.0
     with pytest.raises(ConfigError, match=r"^train.lr=-1.0: must be > 0$"):
         stored_run_settings(config, ClassifierConfig, "x")
-    del config["train"]["epochs"]
-    with pytest.raises(ConfigError, match=r"^x: train.epochs: .* missing mandatory value: epochs$"):
-        stored_run_settings(config, ClassifierConfig, "x")
+    config["train"]["lr"] = 1e-3
+
+
+def test_settings_a_checkpoint_predates_take_their_default_from_conf() -> None:
+    """A checkpoint written before a setting existed still loads (evaluate.py, predict, the logged model):
+    the setting takes the default of its group's default option in conf/."""
+    from btxrd.config import stored_run_settings, to_dict
+
+    config = to_dict(compose_config(["debug=tiny", "data.max_image_pixels=1000", "data.root=/data/x"]))
+    del config["data"]["max_image_pixels"], config["tracking"]["connect_timeout_s"]
+    stored = stored_run_settings(config, ClassifierConfig, "x")
+    defaults = settings([])
+    assert stored.data.max_image_pixels == defaults.data.max_image_pixels != 1000
+    assert stored.tracking.connect_timeout_s == defaults.tracking.connect_timeout_s
+    assert stored.data.root == "/data/x" and stored.model.image_size == 64  # what it has is kept
 
 
 def test_run_settings_read_no_file_and_are_plain_dataclasses() -> None:

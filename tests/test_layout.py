@@ -9,7 +9,7 @@ from .conftest import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "btxrd"
 # Lower layers know nothing of higher ones: data <- models <- engine <- cam / metrics <- tasks <- jobs.
 LAYERS = {
-    "errors": 0, "settings": 0, "cli": 0,
+    "errors": 0, "settings": 0, "cli": 0, "redaction": 0, "files": 0,
     "runtime": 1, "config": 1, "data": 1,
     "models": 2,
     "engine": 3,
@@ -19,7 +19,8 @@ LAYERS = {
     "report": 7, "sweep": 7,
     "entry": 8, "bench": 8, "predict": 8,
 }  # fmt: skip
-PLAIN = ("settings", "errors", "runtime", "data", "models", "engine", "metrics", "cam")  # no Hydra, no MLflow
+# no Hydra, no MLflow
+PLAIN = ("settings", "errors", "redaction", "files", "runtime", "data", "models", "engine", "metrics", "cam")
 
 
 def _imports() -> dict[str, set[str]]:

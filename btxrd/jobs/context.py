@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from btxrd.redaction import redact_text
+
 
 @dataclass
 class JobContext:
     choices: dict[str, str] = field(default_factory=dict)  # config group -> chosen option
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # as the command line gave them, secrets hidden
     output_dir: Path = Path("outputs")
     sweep_dir: str = ""
     job_num: int = 0
@@ -78,11 +80,12 @@ def job_context(name_part: str = "") -> JobContext:
     choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
     trial = multirun and not str(hc.sweeper.get("_target_", "")).endswith("BasicSweeper")
     searched = set(hc.sweeper.get("params") or {}) if trial else set()
-    picked = (override.partition("=") for override in hc.overrides.task)
+    overrides = [redact_text(override) for override in hc.overrides.task]  # they are shown and stored
+    picked = (override.partition("=") for override in overrides)
     trial_params = {key.lstrip("+~"): value for key, _, value in picked if key.lstrip("+~") in searched}
     return JobContext(
         choices=choices,
-        overrides=list(hc.overrides.task),
+        overrides=overrides,
         output_dir=Path(hc.runtime.output_dir),
         sweep_dir=str(Path(hc.sweep.dir).resolve()) if multirun else "",
         job_num=int(hc.job.num) if multirun else 0,

@@ -27,6 +27,7 @@ from btxrd.jobs.context import JobContext, job_context
 from btxrd.jobs.parts import load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model
+from btxrd.redaction import redact_config
 from btxrd.runtime.environment import machine_tags, prepare_runtime, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
 from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
@@ -45,8 +46,12 @@ def train_job(cfg: DictConfig) -> float:
     tracker = tracker_for(run.tracking, run.paths.root)
     config = to_dict(cfg)
     identity = config_hash(config)
+    config, hidden = redact_config(config)  # what is stored and shown of it: params, config.json, checkpoints
     commit = git_commit()
     tags = {**task.tags(), **_job_tags(run, job, commit), "config_hash": identity, "monitor": task.monitor}
+    if hidden:
+        tags["redacted"] = f"secrets hidden (***) in {', '.join(hidden)}: they are stored nowhere"
+        log.info("%s: %s", job.run_name, tags["redacted"])
     parent_id = parent_from_env()  # set by the sweep callback (hydra.job.env_set)
     if tracker is not None and run.sweep.skip_finished:
         earlier = tracker.finished_run_with_tag("config_hash", identity)

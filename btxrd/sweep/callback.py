@@ -37,6 +37,7 @@ from btxrd.config import typed_settings
 from btxrd.data.prepare import start_preparing
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
+from btxrd.redaction import has_secret, redact_text
 from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
 from btxrd.settings import DataConfig, EvalConfig
@@ -70,9 +71,14 @@ def check_launcher(launcher: DictConfig) -> None:
         raise ConfigError("hydra.launcher.n_jobs=0: give the jobs to run at once (1 or more; -1: one per core)")
 
 
+def task_overrides(config: DictConfig) -> str:
+    """The sweep's command-line overrides, as they are shown and stored: secrets hidden."""
+    return redact_text(" ".join(config.hydra.overrides.task))
+
+
 def describe_sweep(config: DictConfig, total: int | None) -> str:
     """The parent run's description (MLflow shows it on the run's page): what the sweep is and where to look."""
-    swept = " ".join(config.hydra.overrides.task)
+    swept = task_overrides(config)
     return (f"Sweep of {total if total else 'several'} jobs: `{swept}`.\n\n"
             "Each job is a child run (expand this run in the runs table). To compare them, add the columns "
             "Metrics > test_macro_f1, test_macro_f1_ci_low / _ci_high, test_auroc_macro, test_malignant_recall, "
@@ -134,7 +140,7 @@ class MLflowSweepCallback(Callback):
         try:
             self._start(config)
         except Exception as exc:  # anything: the sweep must not run without its parent
-            message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            message = redact_text(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
             print(f"error: sweep: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
             raise SystemExit(USER_ERROR_EXIT) from None
 
@@ -152,29 +158,31 @@ class MLflowSweepCallback(Callback):
         if closed:
             print(f"closed {len(closed)} run(s) left RUNNING by processes that are gone (KILLED): "
                   + ", ".join(run.info.run_name or run.info.run_id for run in closed), file=sys.stderr)  # fmt: skip
-        uri = self.tracker.uri
+        uri, shown = self.tracker.uri, self.tracker.shown_uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         total = planned_jobs(config)
         self.url = self.tracker.runs_url(config.tracking.ui_url, sweep_dir)
         port = urlparse(config.tracking.ui_url).port or 5000
-        self.how_to_look = (f"open {self.url}" if is_server(uri) else
-                            f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {port}, then open {self.url}")
+        self.how_to_look = (f"open {self.url}" if is_server(uri) else f"mlflow ui --backend-store-uri {shown} "
+                            f"--host 127.0.0.1 --port {port}, then open {self.url}")  # fmt: skip
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
-            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": " ".join(config.hydra.overrides.task),
+            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": task_overrides(config),
              "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m"), **owner_tags()},
         )  # fmt: skip
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
         self.register_as = str(config.sweep.model_name) if config.sweep.register_best else ""
         if is_slurm(config.hydra.launcher):
             self.slurm_folder = str(config.hydra.launcher.submitit_folder)
-        env = {PARENT_RUN_ENV: self.parent_id, TRACKING_URI_ENV: uri}
-        if not self.jobs_outlive_launcher:  # jobs on this host stop when their launcher is gone (jobs/watchdog)
+        env = {PARENT_RUN_ENV: self.parent_id}
+        if not has_secret(uri):  # a job whose own tracking.uri is unset uses this store; it never travels with a secret
+            env[TRACKING_URI_ENV] = uri
+        if not self.jobs_outlive_launcher:  # jobs on this host stop when their launcher is gone (runtime/process.py)
             env[LAUNCHER_ENV] = f"{os.getpid()}:{process_start_time():.2f}"
         pass_to_jobs(config, env)
         handle_stop_signals()  # SIGTERM unwinds this process (its atexit hooks run) instead of ending it
         atexit.register(self.finish)
-        print(f"MLflow: parent run {self.parent_id} in {uri}; its runs: {self.url}", file=sys.stderr)
+        print(f"MLflow: parent run {self.parent_id} in {shown}; its runs: {self.url}", file=sys.stderr)
         self.progress = SweepProgress(self.tracker, self.parent_id, total).start()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -185,7 +193,7 @@ class MLflowSweepCallback(Callback):
         job = str(config.hydra.job.num)
         if any(run.data.tags.get("job_num") == job for run in self.tracker.children(self.parent_id)):
             return
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = task_overrides(config)
         run_id = self.tracker.start_run(f"job {job} | {overrides}", {
             "job_num": job, "sweep_dir": self.sweep_dir, "overrides": overrides,
             "error": error_text(job_return._return_value), **owner_tags()}, parent_id=self.parent_id)  # fmt: skip
@@ -211,10 +219,10 @@ class MLflowSweepCallback(Callback):
             self.progress.stop()
         if not tracker.answers():  # a server restarting: the parent is closed once it answers again
             patience = tracker.outage_patience_s
-            print(f"sweep: the tracking server {tracker.uri} does not answer; waiting up to {patience:g} s "
+            print(f"sweep: the tracking server {tracker.shown_uri} does not answer; waiting up to {patience:g} s "
                   "(tracking.outage_patience_s) to close the sweep's runs", file=sys.stderr)  # fmt: skip
             if not tracker.wait_until_answering(patience):
-                print(f"error: sweep: the tracking server {tracker.uri} did not answer for {patience:g} s: the "
+                print(f"error: sweep: the tracking server {tracker.shown_uri} did not answer for {patience:g} s: the "
                       f"parent run {parent_id} stays RUNNING until the next sweep on the store or `python -m "
                       "btxrd.tracking close-stale` closes it", file=sys.stderr)  # fmt: skip
                 raise SystemExit(1)
@@ -248,7 +256,7 @@ class MLflowSweepCallback(Callback):
             write_report(tracker, parent_id, self.sweep_dir, self.evaluation)
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
-            print(f"sweep report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(redact_text(f"sweep report failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
         if self.register_as and not stopped_by:
             self._register_best(tracker, parent_id)
         if stopped_by:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     closed = close_stale(tracker)
     for run in closed:
         print(f"closed KILLED: {run.info.run_id} {run.info.run_name} (pid {run.data.tags.get('btxrd.pid')})")
-    print(f"{len(closed)} stale run(s) closed in {tracker.uri}, experiment {experiment}")
+    print(f"{len(closed)} stale run(s) closed in {tracker.shown_uri}, experiment {experiment}")
     return 0
 
 

@@ -18,14 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from btxrd.redaction import redact_text
 from btxrd.runtime.process import interrupted, launcher_gone, stop_signal
 from btxrd.tracking.mlflow_store import PROBE_INTERVAL_S, Tracker, TrackingUnreachable, active_statuses
-from btxrd.tracking.stale import HOST, PID, STARTED, owner_tags
+from btxrd.tracking.stale import HOST, PID, STARTED, CloseNote, owner_tags
 
 log = logging.getLogger(__name__)
 OUTAGE_TAG = "tracking_outage"  # a run that was cut off from its tracking server says so
-
-
 class RunRecorder:
     """What a job writes to its run; every call does nothing when tracking is off.
 
@@ -152,7 +151,7 @@ def source_tags(entry_point: str) -> dict[str, str]:
 def error_text(exc: BaseException, resumable: bool = False) -> str:
     """The run's ``error`` tag: the exception, or which signal stopped it (and whether it can go on)."""
     if not interrupted(exc):
-        return f"{type(exc).__name__}: {exc}"
+        return redact_text(f"{type(exc).__name__}: {exc}")
     stopped = ("stopped: the sweep's launcher is gone" if launcher_gone()
                else f"interrupted by {stop_signal() or 'SIGINT'}")  # fmt: skip
     return f"{stopped}; its last checkpoint is kept: the same command resumes it" if resumable else stopped
@@ -186,25 +185,36 @@ def job_run(
         _close_abandoned(tracker, earlier_run_id, abandon_reason)
     elif earlier_run_id:
         run_id = _continued(tracker, earlier_run_id, parent_id, tags)
+    tags = {"output_dir": str(output_dir), **tags}  # where the close note is (evaluation runs have no other tag)
     run_id = run_id or tracker.start_run(name, tags, parent_id=parent_id)
     recorder = RunRecorder(tracker, run_id)
+    note = CloseNote(output_dir, run_id)
     try:
         yield recorder
     except BaseException as exc:
-        recorder.set_tags({"error": error_text(exc, resumable)})
+        error = error_text(exc, resumable)
+        recorder.set_tags({"error": error})
         error_file = output_dir / "error.txt"
         try:
             error_file.parent.mkdir(parents=True, exist_ok=True)
-            error_file.write_text(traceback.format_exc())
+            error_file.write_text(redact_text(traceback.format_exc()))
             recorder.artifact(error_file)
         except OSError as write_error:  # the run must be closed even when its folder is not writable
             log.warning("could not keep the traceback in %s: %s", error_file, write_error)
+        status = "KILLED" if interrupted(exc) else "FAILED"
         try:  # a stopped job does not wait for the server: a scheduler's grace period is short
-            recorder.close("KILLED" if interrupted(exc) else "FAILED", wait=not interrupted(exc))
+            recorder.close(status, wait=not interrupted(exc))
+            note.remove()
         except TrackingUnreachable as lost:
             log.error("%s", lost)  # the job's own error is the one to raise
+            note.record(status, f"{error}; then: {lost}")
         raise
-    recorder.close("FINISHED")
+    try:
+        recorder.close("FINISHED")
+    except TrackingUnreachable as lost:
+        note.record("FINISHED", str(lost))
+        raise
+    note.remove()
 
 
 def _close_abandoned(tracker: Tracker, run_id: str, reason: str) -> None:

@@ -10,7 +10,9 @@ are then kept and sent later (``lifecycle.RunRecorder``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from filelock import FileLock
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
@@ -29,13 +31,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from btxrd.errors import BTXRDError, ConfigError
+from btxrd.redaction import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, move_credentials, redact_text, without_userinfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs and test output
 # MLflow announces database creation and migrations at INFO on stderr; a user error should stay one line.
-for _noisy in ("mlflow.store.db.utils", "alembic"):
-    logging.getLogger(_noisy).setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+# Its database layer also logs every failed statement at ERROR with a page of traceback (a full disk: one
+# per write). Each such error reaches the caller here as an exception, which is said in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 # Our own variable: MLFLOW_RUN_ID in the environment would override parent_run_id (DESIGN.md).
 PARENT_RUN_ENV = "BTXRD_PARENT_RUN_ID"
@@ -53,6 +58,24 @@ PROBE_INTERVAL_S = 15.0
 
 class TrackingUnreachable(BTXRDError):
     """The tracking server did not answer (refused, timed out, or only 5xx errors) after MLflow's retries."""
+
+
+class StoreFull(TrackingUnreachable):
+    """The store cannot take writes: the disk of its database or artifacts is full. Like a server that
+    does not answer, a job keeps its writes and sends them once there is room again."""
+
+
+# How a full disk is worded by SQLite (through SQLAlchemy and MLflow) and by the OS
+_FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def store_full(exc: BaseException, where: str) -> StoreFull | None:
+    """``exc`` as a ``StoreFull`` naming ``where`` when it says a disk is full, else None."""
+    full = (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS) or (
+        isinstance(exc, MlflowException) and any(word in str(exc).lower() for word in _FULL))
+    store = f"the tracking store {where}" if where else "the tracking store"
+    return StoreFull(f"{store} cannot be written: no space left on device") if full else None
 
 
 # MLflow's REST client words every failure to get an answer this way (rest_utils.http_request)
@@ -89,11 +112,69 @@ def tracker_for(tracking: Any, project_root: str | Path) -> Tracker | None:
     if is_server(uri):  # MLflow's own defaults (7 retries, 120 s) block a call for minutes
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking.http_timeout_s)
-    return Tracker(uri, tracking.experiment, tracking.artifact_root, tracking.outage_patience_s)
+    return Tracker(uri, tracking.experiment, tracking.artifact_root, tracking.outage_patience_s,
+                   tracking.connect_timeout_s)  # fmt: skip
 
 
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+# SQLAlchemy URLs of database servers (dialect, optionally +driver), which MLflow can use as its store
+_DATABASES = ("postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
+
+
+def is_database_server(uri: str) -> bool:
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() in _DATABASES
+
+
+def database_problem(uri: str, seconds: float) -> str:
+    """Why the database at ``uri`` cannot be connected to within ``seconds`` (tried every second), or "".
+
+    MLflow itself retries a database it cannot reach for about 100 s and then ends in a traceback."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    dialect = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    timeout = {"connect_timeout": max(1, round(seconds))} if dialect in ("postgresql", "postgres", "mysql",
+                                                                         "mariadb") else {}  # fmt: skip
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
+    except Exception as exc:  # an unknown dialect, a missing driver (No module named 'psycopg2')
+        return _first_line(exc)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                with engine.connect():
+                    return ""
+            except Exception as exc:  # refused, unknown host, authentication failed, no such database
+                problem = _first_line(getattr(exc, "orig", None) or exc)
+            if time.monotonic() + 1.0 >= deadline:
+                return problem
+            time.sleep(1.0)
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first non-empty line, secrets hidden (drivers may echo the connection string)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return redact_text(lines[0] if lines else type(exc).__name__)
+
+
+def auth_headers(uri: str) -> dict[str, str]:
+    """The Authorization header MLflow sends to a tracking server: a token (MLFLOW_TRACKING_TOKEN), a
+    username and password (MLFLOW_TRACKING_USERNAME / _PASSWORD), or the URL's own user-info."""
+    if os.environ.get(TOKEN_ENV):
+        return {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
+    user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if not (user and password):
+        parts = urlsplit(uri)
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    if not user:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -108,8 +189,9 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
-    """A lock beside a SQLite store's file (``<db>.lock``); nothing to lock for a server.
+def _store_lock(uri: str, shown: str) -> FileLock | contextlib.nullcontext:
+    """A lock beside a SQLite store's file (``<db>.lock``); nothing to lock for a server. The store's
+    folder is created if missing (as MLflow does); one that cannot be is a ConfigError naming it.
 
     MLflow's SQL store is imported here, before the lock is taken, not under it: its modules take about
     1 s to import, and a sweep's other jobs, opening the store at the same moment, would wait for that too.
@@ -118,78 +200,117 @@ def _store_lock(uri: str) -> FileLock | contextlib.nullcontext:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
         path = Path(uri.removeprefix("sqlite:///"))  # sqlite:////abs/db -> /abs/db; sqlite:///rel/db -> rel/db
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"tracking.uri={shown}: cannot create the store's folder {path.parent} "
+                              f"({exc.strerror or exc}); check the path") from None  # fmt: skip
+        if path.is_dir():
+            raise ConfigError(f"tracking.uri={shown}: {path} is a folder, not a database file")
         return FileLock(f"{path}.lock")
     return contextlib.nullcontext()
 
 
-def retry(call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
+def retry(call: Callable[[], T], also: tuple[str, ...] = (), where: str = "") -> T:
     """``call``, again while SQLite is locked or busy (or the error names one of ``also``); a server
-    that does not answer raises ``TrackingUnreachable``."""
+    that does not answer raises ``TrackingUnreachable``, a store whose disk is full ``StoreFull``
+    (``where``: the store, as shown)."""
     for attempt in range(_RETRIES):
         try:
             return call()
         except MlflowException as exc:
-            if (down := unreachable(exc)) is not None:
+            if (down := unreachable(exc) or store_full(exc, where)) is not None:
                 raise down from None
             text = str(exc).lower()
             if attempt == _RETRIES - 1 or not any(word in text for word in ("locked", "busy", *also)):
                 raise
             time.sleep(0.2 * 2**attempt)
+        except OSError as exc:  # artifacts written to a local folder
+            if (full := store_full(exc, where)) is not None:
+                raise full from None
+            raise
     raise AssertionError("unreachable")
 
 
 class Tracker:
-    """One tracking store and experiment; runs are addressed by id."""
+    """One tracking store and experiment; runs are addressed by id.
+
+    ``uri`` is what MLflow connects with: credentials that MLflow or the database driver can read from
+    the environment are moved there (``btxrd.redaction.move_credentials``); ``shown_uri`` is what any
+    message shows, every secret hidden."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None,
-                 outage_patience_s: float = 0.0) -> None:  # fmt: skip
-        self.uri = uri
+                 outage_patience_s: float = 0.0, connect_timeout_s: float = 10.0) -> None:  # fmt: skip
+        self.uri, credentials = move_credentials(uri)
+        os.environ.update(credentials)
+        self.shown_uri = redact_text(self.uri)
         self.experiment_name = experiment
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
         # How long a job, at its end, and a sweep, at its end, wait for a server that does not answer
         self.outage_patience_s = outage_patience_s
+        # How long opening the store waits for a server (MLflow's or a database) to answer at all
+        self.connect_timeout_s = connect_timeout_s
         self._experiment_id: str | None = None
         self._client: MlflowClient | None = None
+
+    def _retry(self, call: Callable[[], T], also: tuple[str, ...] = ()) -> T:
+        return retry(call, also, self.shown_uri)
 
     @property
     def client(self) -> MlflowClient:
         """The MLflow client; its first use creates (or migrates) a SQLite store under a file lock beside
         it: processes opening a new store at once (two sweeps started together) raced creating its
-        tables. (A tracking server serialises this itself.)"""
+        tables. (A tracking server serialises this itself.) A store that cannot be opened is one
+        ConfigError naming it, within ``connect_timeout_s`` for a server."""
         if self._client is None:
-            with _store_lock(self.uri):
+            with _store_lock(self.uri, self.shown_uri):
+                self._wait_for_server()
                 try:
                     client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates or migrates its tables
-                    retry(lambda: client.search_experiments(max_results=1))
-                except MlflowException as exc:
-                    raise ConfigError(f"tracking.uri={self.uri}: cannot open the tracking store ({exc})") from None
+                    self._retry(lambda: client.search_experiments(max_results=1))
                 except TrackingUnreachable as exc:
-                    raise ConfigError(f"tracking.uri={self.uri}: {exc}") from None
+                    raise ConfigError(f"tracking.uri={self.shown_uri}: {exc}") from None
+                except Exception as exc:  # SQLAlchemy, OSError, MlflowException: the store cannot be opened
+                    raise ConfigError(f"tracking.uri={self.shown_uri}: cannot open the tracking store "
+                                      f"({_first_line(exc)})") from None  # fmt: skip
             self._client = client
         return self._client
+
+    def _wait_for_server(self) -> None:
+        """A tracking server or database server answers within ``connect_timeout_s``, or ConfigError."""
+        seconds = self.connect_timeout_s
+        if is_server(self.uri) and not self.wait_until_answering(seconds, interval=1.0):
+            raise ConfigError(f"tracking.uri={self.shown_uri}: the tracking server does not answer (waited "
+                              f"{seconds:g} s, tracking.connect_timeout_s); check that it runs and its address")
+        if is_database_server(self.uri) and (problem := database_problem(self.uri, seconds)):
+            raise ConfigError(f"tracking.uri={self.shown_uri}: cannot connect to the database within {seconds:g} "
+                              f"s, tracking.connect_timeout_s ({problem}); check that it runs, its address and "
+                              "the credentials (PGPASSWORD, or the URL's)")  # fmt: skip
 
     def answers(self) -> bool:
         """Whether the tracking server answers at all (a local store always does); quick: one
         request, no retries. Any HTTP answer below 500 counts (a proxy may refuse /health)."""
         if not is_server(self.uri):
             return True
+        # urllib takes a URL's user-info for part of the host name: the credentials go in a header
+        health = urllib.request.Request(f"{without_userinfo(self.uri).rstrip('/')}/health",
+                                        headers=auth_headers(self.uri))  # fmt: skip
         try:
-            with urllib.request.urlopen(f"{self.uri.rstrip('/')}/health", timeout=5):
+            with urllib.request.urlopen(health, timeout=5):
                 return True
         except urllib.error.HTTPError as exc:
             return exc.code < 500
-        except OSError:  # refused, timed out, no route
+        except (OSError, ValueError):  # refused, timed out, no route; a URL urllib cannot parse
             return False
 
-    def wait_until_answering(self, seconds: float) -> bool:
-        """Ask the server every ``PROBE_INTERVAL_S`` until it answers, for at most ``seconds``."""
+    def wait_until_answering(self, seconds: float, interval: float = PROBE_INTERVAL_S) -> bool:
+        """Ask the server every ``interval`` seconds until it answers, for at most ``seconds``."""
         deadline = time.monotonic() + seconds
         while not self.answers():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(PROBE_INTERVAL_S, left))
+            time.sleep(min(interval, left))
         return True
 
     @property
@@ -200,31 +321,31 @@ class Tracker:
 
     def _ensure_experiment(self) -> str:
         try:
-            found = retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
+            found = self._retry(lambda: self.client.get_experiment_by_name(self.experiment_name))
         except (MlflowException, TrackingUnreachable) as exc:
-            raise ConfigError(f"tracking.uri={self.uri}: cannot reach the tracking store ({exc})") from None
+            raise ConfigError(f"tracking.uri={self.shown_uri}: cannot reach the tracking store ({exc})") from None
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                raise ConfigError(
-                    f"tracking.experiment={self.experiment_name!r} is deleted in {self.uri}; restore it or pick another"
-                )
+                raise ConfigError(f"tracking.experiment={self.experiment_name!r} is deleted in {self.shown_uri}; "
+                                  "restore it or pick another")
             if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an older version
-                retry(lambda: self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING))
+                kind = (EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+                self._retry(lambda: self.client.set_experiment_tag(found.experiment_id, *kind))
             return found.experiment_id
         location = None
         if self.artifact_root is not None and self.uri.startswith("sqlite:"):
             location = (self.artifact_root / self.experiment_name).as_uri()
         kind = {EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         try:
-            return retry(lambda: self.client.create_experiment(self.experiment_name, location, tags=kind))
+            return self._retry(lambda: self.client.create_experiment(self.experiment_name, location, tags=kind))
         except MlflowException:  # created meanwhile by another process
-            return retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
+            return self._retry(lambda: self.client.get_experiment_by_name(self.experiment_name)).experiment_id
 
     def runs_url(self, ui_url: str, sweep_dir: str | None = None) -> str:
         """The MLflow UI's runs table of this experiment in its model-training view (not the GenAI
         overview), showing one sweep's runs when ``sweep_dir`` is given. ``ui_url``: where ``mlflow ui``
         serves a local store; a tracking server serves its own UI."""
-        base = ui_base(self.uri, ui_url)
+        base = without_userinfo(ui_base(self.uri, ui_url))
         query = "workflowType=machine_learning"
         if sweep_dir:
             query += "&searchFilter=" + quote(f"tags.sweep_dir = '{sweep_dir}'", safe="")
@@ -238,21 +359,21 @@ class Tracker:
         input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, v) for k, v in (tags or {}).items())]
         # Jobs of a sweep log the same dataset at once: MLflow looks it up, then inserts it, and the
         # second insert fails on its unique key; tried again, it finds the first one's row.
-        retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
+        self._retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
                also=DATASET_KEY_RACE)  # fmt: skip
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
         all_tags = dict(tags or {})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=all_tags))
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             batch = items[i : i + 100]
-            retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
+            self._retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0,
                     timestamp_ms: int | None = None) -> None:  # fmt: skip
@@ -261,32 +382,40 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             batch = items[i : i + 500]
-            retry(lambda batch=batch: self.client.log_batch(run_id, metrics=batch))
+            self._retry(lambda batch=batch: self.client.log_batch(run_id, metrics=batch))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            retry(lambda key=key, value=value: self.client.set_tag(run_id, key, str(value)[:5000]))
+            self._retry(lambda key=key, value=value: self.client.set_tag(run_id, key, str(value)[:5000]))
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+        """A file into the run's artifacts; one that a full disk cut short is removed (it is sent again later)."""
+        try:
+            self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+        except StoreFull:
+            artifacts = self._retry(lambda: self.client.get_run(run_id)).info.artifact_uri
+            if artifacts.startswith("file:") or "://" not in artifacts:
+                local = Path(unquote(urlsplit(artifacts).path), artifact_path or "", Path(path).name)
+                local.unlink(missing_ok=True)
+            raise
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        retry(lambda: self.client.set_terminated(run_id, status=status))
+        self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
     def run_status(self, run_id: str) -> str:
-        return retry(lambda: self.client.get_run(run_id)).info.status
+        return self._retry(lambda: self.client.get_run(run_id)).info.status
 
     def children(self, parent_id: str) -> list:
         query = f"tags.mlflow.parentRunId = '{parent_id}'"
-        return retry(lambda: self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000))
+        return self._retry(lambda: self.client.search_runs([self.experiment_id], query, max_results=10_000))
 
     def get_run(self, run_id: str):
-        return retry(lambda: self.client.get_run(run_id))
+        return self._retry(lambda: self.client.get_run(run_id))
 
     def find_run(self, run_id: str):
         """The run, or None if this store has no run with that id (a server that does not answer is an error)."""
         try:
-            return retry(lambda: self.client.get_run(run_id))
+            return self._retry(lambda: self.client.get_run(run_id))
         except MlflowException:
             return None
 
@@ -294,7 +423,7 @@ class Tracker:
         """The newest FINISHED run of the experiment whose tag ``key`` equals ``value``, or None."""
         query = f"tags.{key} = '{value}' and attributes.status = 'FINISHED'"
         order = ["attributes.start_time DESC"]
-        runs = retry(lambda: self.client.search_runs([self.experiment_id], query, order_by=order, max_results=1))
+        runs = self._retry(lambda: self.client.search_runs([self.experiment_id], query, order_by=order, max_results=1))
         return runs[0] if runs else None
 
     def reopen(self, run_id: str, tags: Mapping[str, Any] | None = None) -> None:
@@ -303,17 +432,17 @@ class Tracker:
         Its ``error`` tag (why it stopped) moves to ``interruption``: a run that then finishes
         must not show an error, but the interruption stays on record.
         """
-        earlier_error = retry(lambda: self.client.get_run(run_id)).data.tags.get("error")
-        retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        earlier_error = self._retry(lambda: self.client.get_run(run_id)).data.tags.get("error")
+        self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
         if earlier_error is not None:
-            retry(lambda: self.client.delete_tag(run_id, "error"))
+            self._retry(lambda: self.client.delete_tag(run_id, "error"))
         self.set_tags(run_id, {**({"interruption": earlier_error} if earlier_error else {}), **(tags or {})})
 
     def artifact_paths(self, run_id: str, folder: str | None = None) -> list[str]:
-        return [a.path for a in retry(lambda: self.client.list_artifacts(run_id, folder))]
+        return [a.path for a in self._retry(lambda: self.client.list_artifacts(run_id, folder))]
 
     def download_artifact(self, run_id: str, path: str, dest: str | Path) -> Path:
-        return Path(retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
+        return Path(self._retry(lambda: self.client.download_artifacts(run_id, path, str(dest))))
 
 
 def ui_base(tracking_uri: str, ui_url: str) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btxrd.errors import ConfigError
+from btxrd.redaction import redact_text
 from btxrd.runtime.daemons import (
     log_tail,
     serve_until_stopped,
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve() -> int:
         with tracking_server(args.dir, args.port, args.pg_port, args.backend_store_uri) as server:
-            print(f"MLflow server at {server.uri} (backend {server.backend_store_uri}, artifacts {server.artifacts})")
+            backend = redact_text(server.backend_store_uri)
+            print(f"MLflow server at {server.uri} (backend {backend}, artifacts {server.artifacts})")
             print(f"point sweeps at it: python train.py -m tracking.uri={server.uri} ...   (Ctrl-C stops it)")
             sys.stdout.flush()
             wait_while(lambda: server.process is not None and server.process.poll() is None)

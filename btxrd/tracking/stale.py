@@ -11,13 +11,80 @@ on the store closes such runs KILLED, saying why; on demand:
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
+from pathlib import Path
 
 from btxrd.runtime.provenance import process_alive, process_start_time
 from btxrd.tracking.mlflow_store import Tracker, retry
 
+log = logging.getLogger(__name__)
+
 HOST, PID, STARTED = "btxrd.host", "btxrd.pid", "btxrd.started"
+
+CLOSE_NOTE = "run_close_note.json"  # in a job's output folder while its run is open (CloseNote)
+
+
+class CloseNote:
+    """Why a job's run could not be closed, kept where ``close-stale`` finds it later.
+
+    A job whose store is on a full disk, or whose server stays away, cannot write its run's error or
+    status; once the job is gone, ``close-stale`` would only know that its process is gone. So while the
+    run is open, a small file in the job's output folder (the run's ``output_dir`` tag) holds room for
+    the reason: written, and flushed to disk, when the run opens, when there is room, and overwritten in
+    place, with no new block to allocate, when the run cannot be closed. Removed once it is.
+    """
+
+    SIZE = 4096
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.path: Path | None = folder / CLOSE_NOTE
+        self.run_id = run_id
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._write({"run_id": run_id, "open": True}, create=True)
+        except OSError as exc:  # no room or no folder from the start: nothing can be kept, the run is still closed
+            log.debug("no close note in %s: %s", folder, exc)
+            self.path = None
+
+    def record(self, status: str, reason: str) -> None:
+        """The run should have ended ``status``; ``reason`` why it did not."""
+        if self.path is None:
+            return
+        note = {"run_id": self.run_id, "status": status, "reason": reason[: self.SIZE // 2]}
+        try:
+            self._write(note, create=False)
+        except OSError as exc:
+            log.warning("could not keep why run %s stays open in %s: %s", self.run_id, self.path, exc)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def _write(self, note: dict, create: bool) -> None:
+        assert self.path is not None
+        data = json.dumps(note).encode()[: self.SIZE].ljust(self.SIZE)
+        fd = os.open(self.path, os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else 0), 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)  # the blocks are allocated now, while there is room
+        finally:
+            os.close(fd)
+
+
+def read_close_note(output_dir: str | None, run_id: str) -> str:
+    """The reason a job kept in its close note for run ``run_id``, or "" (none, or the note of another run)."""
+    if not output_dir:
+        return ""
+    try:
+        note = json.loads((Path(output_dir) / CLOSE_NOTE).read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(note, dict) or note.get("run_id") != run_id or "reason" not in note:
+        return ""
+    return f"the job ended {note.get('status', '?')} but could not close its run: {note['reason']}"
 
 
 def owner_tags() -> dict[str, str]:
@@ -40,8 +107,11 @@ def close_stale(tracker: Tracker) -> list:
         tags = run.data.tags
         reason = (f"its process (pid {tags[PID]} on {tags[HOST]}) is gone: killed, or its machine or tracking "
                   "server went away; closed by the next sweep on this store or close-stale")  # fmt: skip
-        tracker.set_tags(run.info.run_id, {"error": tags.get("error", reason)})
+        kept = read_close_note(tags.get("output_dir"), run.info.run_id)  # what the job itself knew
+        tracker.set_tags(run.info.run_id, {"error": kept or tags.get("error", reason)})
         tracker.end_run(run.info.run_id, "KILLED")
+        if kept:
+            (Path(tags["output_dir"]) / CLOSE_NOTE).unlink(missing_ok=True)
     return closed
 
 

@@ -1,0 +1,153 @@
+"""Secrets in settings: never stored, never shown, and moved out of URLs where they are used.
+
+A credential written into a URL setting (``tracking.uri=http://user:pass@host``,
+``postgresql://user:pass@host/db``) or into a key that names one (``...password``, ``...token``) would
+otherwise be copied wherever the config goes: a run's params and tags, ``config.json``, checkpoints,
+logged models, reports, log lines. Everything btxrd writes or prints passes through ``redact_text``
+or ``redact_config``, which replace it with ``***``.
+
+Where a URL is used to connect, ``move_credentials`` takes its credentials out of it into the
+variables its client reads anyway: MLflow's ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+for a tracking server, libpq's ``PGPASSWORD`` for PostgreSQL. The URL that remains holds no secret, so
+neither MLflow's own messages nor Hydra's files and log lines can show one.
+
+Standard library only: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+REDACTED = "***"
+USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+PGPASSWORD_ENV = "PGPASSWORD"
+
+# scheme://USERINFO@ : the user-info part of any URL in a text (a username alone may be a token)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>`]+)@")
+# Query parameters that carry a secret (PostgreSQL's ?password=, presigned URLs' signatures, API keys)
+_SECRET_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credential|private[_-]?key"
+_SECRET_QUERY = re.compile(rf"(?P<name>[?&;](?:[\w.\-]*(?:{_SECRET_WORDS}|sig|signature)[\w.\-]*)=)[^&;#\s'\"<>`]+",
+                           re.IGNORECASE)  # fmt: skip
+# A setting whose name says it holds a secret; its whole value is hidden
+_SECRET_KEY = re.compile(rf"(?:{_SECRET_WORDS})", re.IGNORECASE)
+# key=value or key: value text (a Hydra override, a log line) whose key names a secret
+_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>\b[\w.\-]*(?:{_SECRET_WORDS})[\w.\-]*\s*[=:]\s*)(?P<value>[^\s,'\"]+)",
+                                re.IGNORECASE)  # fmt: skip
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the user-info of every URL, secret query parameters and ``password=...`` values hidden."""
+    if not text:
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    text = _SECRET_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", text)
+    # a value hidden above (a URL's query parameter) is left as it is, with what follows it
+    return _SECRET_ASSIGNMENT.sub(lambda m: m["key"] + (m["value"] if m["value"].startswith(REDACTED) else REDACTED),
+                                  text)  # fmt: skip
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a setting's name says it holds a secret (its last component: ``db.password``, ``api_token``)."""
+    return bool(_SECRET_KEY.search(str(key).rsplit(".", 1)[-1]))
+
+
+def redact_config(config: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """(a copy of ``config`` with every secret hidden, the keys whose values were changed)."""
+    out: dict[str, Any] = {}
+    changed: list[str] = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out[key], inner = redact_config(value, f"{name}.")
+            changed += inner
+            continue
+        hidden = _redacted_value(value, secret=is_secret_key(str(key)))
+        if hidden != value:
+            changed.append(name)
+        out[key] = hidden
+    return out, changed
+
+
+def _redacted_value(value: Any, secret: bool) -> Any:
+    if isinstance(value, list | tuple):
+        return type(value)(_redacted_value(v, secret) for v in value)
+    if secret and value not in (None, "", REDACTED):
+        return REDACTED
+    return redact_text(value) if isinstance(value, str) else value
+
+
+def has_secret(text: str) -> bool:
+    return redact_text(text) != text
+
+
+def redact_file(path: str | Path) -> bool:
+    """Hide the secrets in a text file (a YAML or log file another program wrote), rewriting it whole;
+    whether it held any."""
+    from btxrd.files import write_atomically
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    hidden = redact_text(text)
+    if hidden == text:
+        return False
+    write_atomically(path, lambda tmp: tmp.write_text(hidden))
+    return True
+
+
+def move_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(``uri`` without the credentials its client can read from the environment, those variables).
+
+    ``http(s)://user:pass@host`` -> ``http(s)://host`` with MLflow's username and password variables;
+    ``postgresql[+psycopg|+psycopg2]://user:pass@host/db`` -> ``postgresql://user@host/db`` with
+    libpq's ``PGPASSWORD``. Any other URL is returned as it is (its secret is still hidden wherever it
+    is shown).
+    """
+    try:
+        parts = urlsplit(uri)
+        password, username, host = parts.password, parts.username, parts.hostname
+    except ValueError:  # not a URL (a bad port, say): whatever uses it says so
+        return uri, {}
+    if not password or not username or not host:
+        return uri, {}
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        env = {USERNAME_ENV: unquote(username), PASSWORD_ENV: unquote(password)}
+    elif scheme in ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"):  # drivers on libpq
+        env, netloc = {PGPASSWORD_ENV: unquote(password)}, f"{username}@{netloc}"
+    else:
+        return uri, {}
+    return urlunsplit(parts._replace(netloc=netloc)), env
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with no user-info at all (a link to a web page needs none: the browser asks)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter (on a handler) that hides secrets in every record it passes: Hydra's launcher
+    prints each job's overrides, MLflow and SQLAlchemy may print a store's URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = redact_text(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        return True

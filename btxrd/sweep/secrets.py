@@ -1,0 +1,34 @@
+"""Hydra callback: the files Hydra writes of a run's config hold no secret.
+
+Hydra saves each job's composed config, its Hydra config and its overrides (``.hydra/*.yaml``) before
+the job starts, and a sweep's whole config (``multirun.yaml``) before its first job; a secret that
+reached the config other than in a URL override (a ``password`` key, a YAML file, an interpolated
+variable; URL credentials are taken out of the command line before Hydra reads it, ``btxrd.entry``)
+would be written there in plain text. This callback rewrites those files with the secrets hidden as
+soon as they exist: when the job starts, in the job's own process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from btxrd.redaction import redact_file
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+class HiddenSecrets(Callback):
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra = HydraConfig.get()
+        if hydra.output_subdir is not None:
+            folder = Path(hydra.runtime.output_dir) / hydra.output_subdir
+            for name in HYDRA_FILES:
+                redact_file(folder / name)
+        if hydra.mode == RunMode.MULTIRUN:  # written by the sweeper before any job started
+            redact_file(Path(hydra.sweep.dir) / "multirun.yaml")
