@@ -135,6 +135,10 @@ class ClaheConfig:
 class DataConfig:
     root: str = setting()
     on_bad_image: str = setting(choices=("error", "skip"))
+    # Every file of a dataset is untrusted: limits checked before a byte is decoded
+    max_image_pixels: int = setting(ge=1)  # width x height an image may declare (a decompression bomb declares more)
+    max_file_mb: float = setting(gt=0)  # size of any file read (image, annotation, sheet)
+    allow_links_outside_root: bool = setting()  # follow symbolic links that lead out of the dataset root
     canvas_scale: float = setting(ge=1.0, le=2.0)
     cache_source_size: int | None = setting(ge=32)
     cache_dir: str = setting()
@@ -151,6 +155,8 @@ class DataConfig:
     contrast: float = setting(ge=0, le=1)
 
     def validate(self) -> str | None:
+        if not self.root.strip():  # Path("") is the working folder: it would be read as the dataset
+            return "data.root is empty: give the folder of the dataset (dataset.xlsx, images/, Annotations/)"
         if self.crop_min_scale > self.crop_max_scale:
             return f"data.crop_min_scale={self.crop_min_scale} is larger than data.crop_max_scale={self.crop_max_scale}"
         return None
@@ -289,6 +295,7 @@ class TrackingConfig:
     log_model: bool = setting()
     ui_url: str = setting()
     outage_patience_s: float = setting(ge=0)
+    connect_timeout_s: float = setting(gt=0)
     http_retries: int = setting(ge=0, le=10)  # MLflow refuses more than 10
     http_timeout_s: int = setting(ge=1)
 
@@ -359,6 +366,11 @@ class EvaluateDataConfig:
     root: str | None = setting()
     cache_dir: str | None = setting()
 
+    def validate(self) -> str | None:
+        if self.root is not None and not self.root.strip():
+            return "data.root is empty: give the folder of a dataset, or leave it null for the run's own"
+        return None
+
 
 @dataclass
 class EvaluateConfig:
@@ -373,6 +385,7 @@ class EvaluateConfig:
     part: str = setting(choices=("train", "val", "test", "all"))
     device: str = setting(check=device_name)
     num_threads: str = setting(check=auto_or_int(1))
+    batch_size: int | None = setting(ge=1)  # images scored at once; null: the run's train.eval_batch_size
     data: EvaluateDataConfig = field(default_factory=EvaluateDataConfig)
 
     def validate(self) -> str | None:

@@ -187,7 +187,8 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
     load_dataset(synth_copy, memo_dir=tmp_path)
     probed: list[int] = []
     real_probe = reader._probe_all
-    monkeypatch.setattr(reader, "_probe_all", lambda paths: probed.append(len(paths)) or real_probe(paths))
+    monkeypatch.setattr(reader, "_probe_all",
+                        lambda paths, *limits: probed.append(len(paths)) or real_probe(paths, *limits))  # fmt: skip
     load_dataset(synth_copy, memo_dir=tmp_path)
     assert probed == [0]  # every image known and unchanged
     corrupt = synth_copy / "images" / "IMG000007.jpeg"
@@ -221,7 +222,8 @@ def test_the_sheet_is_read_once_and_again_when_edited(synth_copy: Path, tmp_path
 def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
     outputs = run_python_at_once(
         "import time; from btxrd.data import reader; from btxrd.data.reader import load_dataset;"
-        "slow = reader._probe_all; reader._probe_all = lambda paths: (time.sleep(1.5), slow(paths))[1];"
+        "slow = reader._probe_all;"
+        "reader._probe_all = lambda paths, *limits: (time.sleep(1.5), slow(paths, *limits))[1];"
         f"t = load_dataset({str(synth_root)!r}, memo_dir={str(tmp_path)!r}); print('rows', len(t))"
     )
     assert all("rows 160" in out for out in outputs), outputs

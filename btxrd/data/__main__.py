@@ -8,6 +8,7 @@ import sys
 
 from btxrd.cli import run_cli
 from btxrd.data.check import format_summary, summarise
+from btxrd.data.limits import InputLimits
 from btxrd.data.synth import generate
 
 
@@ -29,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "check":
-        distance = args.duplicate_distance
-        if distance is None:
-            from btxrd.config import compose_run  # the configured value, so check and training agree
+        from btxrd.config import compose_run  # the configured values, so check and training agree
 
-            distance = compose_run().data.duplicate_distance
+        data = compose_run().data
+        distance = data.duplicate_distance if args.duplicate_distance is None else args.duplicate_distance
         summary = summarise(args.root, on_bad_image=args.on_bad_image,
-                            duplicate_distance=None if distance is not None and distance < 0 else distance)  # fmt: skip
+                            duplicate_distance=None if distance is not None and distance < 0 else distance,
+                            limits=InputLimits.of(data))  # fmt: skip
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0 if summary["usable"] else 1
     sheet = generate(args.out, n=args.n, seed=args.seed, size=args.size)

@@ -10,12 +10,14 @@ as the larger of the two.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits
 from btxrd.errors import DataError
 
 Point = tuple[float, float]
@@ -33,6 +35,7 @@ class Annotation:
     boxes: tuple[Box, ...]
     polygons: tuple[tuple[Point, ...], ...]
     n_clipped_points: int = 0
+    n_dropped_shapes: int = 0  # shapes with a coordinate that is not a finite number (NaN, Infinity)
     ignored_shape_types: tuple[str, ...] = field(default_factory=tuple)
     image_path: str = ""  # LabelMe's imagePath: the image the shapes were drawn on
 
@@ -57,33 +60,42 @@ def _polygon_extent(points: tuple[Point, ...]) -> Box:
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def _clip(points: list[list[float]], width: int, height: int) -> tuple[list[Point], int]:
+def _clip(points: list[Point], width: int, height: int) -> tuple[list[Point], int]:
     clipped = []
     n_out = 0
     for x, y in points:
-        cx = min(max(float(x), 0.0), float(width))
-        cy = min(max(float(y), 0.0), float(height))
-        n_out += (cx, cy) != (float(x), float(y))
+        cx = min(max(x, 0.0), float(width))
+        cy = min(max(y, 0.0), float(height))
+        n_out += (cx, cy) != (x, y)
         clipped.append((cx, cy))
     return clipped, n_out
 
 
-def read_annotation(path: str | Path) -> Annotation:
-    """Parse one LabelMe file; a malformed file raises DataError naming it."""
+def read_annotation(path: str | Path, limits: InputLimits = DEFAULT_LIMITS,
+                    root: str | Path | None = None) -> Annotation:  # fmt: skip
+    """Parse one LabelMe file (a regular file inside ``root``, within ``limits``); a malformed file raises
+    DataError naming it. A shape with a coordinate that is not a finite number is dropped and counted."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+        raw = json.loads(limits.read(path, root).decode("utf-8-sig"))
+    except DataError as exc:
+        raise DataError(f"malformed annotation file {exc}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"malformed annotation file {path}: {exc}") from None
     try:
         width, height = int(raw["imageWidth"]), int(raw["imageHeight"])
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size {width} x {height}")
         shapes = raw["shapes"]
         if not isinstance(shapes, list):
             raise TypeError("'shapes' is not a list")
         labels, boxes, polygons, ignored = [], [], [], []
-        n_clipped = 0
+        n_clipped = n_dropped = 0
         for shape in shapes:
-            points = shape["points"]
+            points = [(float(x), float(y)) for x, y in shape["points"]]
+            if not all(math.isfinite(v) for point in points for v in point):
+                n_dropped += 1
+                continue
             kind = shape.get("shape_type", "polygon")
             pts, n_out = _clip(points, width, height)
             n_clipped += n_out
@@ -100,7 +112,7 @@ def read_annotation(path: str | Path) -> Annotation:
                 ignored.append(str(kind))
                 continue
             labels.append(str(shape.get("label", "")))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(f"malformed annotation file {path}: {type(exc).__name__}: {exc}") from None
     return Annotation(
         path=path,
@@ -110,6 +122,7 @@ def read_annotation(path: str | Path) -> Annotation:
         boxes=tuple(boxes),
         polygons=tuple(polygons),
         n_clipped_points=n_clipped,
+        n_dropped_shapes=n_dropped,
         ignored_shape_types=tuple(ignored),
         image_path=str(raw.get("imagePath") or ""),
     )

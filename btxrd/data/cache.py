@@ -32,8 +32,10 @@ from filelock import FileLock
 from PIL import Image
 
 from btxrd.data.annotations import rasterise, transform_box
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits, open_image
 from btxrd.data.pixels import TRANSPOSED, orientation, to_gray8, upright, upright_size
-from btxrd.errors import DataError
+from btxrd.errors import DataError, StorageError
+from btxrd.files import MB, room_left, write_atomically
 from btxrd.settings import DataConfig
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,10 @@ def _placed(image: np.ndarray, size: int, original: tuple[float, float]) -> Geom
 NO_PREPROCESS = Preprocess("none")
 
 
-def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS) -> Geometry:
+def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS,
+              limits: InputLimits = DEFAULT_LIMITS) -> Geometry:  # fmt: skip
     """Decode one image to grayscale and fit it, aspect kept, centred on a ``size`` square."""
-    with Image.open(path) as img:
+    with open_image(path, limits) as img:
         return letterbox_image(img, size, preprocess, str(path))
 
 
@@ -134,28 +137,45 @@ def letterbox_image(img: Image.Image, size: int, preprocess: Preprocess = NO_PRE
 def _build(n: int, size: int, make: Callable[[int], Geometry], data_path: Path, meta_path: Path, workers: int,
            image_ids: list[str], describe: Callable[[int], str]) -> None:  # fmt: skip
     tmp_data = data_path.with_suffix(".u8.tmp")
-    pixels = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.uint8, shape=(n, size, size))
-    scale, offset, extent = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2), dtype=int)
+    try:
+        pixels = _allocated_memmap(tmp_data, (n, size, size))
+        scale, offset, extent = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2), dtype=int)
 
-    def work(i: int) -> str | None:
-        try:
-            pixels[i], scale[i], offset[i], extent[i] = make(i)
-        except (OSError, ValueError, SyntaxError, DataError) as exc:
-            return f"{describe(i)} ({exc})"
-        return None
+        def work(i: int) -> str | None:
+            try:
+                pixels[i], scale[i], offset[i], extent[i] = make(i)
+            except (OSError, ValueError, SyntaxError, DataError) as exc:
+                return f"{describe(i)} ({exc})"
+            return None
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow and OpenCV release the GIL
-        failures = [f for f in pool.map(work, range(n), chunksize=16) if f]
-    if failures:
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow and OpenCV release the GIL
+            failures = [f for f in pool.map(work, range(n), chunksize=16) if f]
+        if failures:
+            raise DataError(f"cannot decode {len(failures)} image(s): {', '.join(failures[:5])}")
+        pixels.flush()
+        os.replace(tmp_data, data_path)
+    except BaseException:
         tmp_data.unlink(missing_ok=True)
-        raise DataError(f"cannot decode {len(failures)} image(s): {', '.join(failures[:5])}")
-    pixels.flush()
-    os.replace(tmp_data, data_path)
+        raise
     meta = {"image_ids": image_ids, "scale": scale.tolist(), "offset": offset.tolist(), "extent": extent.tolist(),
             "size": size}  # fmt: skip
-    tmp_meta = meta_path.with_suffix(".json.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)  # the metadata file marks the cache complete
+    write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))  # the metadata marks the cache complete
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """A new .npy file of uint8 ``shape``, memory-mapped, its disk space reserved first: pages of a
+    sparse file that the disk has no room for would kill the process with SIGBUS when written."""
+    pixels = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as exc:
+        del pixels
+        need = int(np.prod(shape)) / MB
+        raise StorageError(f"cannot build the image cache {path.parent}: it needs {need:.0f} MB "
+                           f"({exc.strerror or exc}; {room_left(path.parent)}); set data.cache_dir elsewhere or "
+                           "make room") from None  # fmt: skip
+    return pixels
 
 
 def _cached(cache_dir: Path, stem: str, image_ids: list[str], build: Callable[[Path, Path], None]) -> ImageCache:
@@ -195,6 +215,7 @@ def cache_images(
     workers: int | None = None,
     *,
     source_size: int | None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> ImageCache:
     """The cache for ``table`` at canvas ``size``; built (once, under a lock) if missing.
 
@@ -211,8 +232,8 @@ def cache_images(
         def build(data_path: Path, meta_path: Path) -> None:
             log.info("building image cache %s (%d images, %d px, decoding)", data_path, len(table), at)
             paths = table["path"].tolist()
-            _build(len(table), at, lambda i: letterbox(paths[i], at, preprocess), data_path, meta_path, workers,
-                   image_ids, lambda i: str(paths[i]))  # fmt: skip
+            _build(len(table), at, lambda i: letterbox(paths[i], at, preprocess, limits), data_path, meta_path,
+                   workers, image_ids, lambda i: str(paths[i]))  # fmt: skip
 
         return _cached(cache_dir, f"{prefix}{at}_{preprocess.key}", image_ids, build)
 
@@ -238,7 +259,7 @@ def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir:
     default ``data.cache_dir``)."""
     canvas = canvas_size(image_size, data.canvas_scale)
     return cache_images(table, canvas, cache_dir or data.cache_dir, _preprocess(data), workers,
-                        source_size=data.cache_source_size)
+                        source_size=data.cache_source_size, limits=InputLimits.of(data))
 
 
 def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str = "image") -> np.ndarray:

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits
 from btxrd.data.reader import inspect_dataset
 from btxrd.data.schema import CENTERS, CLASS_NAMES
 
 
-def summarise(root: str | Path, on_bad_image: str = "error", duplicate_distance: int | None = None) -> dict[str, Any]:
+def summarise(root: str | Path, on_bad_image: str = "error", duplicate_distance: int | None = None,
+              limits: InputLimits = DEFAULT_LIMITS) -> dict[str, Any]:  # fmt: skip
     """Counts, sizes, duplicates and every problem of the dataset at ``root``; ``usable`` says if it can
     be trained on."""
-    inspection = inspect_dataset(root, on_bad_image=on_bad_image, duplicate_distance=duplicate_distance)
+    inspection = inspect_dataset(root, on_bad_image=on_bad_image, duplicate_distance=duplicate_distance,
+                                 limits=limits)  # fmt: skip
     table = inspection.table
     summary: dict[str, Any] = {
-        "root": str(Path(root).expanduser().resolve()),
+        "root": str(Path(root).expanduser().resolve()) if str(root).strip() else "",
         "usable": inspection.usable,
         "n_images": 0,
         "by_class": {name: 0 for name in CLASS_NAMES},

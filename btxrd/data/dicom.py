@@ -8,12 +8,14 @@ a float picture (Pillow mode F) that ``to_gray8`` maps onto 0-255 by its own ran
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits, image_from_bytes
 from btxrd.errors import DataError
 
 DICOM_MAGIC_OFFSET = 128  # a DICOM file: 128-byte preamble, then b"DICM"
@@ -29,14 +31,18 @@ def is_dicom(path: str | Path) -> bool:
         return False
 
 
-def read_dicom(path: str | Path) -> Image.Image:
-    """The displayed picture of a single-frame grayscale DICOM image (mode F); DataError naming the file else."""
+def read_dicom(path: str | Path, limits: InputLimits = DEFAULT_LIMITS, data: bytes | None = None) -> Image.Image:
+    """The displayed picture of a single-frame grayscale DICOM image (mode F); DataError naming the file else.
+    ``data``: the file's bytes, when they are read already."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(io.BytesIO(limits.read(path) if data is None else data))
+        limits.check_pixels(int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), str(path))
         pixels = dataset.pixel_array
+    except DataError:
+        raise
     except Exception as exc:  # pydicom raises many types for broken or unsupported files
         raise DataError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -81,11 +87,16 @@ def voi_lut(values: np.ndarray, item: Any, little_endian: bool = True) -> np.nda
     return table[index]
 
 
-def open_radiograph(path: str | Path) -> Image.Image:
-    """Any radiograph file: DICOM by its content, every other format through Pillow (JPEG, PNG, ...)."""
-    if is_dicom(path):
-        return read_dicom(path)
+def open_radiograph(path: str | Path, limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Any radiograph file: DICOM by its content, every other format through Pillow (JPEG, PNG, ...). A
+    regular file within ``limits`` (size, declared pixels), or DataError naming it."""
     try:
-        return Image.open(path)
+        data = limits.read(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return read_dicom(path, limits, data)
+    try:
+        return image_from_bytes(data, str(path), limits)
     except (OSError, ValueError) as exc:  # Pillow: UnidentifiedImageError (an OSError), truncated files
         raise DataError(f"{path}: not an image Pillow or pydicom can read ({exc})") from None

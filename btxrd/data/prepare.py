@@ -24,6 +24,7 @@ from pathlib import Path
 
 from btxrd.cli import run_cli
 from btxrd.data.cache import ImageCache, cache_for
+from btxrd.data.limits import InputLimits
 from btxrd.data.reader import load_dataset
 from btxrd.settings import DataConfig
 
@@ -34,7 +35,8 @@ def prepare(data: DataConfig, image_size: int) -> ImageCache:
     """Probe ``data``'s dataset (memo in ``data.cache_dir``) and build the image cache a job with
     input size ``image_size`` reads (and the source canvases every smaller size is resized from)."""
     table = load_dataset(data.root, on_bad_image=data.on_bad_image, read_annotations=False,
-                         memo_dir=data.cache_dir, duplicate_distance=data.duplicate_distance)  # fmt: skip
+                         memo_dir=data.cache_dir, duplicate_distance=data.duplicate_distance,
+                         limits=InputLimits.of(data))  # fmt: skip
     return cache_for(table, image_size, data)
 
 

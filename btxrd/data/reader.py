@@ -8,11 +8,9 @@ of error, so training never runs on silently broken data.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from filelock import FileLock
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
 from btxrd.data.duplicates import duplicate_pairs, fingerprint, merge_groups
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits, image_from_bytes
 from btxrd.data.pixels import is_wide, orientation, to_gray8, upright, upright_size
 from btxrd.data.schema import (
     ANATOMY_COLUMNS,
@@ -39,6 +38,7 @@ from btxrd.data.schema import (
     VIEW_COLUMNS,
 )
 from btxrd.errors import DataError
+from btxrd.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +78,36 @@ def _names(items: list[str], limit: int = 5) -> str:
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def read_sheet(path: Path) -> pd.DataFrame:
+def read_sheet(path: Path, limits: InputLimits = DEFAULT_LIMITS) -> pd.DataFrame:
     """Read dataset.xlsx and check its columns and label flags."""
     if not path.is_file():
         raise DataError(f"metadata sheet not found: {path}")
+    limits.admit(path)  # a regular file within the size limit (a FIFO would hang openpyxl)
     try:
-        sheet = pd.read_excel(path, engine="openpyxl")
+        # header=None: pandas would rename a repeated header ('malignant' twice -> 'malignant.1') silently
+        raw = pd.read_excel(path, engine="openpyxl", header=None, dtype=object)
     except Exception as exc:  # openpyxl raises many types for a damaged workbook
         raise DataError(f"cannot read metadata sheet {path}: {exc}") from None
-    sheet.columns = [str(c).strip() for c in sheet.columns]
+    if raw.empty:
+        raise DataError(f"{path}: the sheet is empty")
+    sheet = raw.iloc[1:].reset_index(drop=True)
+    sheet.columns = _sheet_header(raw.iloc[0].tolist(), path)
+    sheet = sheet.infer_objects()
     missing = [c for c in SHEET_COLUMNS if c not in sheet.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {_names([repr(c) for c in missing])}")
     if len(sheet) == 0:
         raise DataError(f"{path}: the sheet has no rows")
     sheet["image_id"] = sheet["image_id"].astype(str).str.strip()
+    not_names = [f"{iid!r} (row {i + 2})" for i, iid in enumerate(sheet["image_id"]) if not _file_name(iid)]
+    if not_names:
+        raise DataError(f"{path}: image_id must be a file name in {IMAGES_DIR}/, not a path: {_names(not_names)}")
     duplicated = sheet.loc[sheet["image_id"].duplicated(), "image_id"].tolist()
     if duplicated:
         raise DataError(f"{path}: duplicated image_id {_names(duplicated)}")
     for col in ("center", "age", *FLAG_COLUMNS):
         values = pd.to_numeric(sheet[col], errors="coerce")
-        bad = sheet.loc[values.isna(), "image_id"].tolist()
+        bad = sheet.loc[~np.isfinite(values.astype(float)), "image_id"].tolist()
         if bad:
             raise DataError(f"{path}: column {col!r} is empty or not a number for {_names(bad)}")
         sheet[col] = values.astype(np.int64)
@@ -108,7 +117,36 @@ def read_sheet(path: Path) -> pd.DataFrame:
     return sheet
 
 
-def _read_sheet_memoised(path: Path, memo_dir: Path | None) -> pd.DataFrame:
+def _file_name(image_id: str) -> bool:
+    """A plain file name: no folder part, not absolute, not climbing out of images/ (``../x.jpeg``)."""
+    return image_id not in ("", ".", "..") and not any(c in image_id for c in "/\\\0")
+
+
+def _sheet_header(cells: list, path: Path) -> list[str]:
+    """Column names as the sheet's first row gives them, spaces trimmed and runs of spaces made one;
+    a name that appears twice is an error naming both columns (which one holds the labels?)."""
+    names = [" ".join(str(c).split()) if c is not None and not (isinstance(c, float) and np.isnan(c)) else ""
+             for c in cells]  # fmt: skip
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name and name in seen:
+            raise DataError(f"{path}: column {name!r} appears twice (columns {_column_letter(seen[name])} and "
+                            f"{_column_letter(i)}); keep one")  # fmt: skip
+        seen[name] = i
+    return [name or f"unnamed {_column_letter(i)}" for i, name in enumerate(names)]
+
+
+def _column_letter(index: int) -> str:
+    """A spreadsheet's name of column ``index`` (0 -> A, 26 -> AA)."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _read_sheet_memoised(path: Path, memo_dir: Path | None, limits: InputLimits) -> pd.DataFrame:
     """``read_sheet``, remembered as Parquet under ``memo_dir``, keyed by the sheet's path, size and mtime.
 
     openpyxl takes ~2.5 s for the release's 3,746-row sheet (plus ~0.9 s to import), in every job of a
@@ -116,7 +154,7 @@ def _read_sheet_memoised(path: Path, memo_dir: Path | None) -> pd.DataFrame:
     remembered; an edited sheet has another key and is read (and checked) again.
     """
     if memo_dir is None or not path.is_file():
-        return read_sheet(path)
+        return read_sheet(path, limits)
     stat = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     memo = Path(memo_dir) / f"sheet_{key}.parquet"
@@ -124,17 +162,10 @@ def _read_sheet_memoised(path: Path, memo_dir: Path | None) -> pd.DataFrame:
         return pd.read_parquet(memo)
     except (OSError, ValueError):  # absent (or unreadable: read the sheet again)
         pass
-    sheet = read_sheet(path)
+    sheet = read_sheet(path, limits)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(memo, sheet.to_parquet)
+    write_atomically(memo, sheet.to_parquet)
     return sheet
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` then a rename onto ``path``: a process reading meanwhile sees the whole file or none."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _labels(sheet: pd.DataFrame, path: Path) -> pd.Series:
@@ -171,15 +202,16 @@ PROBED = ("width", "height", "phash", "sha1", "mode", "orientation")
 _HASH_SIDE = 128  # decode at least this many pixels on the short side for the perceptual hash
 
 
-def _probe_image(path: str) -> Probe:
+def _probe_image(path: str, limits: InputLimits, root: Path) -> Probe:
     """Size and fingerprints of an image, after decoding it at reduced scale.
 
     JPEG draft mode decodes at up to 1/8 scale (a few ms for a full-size radiograph)
     but still reads the whole entropy-coded stream, so a truncated or corrupt
-    file fails here, before any split or training is made from it.
+    file fails here, before any split or training is made from it. What the file may be (a regular
+    file in ``root``, its size, the pixels it declares) is checked before it is decoded.
     """
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
+    data = limits.read(path, root)
+    with image_from_bytes(data, path, limits) as img:
         (width, height), mode, turned = upright_size(img), img.mode, orientation(img)
         scale = max(1, min(8, min(width, height) // _HASH_SIDE))
         img.draft("L", (max(1, img.width // scale), max(1, img.height // scale)))
@@ -188,40 +220,47 @@ def _probe_image(path: str) -> Probe:
     return width, height, phash, sha1, mode, turned
 
 
-def _probe_all(paths: list[str]) -> list[Probe | str]:
+def _probe_all(paths: list[str], limits: InputLimits, root: Path) -> list[Probe | str]:
     """Probe images in threads (Pillow releases the GIL while decoding)."""
 
     def probe(path: str) -> Probe | str:
         try:
-            return _probe_image(path)
+            return _probe_image(path, limits, root)
         except FileNotFoundError:
             return f"{path} (missing)"
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return f"{path} (unreadable: {exc})"
-        except DataError as exc:  # decodable, but in a mode that cannot be shown faithfully
-            return f"{path} ({exc})"
+        except DataError as exc:  # not a file to read, over a limit, or a mode that cannot be shown faithfully
+            return _named(path, exc)
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         return list(pool.map(probe, paths, chunksize=64))
 
 
-def _probe_memoised(paths: list[str], memo_dir: Path | None) -> list[Probe | str]:
+def _named(path: str, exc: DataError) -> str:
+    """A problem with an image, as the list of bad images shows it: its path, then what is wrong."""
+    text = str(exc)
+    return f"{path} ({text.removeprefix(path).lstrip(': ')})"
+
+
+def _probe_memoised(paths: list[str], memo_dir: Path | None, limits: InputLimits, root: Path) -> list[Probe | str]:
     """``_probe_all`` with a memo of decodable images keyed by (path, file size, mtime).
 
     Probing reads every JPEG's entropy-coded stream (~10 ms for a full-size radiograph, JPEG
     scaling does not skip it): 3,746 images would cost every job of a sweep ~20 s. Failures are
-    never memoised, so a broken file is reported again until it is fixed.
+    never memoised, so a broken file is reported again until it is fixed; the limits are checked
+    again for remembered images too (they are settings: a run may lower them).
     """
     if memo_dir is None:
-        return _probe_all(paths)
+        return _probe_all(paths, limits, root)
     memo_path = Path(memo_dir) / "probe_memo.json"
     memo_path.parent.mkdir(parents=True, exist_ok=True)
     # Jobs of a sweep start together: one probes, the others wait and read its memo.
     with FileLock(str(memo_path.with_suffix(".lock"))):
-        return _probe_with_memo(paths, memo_path)
+        return _probe_with_memo(paths, memo_path, limits, root)
 
 
-def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
+def _probe_with_memo(paths: list[str], memo_path: Path, limits: InputLimits, root: Path) -> list[Probe | str]:
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
@@ -236,14 +275,27 @@ def _probe_with_memo(paths: list[str], memo_path: Path) -> list[Probe | str]:
     todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != len(PROBED)]  # also older memos
     if todo:
         log.info("probing %d images (decodability, size, fingerprints; memo %s)", len(todo), memo_path)
-    results: list[Probe | str] = [tuple(memo[k]) if k in memo else "" for k in keys]
-    for i, result in zip(todo, _probe_all([paths[i] for i in todo]), strict=True):
+    results: list[Probe | str] = [_remembered(paths[i], memo[k], limits, root) if k in memo else ""
+                                  for i, k in enumerate(keys)]  # fmt: skip
+    for i, result in zip(todo, _probe_all([paths[i] for i in todo], limits, root), strict=True):
         results[i] = result
         if not isinstance(result, str) and keys[i]:
             memo[keys[i]] = list(result)
     if todo:
-        _write_atomically(memo_path, lambda tmp: tmp.write_text(json.dumps(memo)))
+        write_atomically(memo_path, lambda tmp: tmp.write_text(json.dumps(memo)))
     return results
+
+
+def _remembered(path: str, probe: list, limits: InputLimits, root: Path) -> Probe | str:
+    """A remembered probe, or the problem today's limits find with the file (without reading it)."""
+    try:
+        limits.admit(path, root)
+        limits.check_pixels(int(probe[0]), int(probe[1]), path)
+    except DataError as exc:
+        return _named(path, exc)
+    except OSError:  # gone since it was stat'ed a moment ago: the next run probes it again
+        return f"{path} (missing)"
+    return tuple(probe)
 
 
 def inspect_dataset(
@@ -252,6 +304,7 @@ def inspect_dataset(
     read_annotations: bool = True,
     memo_dir: str | Path | None = None,
     duplicate_distance: int | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> Inspection:
     """Read the release at ``root`` and list every problem found.
 
@@ -264,9 +317,14 @@ def inspect_dataset(
     ``group``: the patient proxy (``patient_group``), with duplicate images (identical files, or
     within ``duplicate_distance`` bits of perceptual hash; None: identical files only) joined to
     the group of their copies, so no split separates them.
+
+    Every file is untrusted (``limits``): only regular files inside ``images/`` and ``Annotations/``
+    are read, within the size and pixel limits; an image that breaks them is a bad image.
     """
     if on_bad_image not in ON_BAD_IMAGE:
         raise DataError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+    if not str(root).strip():  # Path("") is the working folder
+        return Inspection(None, [Problem("error", "the dataset root is empty (set data.root)")])
     root = Path(root).expanduser()
     problems: list[Problem] = []
     if not root.is_dir():
@@ -275,7 +333,7 @@ def inspect_dataset(
     if not images_dir.is_dir():
         return Inspection(None, [Problem("error", f"images folder not found: {images_dir}")])
     try:
-        sheet = _read_sheet_memoised(root / SHEET_NAME, Path(memo_dir) if memo_dir else None)
+        sheet = _read_sheet_memoised(root / SHEET_NAME, Path(memo_dir) if memo_dir else None, limits)
         labels = _labels(sheet, root / SHEET_NAME)
     except DataError as exc:
         return Inspection(None, [Problem("error", str(exc))])
@@ -300,7 +358,7 @@ def inspect_dataset(
 
     # Images: present and decodable.
     probes, bad = [], []
-    for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None):
+    for result in _probe_memoised(table["path"].tolist(), Path(memo_dir) if memo_dir else None, limits, images_dir):
         if isinstance(result, str):
             bad.append(result)
             result = (0, 0, "", "", "", 1)
@@ -335,7 +393,7 @@ def inspect_dataset(
     _join_duplicates(table, duplicate_distance, problems)
 
     if read_annotations:
-        _attach_annotations(table, root / ANNOTATIONS_DIR, problems)
+        _attach_annotations(table, root / ANNOTATIONS_DIR, problems, limits)
     else:  # annotations=off: not a byte of them is read
         table["annotation_path"] = ""
         table["boxes"] = [()] * len(table)
@@ -383,7 +441,8 @@ def _join_duplicates(table: pd.DataFrame, max_distance: int | None, problems: li
                                            f"{max_distance} bits), kept in one split part: {_names(listed, 10)}"))
 
 
-def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Problem]) -> None:
+def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Problem],
+                        limits: InputLimits = DEFAULT_LIMITS) -> None:  # fmt: skip
     by_stem = {p.stem: p for p in ann_dir.glob("*.json")} if ann_dir.is_dir() else {}
     if not ann_dir.is_dir() and (table["label"] > 0).any():
         problems.append(Problem("warning", f"annotations folder not found: {ann_dir}"))
@@ -399,13 +458,13 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
         )
     boxes, polygons, ann_paths = [], [], []
     n_clipped = 0
-    malformed, unannotated, resized, on_normal, other_image = [], [], [], [], []
+    malformed, unannotated, resized, on_normal, other_image, dropped = [], [], [], [], [], []
     for stem, label, width, height in zip(table["stem"], table["label"], table["width"], table["height"], strict=True):
         path = by_stem.get(stem)
         ann: Annotation | None = None
         if path is not None:
             try:
-                ann = read_annotation(path)
+                ann = read_annotation(path, limits, ann_dir)
             except DataError as exc:
                 malformed.append(str(exc))
         if ann is None:
@@ -420,6 +479,8 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
         if ann.image_name and ann.image_name.rsplit(".", 1)[0] != stem:
             other_image.append(f"{path.name} (imagePath {ann.image_path})")
         n_clipped += ann.n_clipped_points
+        if ann.n_dropped_shapes:
+            dropped.append(f"{path.name} ({ann.n_dropped_shapes})")
         sx, sy = 1.0, 1.0
         if (ann.width, ann.height) != (width, height) and width > 0:
             resized.append(path.name)
@@ -437,6 +498,10 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
         )
     if n_clipped:
         problems.append(Problem("warning", f"clipped {n_clipped} annotation point(s) lying outside their image"))
+    if dropped:
+        problems.append(Problem("warning", f"dropped the lesion shapes whose coordinates are not finite numbers "
+                                           f"(NaN, Infinity) in {len(dropped)} annotation file(s): "
+                                           f"{_names(dropped)}"))  # fmt: skip
     if unannotated:
         problems.append(
             Problem(
@@ -465,11 +530,11 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
     table["n_lesions"] = [max(len(b), len(p)) for b, p in zip(boxes, polygons, strict=True)]
 
 
-def with_annotations(table: pd.DataFrame, root: str | Path) -> pd.DataFrame:
+def with_annotations(table: pd.DataFrame, root: str | Path, limits: InputLimits = DEFAULT_LIMITS) -> pd.DataFrame:
     """A copy of ``table`` with its lesion shapes read from ``root``/Annotations (for scoring CAMs)."""
     out = table.drop(columns=["annotation_path", "boxes", "polygons", "n_lesions"], errors="ignore").copy()
     problems: list[Problem] = []
-    _attach_annotations(out, Path(root).expanduser() / ANNOTATIONS_DIR, problems)
+    _attach_annotations(out, Path(root).expanduser() / ANNOTATIONS_DIR, problems, limits)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise DataError(errors[0].message)
@@ -482,14 +547,15 @@ def load_dataset(
     read_annotations: bool = True,
     memo_dir: str | Path | None = None,
     duplicate_distance: int | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> pd.DataFrame:
     """The dataset table; raises DataError (one line) if the dataset is not usable.
 
     ``memo_dir``: where to remember which image files (by size and mtime) decoded fine, and their
-    fingerprints. ``duplicate_distance``: see ``inspect_dataset``.
+    fingerprints. ``duplicate_distance``, ``limits``: see ``inspect_dataset``.
     """
     inspection = inspect_dataset(root, on_bad_image=on_bad_image, read_annotations=read_annotations,
-                                 memo_dir=memo_dir, duplicate_distance=duplicate_distance)  # fmt: skip
+                                 memo_dir=memo_dir, duplicate_distance=duplicate_distance, limits=limits)  # fmt: skip
     if inspection.errors:
         raise DataError(inspection.errors[0].message)
     if inspection.table is None or len(inspection.table) == 0:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from btxrd.data.cache import ImageCache, cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.limits import InputLimits
 from btxrd.data.loaders import loader_workers, make_loader
 from btxrd.data.reader import load_dataset
 from btxrd.data.schema import CLASS_NAMES
@@ -64,7 +65,8 @@ def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache
 def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
     """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training run."""
     table = load_dataset(run.data.root, on_bad_image=run.data.on_bad_image, read_annotations=task.reads_annotations,
-                         memo_dir=run.data.cache_dir, duplicate_distance=run.data.duplicate_distance)  # fmt: skip
+                         memo_dir=run.data.cache_dir, duplicate_distance=run.data.duplicate_distance,
+                         limits=InputLimits.of(run.data))  # fmt: skip
     parts = make_split(table, run.split, required_classes=task.required_classes)
     unused = int((parts == "unused").sum())
     if unused:  # centres in neither list, or training images duplicated in the test centres
@@ -102,7 +104,7 @@ def load_evaluation_part(
     external = data_root is not None and Path(data_root).expanduser().resolve() != Path(run.data.root).resolve()
     root = str(data_root) if data_root else run.data.root
     table = load_dataset(root, on_bad_image=run.data.on_bad_image, read_annotations=False,
-                         duplicate_distance=run.data.duplicate_distance)  # fmt: skip
+                         duplicate_distance=run.data.duplicate_distance, limits=InputLimits.of(run.data))  # fmt: skip
     if part == "all" or (external and part == "test"):
         part, rows = "all", table.reset_index(drop=True)
     else:

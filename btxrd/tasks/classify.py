@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from btxrd.cam.explain import explain_rows
+from btxrd.data.limits import InputLimits
 from btxrd.data.loaders import Batch
 from btxrd.data.reader import with_annotations
 from btxrd.data.schema import CLASS_NAMES
@@ -206,7 +207,7 @@ Published on the real BTXRD (not measured here; different protocols):
         for i, name in enumerate(CLASS_NAMES):
             point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
-        annotated = with_annotations(part.rows, part.root)
+        annotated = with_annotations(part.rows, part.root, InputLimits.of(self.run.data))
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
         rows = part.rows.iloc[index]
