@@ -184,3 +184,33 @@ def test_the_best_run_by_validation_is_registered_and_evaluated_by_its_uri(sweep
     for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "test_macro_f1_ci_low"):
         assert metrics[key] == pytest.approx(best.data.metrics[key], abs=1e-6), key
     assert [r for r in runs(work) if r.data.tags.get("evaluation") == "true"]
+
+
+def test_the_served_model_answers_400_to_input_it_cannot_score(sweep, synth_root: Path) -> None:
+    """What `mlflow models serve` does with a JSON request, called directly (its FastAPI app needs httpx):
+    before, float pixels in 0-1 were cast to uint8 zeros and scored as a black image, and 1 x 1 images were
+    scored."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    tracker, parent, _ = sweep
+    mlflow.set_tracking_uri(tracker.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{_child(tracker, parent, 'off').data.tags['logged_model_id']}")
+    schema = model.metadata.get_input_schema()
+    picture = np.asarray(Image.open(next(synth_root.glob("images/*.jpeg"))).convert("L"))
+
+    def ask(pixels) -> tuple[int, str]:
+        try:
+            answer = invocations(json.dumps({"inputs": pixels}), "application/json", model, schema)
+        except MlflowException as exc:
+            return exc.get_http_status_code(), exc.message
+        return answer.status, answer.response
+
+    status, body = ask(picture[None].tolist())
+    assert status == 200 and set(CLASSES) <= set(json.loads(body)["predictions"][0])
+    status, message = ask((picture[None] / 255.0).tolist())  # floats in 0-1
+    assert status == 400 and "no radiograph: send uint8 values 0-255" in message
+    status, message = ask([[[128]]])
+    assert status == 400 and "image 0: 1 x 1 px is no radiograph (at least 32 px a side)" in message

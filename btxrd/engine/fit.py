@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from btxrd.data.loaders import EpochBatches
-from btxrd.engine.checkpoint import save_checkpoint, without_resume_state
+from btxrd.engine.checkpoint import save_checkpoint, weights_mismatch, without_resume_state
 from btxrd.engine.inputs import InputPipeline, place_model
 from btxrd.engine.loop import Objective, train_one_epoch
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
@@ -76,8 +76,8 @@ class _Training:
             self.model.load_state_dict(state["model"])
         except RuntimeError:  # same config, other code: other layers or shapes
             raise ConfigError(f"train.resume: the last checkpoint in {out_dir} does not fit this model "
-                              f"(written by code version {state.get('code_version', 'unknown')}); "
-                              "train.resume=false starts afresh") from None  # fmt: skip
+                              f"({weights_mismatch(self.model, state['model'])}; written by code version "
+                              f"{state.get('code_version', 'unknown')}); train.resume=false starts afresh") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_state"])

@@ -7,6 +7,7 @@ gives the run's own test metrics back. Checkpoints load with weights_only=True o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from btxrd.jobs.scoring import score_part
 from btxrd.runtime.environment import machine_tags, prepare_runtime
 from btxrd.settings import EvaluateConfig, parse_auto_int
 from btxrd.tasks import make_task
-from btxrd.tasks.inference import restore_model
+from btxrd.tasks.inference import check_scoring_memory, restore_model
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
 from btxrd.tracking.models import model_checkpoint
 
@@ -40,9 +41,12 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
                  parent_id=settings.run_id or None) as recorder:  # fmt: skip
         state = load_checkpoint(checkpoint)
         run, model = restore_model(state, checkpoint)
+        if settings.batch_size is not None:
+            run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batch_size=settings.batch_size))
         task = make_task(run)
         runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
         recorder.set_tags(machine_tags(runtime.device))
+        check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
         part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
                                     expected_split)  # fmt: skip
         place_model(model, runtime.device, run.train.channels_last)

@@ -16,8 +16,9 @@ MB = 2**20
 REPORTED_BATCHES = (1, 8, 16, 32, 64)
 
 
-def saved_activation_bytes(model: nn.Module, batch: int, image_size: int) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward in one training forward (on the model's device)."""
+def saved_activation_bytes(model: nn.Module, batch: int, image_size: int, training: bool = True) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward in one forward (on the model's device):
+    a training step's, or with ``training=False`` an evaluation-mode one's (Grad-CAM's backward pass)."""
     device = next(model.parameters()).device
     storages: dict[int, int] = {}
 
@@ -27,7 +28,7 @@ def saved_activation_bytes(model: nn.Module, batch: int, image_size: int) -> int
         return tensor
 
     was_training = model.training
-    model.train()
+    model.train(training)
     x = torch.rand(batch, int(getattr(model, "in_channels", 1)), image_size, image_size, device=device)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -59,3 +60,21 @@ def autoencoder_params(model: nn.Module, image_size: int) -> dict[str, str]:
         out[f"memory.activation_mb_batch{batch}"] = f"{(fixed + per_image * batch) / MB:.0f}"
     out["memory.weights_grads_adamw_mb"] = f"{4 * counts['total'] * 4 / MB:.0f}"
     return out
+
+
+SCORING_PROBE_SIZE = 128  # px: measured there, scaled to the input size (activations grow with the pixels)
+
+
+def scoring_bytes(model: nn.Module, image_size: int, batch: int) -> int:
+    """Memory that scoring one batch of ``batch`` images at ``image_size`` takes at its peak: the
+    activations Grad-CAM keeps for its backward pass (measured at most at ``SCORING_PROBE_SIZE`` px, in
+    evaluation mode, and scaled by the pixels: at 64 -> 128 -> 256 px they grew 3.8x then 3.96x), the
+    weights and their gradients, and the float input batch. For refusing, before any work, a setting
+    that cannot fit: an estimate, not an allocation plan."""
+    side = min(image_size, SCORING_PROBE_SIZE)
+    one = saved_activation_bytes(model, 1, side, training=False)
+    two = saved_activation_bytes(model, 2, side, training=False)
+    per_image, fixed = two - one, max(0, 2 * one - two)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    scale = (image_size / side) ** 2
+    return int((fixed + per_image * batch) * scale + 2 * weights + batch * image_size**2 * 4)

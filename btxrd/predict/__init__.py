@@ -21,11 +21,10 @@ from tqdm import tqdm
 from btxrd.cam.overlay import cam_tile
 from btxrd.data.dicom import is_dicom, open_radiograph
 from btxrd.errors import ConfigError, DataError
-from btxrd.tasks.inference import Classifier
+from btxrd.tasks.inference import Classifier, check_scoring_memory
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-MIN_SIDE = 32  # pixels: anything smaller is no radiograph (an icon, a thumbnail, a mistake)
 
 
 def image_files(inputs: Sequence[str | Path]) -> list[Path]:
@@ -45,10 +44,7 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _prepared(classifier: Classifier, path: Path) -> np.ndarray:
-    with open_radiograph(path) as image:
-        if min(image.size) < MIN_SIDE:
-            raise DataError(f"{path}: {image.size[0]} x {image.size[1]} px is no radiograph "
-                            f"(at least {MIN_SIDE} px a side)")  # fmt: skip
+    with open_radiograph(path, classifier.limits) as image:
         return classifier.prepare(image, str(path))
 
 
@@ -62,6 +58,8 @@ def predict_files(classifier: Classifier, files: Iterable[Path], batch_size: int
                   gradcam_dir: Path | None = None) -> Prediction:  # fmt: skip
     """Score ``files`` in batches; an unreadable file stops with its DataError unless ``skip_unreadable``."""
     files = list(files)
+    check_scoring_memory(classifier.model, classifier.image_size, min(batch_size, len(files)), classifier.device,
+                         "--batch-size")  # fmt: skip
     rows, failed = [], 0
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=len(files) <= batch_size):
         batch, prepared = [], []

@@ -57,6 +57,29 @@ def _scheduler_tags() -> dict[str, str]:
     return {"slurm.job_id": job, "slurm.node": env.get("SLURMD_NODENAME", "")}
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a job can still allocate on ``device``: the GPU's free memory, or the machine's available
+    memory (Linux MemAvailable), within a container's own limit (cgroup v2 or v1); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    cgroup_files = (("memory.max", "memory.current"),  # v2
+                    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))  # v1
+    for limit, usage in cgroup_files:
+        try:
+            found.append(int((cgroup / limit).read_text()) - int((cgroup / usage).read_text()))
+        except (OSError, ValueError):  # absent, or "max": no limit
+            continue
+    return min(found) if found else None
+
+
 def select_device(setting: str, job_num: int = 0) -> torch.device:
     """``auto``: CUDA if present, jobs spread over GPUs by job number; else CPU."""
     if setting == "auto":

@@ -21,13 +21,19 @@ from torch import nn
 from btxrd.cam.gradcam import grad_cam, upsample
 from btxrd.config import stored_run_settings
 from btxrd.data.cache import model_input
+from btxrd.data.limits import InputLimits
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, autocast, load_checkpoint, place_model
-from btxrd.errors import DataError
+from btxrd.engine.checkpoint import load_weights
+from btxrd.errors import ConfigError, DataError
 from btxrd.models import build_model, cam_target, model_entry
+from btxrd.models.memory import scoring_bytes
+from btxrd.runtime.environment import available_memory
 from btxrd.settings import ModelConfig, RunConfig
 from btxrd.tasks.base import make_task
 from btxrd.tasks.classify import MALIGNANT
+
+MIN_SIDE = 32  # pixels: anything smaller is no radiograph (an icon, a thumbnail, a mistake)
 
 
 def trained_settings(state: dict, source: str | Path) -> RunConfig:
@@ -43,8 +49,23 @@ def restore_model(state: dict, source: str | Path) -> tuple[RunConfig, nn.Module
     """(the run's settings, its network with the trained weights, in eval mode, on the CPU)."""
     run = trained_settings(state, source)
     model = build_model(_without_pretrained_weights(run.model))
-    model.load_state_dict(state["model"])
+    load_weights(model, state.get("model"), f"{source} (model.name={run.model.name})")
     return run, model.eval()
+
+
+def check_scoring_memory(model: nn.Module, image_size: int, batch: int, device: torch.device, batch_key: str) -> None:
+    """ConfigError, before any data is read, when scoring batches of ``batch`` images at ``image_size``
+    (``batch_key`` names the setting) needs more memory than ``device`` has available."""
+    have = available_memory(device)
+    if have is None:
+        return
+    need = scoring_bytes(model, image_size, batch)
+    if need > have:
+        fits = max(0, int(batch * have / need))
+        advice = f"{batch_key}={fits} fits" if fits else "not even one image fits: use a machine with more memory"
+        raise ConfigError(f"scoring batches of {batch} images at model.image_size={image_size} needs about "
+                          f"{need / 2**30:.1f} GiB of memory on {device} (estimated), {have / 2**30:.1f} GiB are "
+                          f"available: {advice}")  # fmt: skip
 
 
 def _without_pretrained_weights(model: ModelConfig) -> ModelConfig:
@@ -66,6 +87,7 @@ class Classifier:
         self.to(device)
         self.operating_points: dict[str, float] = dict(state.get("operating_points", {}))
         self.image_size = self.run.model.image_size
+        self.limits = InputLimits.of(self.run.data)
 
     def to(self, device: str | torch.device) -> Classifier:
         """Run on ``device`` (the model, and its inputs placed there)."""
@@ -75,8 +97,13 @@ class Classifier:
         return self
 
     def prepare(self, image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
-        """One picture (any size, any supported mode, or a 2-D uint8 array) as the model's input."""
+        """One picture (any size, any supported mode, or a 2-D uint8 array) as the model's input;
+        DataError naming it when it is too small to be a radiograph or larger than data.max_image_pixels."""
         picture = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+        width, height = picture.size
+        if min(width, height) < MIN_SIDE:
+            raise DataError(f"{name}: {width} x {height} px is no radiograph (at least {MIN_SIDE} px a side)")
+        self.limits.check_pixels(width, height, name)
         return model_input(picture, self.image_size, self.run.data, name)
 
     def predict(self, inputs: np.ndarray, with_cam: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,15 @@ import numpy as np
 
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
-from btxrd.tracking.mlflow_store import Tracker, unreachable
+from btxrd.redaction import move_credentials, redact_text
+from btxrd.tracking.mlflow_store import Tracker, store_full, unreachable
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name within its run
 CHECKPOINT = "checkpoint"  # the name of the checkpoint among the model's artifacts
 LOGGED_MODEL_TAG = "logged_model_id"
+# One small picture with contrast (the model refuses blank ones): a horizontal ramp, 48 x 64 px
+EXAMPLE_INPUT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (1, 48, 1))
 # What the model needs at load time besides the btxrd project itself (pinned to what logged it).
 REQUIREMENTS = ("torch", "torchvision", "timm", "numpy", "pandas", "Pillow", "pydicom", "omegaconf", "hydra-core")
 
@@ -56,19 +60,32 @@ def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, operating_po
     try:
         mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
         mlflow.set_experiment(experiment_id=tracker.experiment_id)  # else the model lands in experiment Default
+        _fail_unfinished_models(tracker, run_id)
         info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
                          python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                          artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
-                         input_example=np.zeros((1, 48, 64), dtype=np.uint8),  # checked by MLflow: loads and predicts
+                         input_example=EXAMPLE_INPUT,  # checked by MLflow: loads and predicts
                          pip_requirements=_requirements(),
                          metadata={"btxrd": "needs the btxrd project installed"})  # fmt: skip
-    except MlflowException as exc:  # a server that does not answer: the job keeps the write for later
-        down = unreachable(exc)
+    except (MlflowException, OSError) as exc:  # a server that does not answer, a full disk: kept for later
+        down = (unreachable(exc) if isinstance(exc, MlflowException) else None) or store_full(exc, tracker.shown_uri)
         if down is None:
             raise
         raise down from exc
     tracker.set_tags(run_id, {LOGGED_MODEL_TAG: info.model_id})
     return info.model_id
+
+
+def _fail_unfinished_models(tracker: Tracker, run_id: str) -> None:
+    """Mark FAILED the run's logged models left PENDING by an attempt that broke off (a full disk: MLflow
+    could not even record the failure), before the model is logged again."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = tracker.client
+    query = f"source_run_id = '{run_id}'"
+    for model in client.search_logged_models([tracker.experiment_id], filter_string=query):
+        if model.status == LoggedModelStatus.PENDING:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
 def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str] | None:
@@ -125,9 +142,11 @@ def load_classifier(model_uri: str, tracking_uri: str, device: str = "cpu") -> A
     """The ``Classifier`` inside a logged or registered model (loaded through MLflow's pyfunc), on ``device``."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    uri, credentials = move_credentials(tracking_uri)
+    os.environ.update(credentials)
+    mlflow.set_tracking_uri(uri)
     try:
         loaded = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MlflowException / OSError: no such model
-        raise ConfigError(f"{model_uri}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(redact_text(f"{model_uri}: {str(exc).splitlines()[0]}")) from None
     return loaded.unwrap_python_model().classifier.to(device)
