@@ -143,3 +143,23 @@ def test_optuna_search_runs_3_trials_and_reports_the_best(synth_root: Path, tmp_
     assert "| job | run | status | params |" in report
     lrs = [float(p.split("train.lr=")[1].split()[0]) for p in best_f1]
     assert len(set(lrs)) == 3 and all(1e-5 <= lr <= 3e-3 for lr in lrs)
+
+
+def test_a_sweep_against_a_server_with_credentials_in_its_url_closes_and_keeps_them_nowhere(
+    server: MlflowServer, synth_root: Path, tmp_path: Path
+) -> None:
+    """Before: every run's params, tags and checkpoints held the password, and the sweep's health check
+    took 'alice:...@127.0.0.1' for a host name, waited 900 s and left the parent RUNNING."""
+    password = "Srv-Pl4nted-S3cret"
+    uri = server.uri.replace("http://", f"http://alice:{password}@")
+    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32"), "annotations=on,off", "hydra.launcher.n_jobs=2",
+            f"tracking.uri={uri}"]  # fmt: skip
+    result = run_script("train.py", args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert password not in result.stdout + result.stderr
+    [(parent, children)] = sweeps_in(tmp_path, uri=server.uri)
+    assert parent.info.status == "FINISHED" and [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    for run in (parent, *children):
+        assert password not in str(run.data.params) + str(run.data.tags)
+    written = [*tmp_path.rglob("*"), *server.artifacts.rglob("*")]
+    assert [str(p) for p in written if p.is_file() and password.encode() in p.read_bytes()] == []

@@ -83,7 +83,7 @@ def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_di
         return checkpoint, _logged_split(tracker, run_id, out_dir) if trained else None, settings.model_uri
     trained = tracker.find_run(settings.run_id)
     if trained is None:
-        raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.uri}")
+        raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.shown_uri}")
     if "checkpoints/best.pt" not in tracker.artifact_paths(settings.run_id, "checkpoints"):
         raise ConfigError(f"run_id={settings.run_id}: the run has no checkpoint artifact (checkpoints/best.pt)")
     checkpoint = tracker.download_artifact(settings.run_id, "checkpoints/best.pt", out_dir)

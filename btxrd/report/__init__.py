@@ -90,9 +90,9 @@ def find_parent(tracker: Tracker, target: str) -> tuple[str, Path]:
             [tracker.experiment_id], filter_string=f"tags.sweep = 'parent' and tags.sweep_dir = '{sweep_dir}'"
         )
         if not runs:
-            raise ConfigError(f"no parent run for sweep folder {sweep_dir} in {tracker.uri}")
+            raise ConfigError(f"no parent run for sweep folder {sweep_dir} in {tracker.shown_uri}")
         return runs[0].info.run_id, folder
     run = tracker.find_run(target)
     if run is None:
-        raise ConfigError(f"{target} is neither a sweep folder nor a run id in {tracker.uri}")
+        raise ConfigError(f"{target} is neither a sweep folder nor a run id in {tracker.shown_uri}")
     return target, Path(run.data.tags.get("sweep_dir") or ".")
