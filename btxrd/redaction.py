@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -30,14 +29,15 @@ PGPASSWORD_ENV = "PGPASSWORD"
 # scheme://USERINFO@ : the user-info part of any URL in a text (a username alone may be a token)
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>`]+)@")
 # Query parameters that carry a secret (PostgreSQL's ?password=, presigned URLs' signatures, API keys)
-_SECRET_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credential|private[_-]?key"
+_SECRET_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credentials?|private[_-]?key"
 _SECRET_QUERY = re.compile(rf"(?P<name>[?&;](?:[\w.\-]*(?:{_SECRET_WORDS}|sig|signature)[\w.\-]*)=)[^&;#\s'\"<>`]+",
                            re.IGNORECASE)  # fmt: skip
-# A setting whose name says it holds a secret; its whole value is hidden
-_SECRET_KEY = re.compile(rf"(?:{_SECRET_WORDS})", re.IGNORECASE)
-# key=value or key: value text (a Hydra override, a log line) whose key names a secret
-_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>\b[\w.\-]*(?:{_SECRET_WORDS})[\w.\-]*\s*[=:]\s*)(?P<value>[^\s,'\"]+)",
-                                re.IGNORECASE)  # fmt: skip
+# A setting whose name ends in one of those words holds a secret: ``db.password``, ``api_token``,
+# ``client_secret`` (not ``max_tokens`` or ``hidden_secrets``); its whole value is hidden
+_SECRET_KEY = re.compile(rf"(?:{_SECRET_WORDS})$", re.IGNORECASE)
+# key=value or key: value text (a Hydra override, a log line) whose key names a secret; the value may be quoted
+_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>\b[\w.\-]*?(?:{_SECRET_WORDS})[ \t]*[=:][ \t]*)"
+                                r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s,'\"]+)", re.IGNORECASE)  # fmt: skip
 
 
 def redact_text(text: str) -> str:
@@ -53,53 +53,37 @@ def redact_text(text: str) -> str:
 
 def is_secret_key(key: str) -> bool:
     """Whether a setting's name says it holds a secret (its last component: ``db.password``, ``api_token``)."""
-    return bool(_SECRET_KEY.search(str(key).rsplit(".", 1)[-1]))
+    return bool(_SECRET_KEY.search(str(key).rsplit(".", 1)[-1].strip()))
 
 
-def redact_config(config: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
-    """(a copy of ``config`` with every secret hidden, the keys whose values were changed)."""
-    out: dict[str, Any] = {}
+def redact_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(a copy of ``config`` with every secret hidden, the dotted keys whose values were changed)."""
     changed: list[str] = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out[key], inner = redact_config(value, f"{name}.")
-            changed += inner
-            continue
-        hidden = _redacted_value(value, secret=is_secret_key(str(key)))
-        if hidden != value:
-            changed.append(name)
-        out[key] = hidden
-    return out, changed
+    return redact_value(config, "", changed), changed
 
 
-def _redacted_value(value: Any, secret: bool) -> Any:
+def redact_value(value: Any, name: str = "", changed: list[str] | None = None, secret: bool = False) -> Any:
+    """A copy of any nest of mappings, lists and strings (a config, a YAML document) with every secret
+    hidden: under a key that names one, every string; elsewhere, what ``redact_text`` hides. ``changed``
+    collects the dotted names of what was hidden."""
+    if isinstance(value, Mapping):
+        return {key: redact_value(item, f"{name}.{key}" if name else str(key), changed,
+                                  secret or is_secret_key(str(key))) for key, item in value.items()}  # fmt: skip
     if isinstance(value, list | tuple):
-        return type(value)(_redacted_value(v, secret) for v in value)
+        return type(value)(redact_value(item, name, changed, secret) for item in value)
     if secret and value not in (None, "", REDACTED):
-        return REDACTED
-    return redact_text(value) if isinstance(value, str) else value
+        hidden: Any = REDACTED
+    elif isinstance(value, str):
+        hidden = redact_text(value)
+    else:
+        return value
+    if hidden != value and changed is not None and name not in changed:
+        changed.append(name)
+    return hidden
 
 
 def has_secret(text: str) -> bool:
     return redact_text(text) != text
-
-
-def redact_file(path: str | Path) -> bool:
-    """Hide the secrets in a text file (a YAML or log file another program wrote), rewriting it whole;
-    whether it held any."""
-    from btxrd.files import write_atomically
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return False
-    hidden = redact_text(text)
-    if hidden == text:
-        return False
-    write_atomically(path, lambda tmp: tmp.write_text(hidden))
-    return True
 
 
 def move_credentials(uri: str) -> tuple[str, dict[str, str]]:

@@ -181,3 +181,18 @@ def test_a_database_password_travels_in_pgpassword_only(monkeypatch) -> None:
     with pytest.raises(ConfigError) as failed:
         tracker.start_run("x")
     assert PLANTED not in str(failed.value) and "cannot connect to the database within 1 s" in str(failed.value)
+
+
+def test_hydra_files_stay_yaml_with_their_secrets_hidden(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from btxrd.sweep.secrets import redact_yaml_file
+
+    path = tmp_path / "config.yaml"
+    path.write_text(f"db:\n  password: '123456'\n  user: bob\ntracking:\n  uri: http://al:{PLANTED}@h\n"
+                    "callbacks:\n  hidden_secrets:\n    _target_: x.Y\nmax_tokens: 5\n")  # fmt: skip
+    assert redact_yaml_file(path)
+    assert OmegaConf.to_container(OmegaConf.load(path)) == {
+        "db": {"password": "***", "user": "bob"}, "tracking": {"uri": "http://***@h"},
+        "callbacks": {"hidden_secrets": {"_target_": "x.Y"}}, "max_tokens": 5}  # fmt: skip
+    assert not redact_yaml_file(path)  # nothing left to hide: not rewritten
