@@ -128,6 +128,7 @@ def test_a_run_stores_no_secret_of_its_config(synth_root: Path, tmp_path: Path) 
     assert torch.load(best, weights_only=True)["config"]["tracking"]["ui_url"] == "http://***@127.0.0.1:5000"
 
 
+@pytest.mark.integration  # a whole sweep with logged models, searched file by file: make test-integration
 @pytest.mark.slow
 def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: Path, tmp_path: Path) -> None:
     """A password in a URL setting and one in a setting named so: the store, the artifacts (checkpoints,
@@ -147,6 +148,7 @@ def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: P
     assert len(list(tmp_path.rglob("MLmodel"))) == 2
 
 
+@pytest.mark.integration  # four entry-point processes waiting out their budget: make test-integration
 @pytest.mark.slow
 @pytest.mark.parametrize("uri", ["postgresql://alice:{pw}@127.0.0.1:{port}/mlflow", "http://alice:{pw}@127.0.0.1:{port}"])
 def test_a_store_that_cannot_be_reached_fails_in_seconds_in_one_line(synth_root: Path, tmp_path: Path,
