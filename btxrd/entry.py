@@ -7,14 +7,23 @@ import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from btxrd.cli import USER_ERROR_EXIT
-from btxrd.errors import BTXRDError
-from btxrd.redaction import PASSWORD_ENV, PGPASSWORD_ENV, USERNAME_ENV, move_credentials, redact_text, without_userinfo
+from btxrd.errors import BTXRDError, ConfigError
+from btxrd.redaction import (
+    PASSWORD_ENV,
+    PGPASSWORD_ENV,
+    USERNAME_ENV,
+    has_secret,
+    move_credentials,
+    redact_text,
+    without_userinfo,
+)
 from btxrd.runtime.process import launcher_gone, stop_signals_handled, watch_launcher
 
 T = TypeVar("T")
@@ -52,7 +61,11 @@ def run_hydra_main(main: Callable[[], Any]) -> Any:
     naming the override, exit code 2, like every other user error; Hydra itself prints a few lines
     and exits 1. Any other error is shown as Hydra shows it. ``HYDRA_FULL_ERROR=1`` keeps Hydra's
     full traces."""
-    credentials_out_of_command_line(sys.argv)
+    try:
+        credentials_out_of_command_line(sys.argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR_EXIT
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         return main()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing: its errors are said here
@@ -89,6 +102,10 @@ def credentials_out_of_command_line(argv: list[str]) -> None:
             continue
         quote = value[0] if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) > 1 else ""
         bare = value[1:-1] if quote else value
+        if has_secret(bare) and not _username(bare):  # 'http://bob:pa/ss@host': the '/' ends the host
+            raise ConfigError(f"{key.lstrip('+~')}: the user-info of this URL cannot be read (not shown here): "
+                              "percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23), or export "
+                              f"{USERNAME_ENV} / {PASSWORD_ENV} instead")  # fmt: skip
         if key.lstrip("+~") == "tracking.uri":
             clean, env = move_credentials(bare)
             os.environ.update(env)
@@ -104,6 +121,13 @@ def credentials_out_of_command_line(argv: list[str]) -> None:
         where = f"{USERNAME_ENV} / {PASSWORD_ENV}" if USERNAME_ENV in env else PGPASSWORD_ENV
         print(f"note: {key.lstrip('+~')}: the credentials in the URL are passed in {where} and stored nowhere; "
               "export them yourself to keep them out of your shell history", file=sys.stderr)  # fmt: skip
+
+
+def _username(url: str) -> str | None:
+    try:
+        return urlsplit(url).username
+    except ValueError:  # a port that is not a number
+        return None
 
 
 def composition_error_line(exc: CompactHydraException) -> str:

@@ -26,17 +26,21 @@ REDACTED = "***"
 USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
 PGPASSWORD_ENV = "PGPASSWORD"
 
-# scheme://USERINFO@ : the user-info part of any URL in a text (a username alone may be a token)
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>`]+)@")
-# Query parameters that carry a secret (PostgreSQL's ?password=, presigned URLs' signatures, API keys)
+# Names are at most this long in the patterns below: a bounded, anchored name keeps every pattern linear
+# in the text (an unbounded one took 80 s on a 40,000-character 'a.a.a...' from a hostile sheet).
+_NAME = r"(?<![\w.\-])[\w.\-]{0,64}?"
+# scheme://USERINFO@ : the user-info part of any URL in a text, up to its last '@' before a space (a password
+# may hold an unencoded '/', '@' or quote; a username alone may be a token). Hiding too much is the safe side.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<userinfo>[^\s\"<>`]{1,512})@")
 _SECRET_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credentials?|private[_-]?key"
-_SECRET_QUERY = re.compile(rf"(?P<name>[?&;](?:[\w.\-]*(?:{_SECRET_WORDS}|sig|signature)[\w.\-]*)=)[^&;#\s'\"<>`]+",
+# Query parameters that carry a secret (PostgreSQL's ?password=, presigned URLs' signatures, API keys)
+_SECRET_QUERY = re.compile(rf"(?P<name>[?&;][\w.\-]{{0,64}}?(?:{_SECRET_WORDS}|sig|signature)=)[^&;#\s'\"<>`]+",
                            re.IGNORECASE)  # fmt: skip
 # A setting whose name ends in one of those words holds a secret: ``db.password``, ``api_token``,
 # ``client_secret`` (not ``max_tokens`` or ``hidden_secrets``); its whole value is hidden
 _SECRET_KEY = re.compile(rf"(?:{_SECRET_WORDS})$", re.IGNORECASE)
 # key=value or key: value text (a Hydra override, a log line) whose key names a secret; the value may be quoted
-_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>\b[\w.\-]*?(?:{_SECRET_WORDS})[ \t]*[=:][ \t]*)"
+_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>{_NAME}(?:{_SECRET_WORDS})[ \t]*[=:][ \t]*)"
                                 r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s,'\"]+)", re.IGNORECASE)  # fmt: skip
 
 
@@ -71,7 +75,7 @@ def redact_value(value: Any, name: str = "", changed: list[str] | None = None, s
                                   secret or is_secret_key(str(key))) for key, item in value.items()}  # fmt: skip
     if isinstance(value, list | tuple):
         return type(value)(redact_value(item, name, changed, secret) for item in value)
-    if secret and value not in (None, "", REDACTED):
+    if secret and value not in (None, "", REDACTED) and not isinstance(value, bool):  # a flag holds no secret
         hidden: Any = REDACTED
     elif isinstance(value, str):
         hidden = redact_text(value)

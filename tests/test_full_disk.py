@@ -154,3 +154,13 @@ def test_an_artifact_cut_short_by_a_full_disk_leaves_no_partial_file(small_disk:
     with pytest.raises(Exception, match="no space left on device"):
         tracker.log_artifact(run_id, big)
     assert list((small_disk / "mlruns").rglob("big.bin")) == []
+
+
+def test_a_close_note_keeps_a_long_reason_in_any_script_and_hides_secrets(tmp_path: Path) -> None:
+    from btxrd.tracking.stale import CloseNote, read_close_note
+
+    note = CloseNote(tmp_path, "run1")
+    note.record("FAILED", "骨腫瘍 " * 3000 + " http://al:pw@h")
+    kept = read_close_note(str(tmp_path), "run1")
+    assert kept.startswith("the job ended FAILED but could not close its run: 骨腫瘍") and "pw" not in kept
+    assert len((tmp_path / CLOSE_NOTE).read_bytes()) == CloseNote.SIZE

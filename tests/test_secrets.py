@@ -198,3 +198,70 @@ def test_hydra_files_stay_yaml_with_their_secrets_hidden(tmp_path: Path) -> None
         "db": {"password": "***", "user": "bob"}, "tracking": {"uri": "http://***@h"},
         "callbacks": {"hidden_secrets": {"_target_": "x.Y"}}, "max_tokens": 5}  # fmt: skip
     assert not redact_yaml_file(path)  # nothing left to hide: not rewritten
+
+
+def test_redaction_stays_linear_on_hostile_text() -> None:
+    """A sheet can put any text into an error message: 'a.a.a...' of 40,000 characters took 80 s before."""
+    started = time.monotonic()
+    for text in ("a." * 100_000, "http://" + "a" * 200_000, "?" + "a." * 100_000 + "=x", "x" * 200_000 + "password="):
+        redact_text(text)
+    assert time.monotonic() - started < 30  # a hang guard, not a speed claim: milliseconds here
+
+
+@pytest.mark.parametrize(("text", "shown"), [("http://bob:pa/ss@host/x", "http://***@host/x"),
+                                             ("http://bob:p@ss@host", "http://***@host"),
+                                             ("http://bob:it's@host", "http://***@host")])  # fmt: skip
+def test_passwords_with_reserved_characters_are_hidden_whole(text: str, shown: str) -> None:
+    assert redact_text(text) == shown
+
+
+def test_a_url_whose_user_info_cannot_be_read_is_refused_without_showing_it() -> None:
+    argv = ["train.py", f"tracking.uri=http://bob:{PLANTED}/x@h"]  # an unencoded '/' in the password
+    with pytest.raises(ConfigError, match=r"^tracking.uri: the user-info of this URL cannot be read") as refused:
+        credentials_out_of_command_line(argv)
+    assert PLANTED not in str(refused.value)
+
+
+def test_what_a_server_that_does_not_answer_is_called_holds_no_token() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from btxrd.tracking.mlflow_store import unreachable
+
+    said = unreachable(MlflowException(f"API request to https://{PLANTED}@mlflow.example/api/2.0/mlflow/runs/get "
+                                       "failed with exception [Errno 111] Connection refused"))  # fmt: skip
+    assert str(said) == "the tracking server https://mlflow.example does not answer (Connection refused)"
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    target = ""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_health_check_follows_no_redirect_with_the_credentials(monkeypatch) -> None:
+    received: list[str] = []
+
+    class Elsewhere(_Redirect):
+        def do_GET(self) -> None:  # noqa: N802
+            received.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) for handler in (_Redirect, Elsewhere)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Redirect.target = f"http://localhost:{servers[1].server_address[1]}/health"
+    for name in (USERNAME_ENV, PASSWORD_ENV):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        assert Tracker(f"http://alice:{PLANTED}@127.0.0.1:{servers[0].server_address[1]}", "btxrd").answers()
+        assert received == []  # the redirect answered (a 3xx is an answer) and was not followed
+    finally:
+        for server in servers:
+            server.shutdown()

@@ -244,3 +244,59 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(synth_root
     with pytest.raises(DataError, match=rf"best.pt \(model.name=\w+\): its weights do not fit the model its config "
                                         rf"names \({message}"):  # fmt: skip
         evaluate_job(cfg)
+
+
+@pytest.mark.parametrize(("content", "name"), [("[" * 200_000, "RecursionError"),
+                                               ('{"imageWidth": ' + "9" * 5000 + "}", "ValueError")])  # fmt: skip
+def test_an_annotation_file_nested_too_deep_or_with_a_huge_number_is_malformed(tmp_path: Path, content: str,
+                                                                                name: str) -> None:  # fmt: skip
+    path = tmp_path / "a.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"^malformed annotation file .*a.json: {name}"):
+        read_annotation(path)
+
+
+def test_a_dicom_of_many_frames_is_refused_before_decoding_and_absurd_tags_are_named(tmp_path: Path,
+                                                                                      monkeypatch) -> None:  # fmt: skip
+    import pydicom
+
+    from btxrd.data.dicom import open_radiograph
+
+    from .helpers import write_dicom
+
+    ramp = np.tile(np.arange(64, dtype=np.uint16) * 64, (32, 1))
+    frames = write_dicom(tmp_path / "frames.dcm", np.concatenate([ramp] * 50), NumberOfFrames=50, Rows=32)
+    decoded = []
+    monkeypatch.setattr(pydicom.FileDataset, "pixel_array", property(lambda ds: decoded.append(1)))
+    with pytest.raises(DataError, match=r"frames.dcm: a MONOCHROME2 DICOM image of shape \(50, 32, 64, 1\)"):
+        open_radiograph(frames)
+    assert decoded == []
+    monkeypatch.undo()
+    slope = write_dicom(tmp_path / "slope.dcm", ramp, RescaleSlope="1.5", RescaleIntercept="0")
+    slope.write_bytes(slope.read_bytes().replace(b"1.5 ", b"x.yz"))  # as a broken export writes it
+    with pytest.raises(DataError, match=r"slope.dcm: unreadable DICOM"):
+        open_radiograph(slope)
+
+
+def test_a_sheet_out_of_the_dataset_or_expanding_beyond_the_limit_is_refused(synth_copy: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    sheet = synth_copy / "dataset.xlsx"
+    elsewhere = tmp_path / "elsewhere.xlsx"
+    sheet.rename(elsewhere)
+    sheet.symlink_to(elsewhere)
+    with pytest.raises(DataError, match=r"dataset.xlsx: a link to a file outside"):
+        load_dataset(synth_copy)
+    sheet.unlink()
+    with zipfile.ZipFile(sheet, "w", zipfile.ZIP_DEFLATED) as bomb:  # 64 MB of zeros in a few kilobytes
+        bomb.writestr("xl/worksheets/sheet1.xml", b"\0" * 64 * 2**20)
+    assert sheet.stat().st_size < 2**20
+    with pytest.raises(DataError, match=r"dataset.xlsx: expands to 64 MB, over the limit of 1 MB"):
+        load_dataset(synth_copy, limits=InputLimits(max_file_mb=1))
+
+
+def test_a_pixel_limit_raised_above_pillows_own_is_the_one_that_counts(tmp_path: Path) -> None:
+    bomb = bomb_png(tmp_path / "big.png", side=15_000)  # 225 million: over Pillow's default guard (179 million)
+    assert open_image(bomb, InputLimits(max_image_pixels=300_000_000)).size == (15_000, 15_000)
+    with pytest.raises(DataError, match="declares 15000 x 15000 px, over the limit of 200,000,000"):
+        open_image(bomb, InputLimits(max_image_pixels=200_000_000))

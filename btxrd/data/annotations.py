@@ -80,8 +80,8 @@ def read_annotation(path: str | Path, limits: InputLimits = DEFAULT_LIMITS,
         raw = json.loads(limits.read(path, root).decode("utf-8-sig"))
     except DataError as exc:
         raise DataError(f"malformed annotation file {exc}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"malformed annotation file {path}: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # JSON errors, numbers too long, nesting too deep
+        raise DataError(f"malformed annotation file {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
     try:
         width, height = int(raw["imageWidth"]), int(raw["imageHeight"])
         if width <= 0 or height <= 0:

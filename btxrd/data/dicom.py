@@ -39,25 +39,30 @@ def read_dicom(path: str | Path, limits: InputLimits = DEFAULT_LIMITS, data: byt
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(limits.read(path) if data is None else data))
-        limits.check_pixels(int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)), str(path))
+        frames, samples = int(dataset.get("NumberOfFrames", 1) or 1), int(dataset.get("SamplesPerPixel", 1) or 1)
+        rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+        if frames != 1 or samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):  # before decoding
+            shape = (frames, rows, columns, samples) if frames != 1 else (rows, columns, samples)
+            raise DataError(f"{path}: a {photometric} DICOM image of shape {shape}; "
+                            "a radiograph is one grayscale frame")  # fmt: skip
+        limits.check_pixels(columns, rows, str(path))
         pixels = dataset.pixel_array
+        if pixels.ndim != 2:
+            raise DataError(f"{path}: a DICOM image of shape {pixels.shape}; a radiograph is one grayscale frame")
+        modality = apply_modality_lut(pixels, dataset)
     except DataError:
         raise
-    except Exception as exc:  # pydicom raises many types for broken or unsupported files
-        raise DataError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from None
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or pixels.ndim != 2:
-        raise DataError(f"{path}: a {photometric} DICOM image of shape {pixels.shape}; "
-                        "a radiograph is one grayscale frame")  # fmt: skip
-    modality = apply_modality_lut(pixels, dataset)
-    if dataset.get("VOILUTSequence"):
-        try:
+    except Exception as exc:  # pydicom and numpy raise many types for broken, unsupported or absurd files
+        raise DataError(f"{path}: unreadable DICOM ({type(exc).__name__}: {str(exc)[:200]})") from None
+    try:
+        if dataset.get("VOILUTSequence"):
             values = voi_lut(modality, dataset.VOILUTSequence[0], dataset.original_encoding[1] is not False)
-        except (ValueError, TypeError, AttributeError) as exc:  # a table that does not fit its descriptor
-            raise DataError(f"{path}: {exc}") from None
-    else:
-        values = apply_voi_lut(modality, dataset)  # window centre and width, when there are
-    values = values.astype(np.float32)
+        else:
+            values = apply_voi_lut(modality, dataset)  # window centre and width, when there are
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:  # a table that does not fit its descriptor
+        raise DataError(f"{path}: {exc}") from None
+    values = np.asarray(values, dtype=np.float32)
     if photometric == "MONOCHROME1":
         values = values.max() - values
     return Image.fromarray(values)  # float32: mode F

@@ -72,6 +72,8 @@ def open_image(path: str | Path, limits: InputLimits, root: str | Path | None = 
 
 def image_from_bytes(data: bytes, name: str, limits: InputLimits) -> Image.Image:
     """An image file's bytes opened (not decoded), its declared size within the limit; DataError naming ``name``."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limits.max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # Pillow's own guard, raised (never lowered) to ours
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # Pillow's own guard (twice its MAX_IMAGE_PIXELS) comes first

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,8 @@ def read_sheet(path: Path, limits: InputLimits = DEFAULT_LIMITS) -> pd.DataFrame
     """Read dataset.xlsx and check its columns and label flags."""
     if not path.is_file():
         raise DataError(f"metadata sheet not found: {path}")
-    limits.admit(path)  # a regular file within the size limit (a FIFO would hang openpyxl)
+    limits.admit(path, path.parent)  # a regular file in the dataset, within the size limit (a FIFO would hang openpyxl)
+    _check_expansion(path, limits)
     try:
         # header=None: pandas would rename a repeated header ('malignant' twice -> 'malignant.1') silently
         raw = pd.read_excel(path, engine="openpyxl", header=None, dtype=object)
@@ -115,6 +117,18 @@ def read_sheet(path: Path, limits: InputLimits = DEFAULT_LIMITS) -> pd.DataFrame
     if not_flag:
         raise DataError(f"{path}: flag column(s) {_names(not_flag)} hold values other than 0/1")
     return sheet
+
+
+def _check_expansion(path: Path, limits: InputLimits) -> None:
+    """A workbook is a zip archive: what it expands to must fit data.max_file_mb too (a zip bomb otherwise)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a workbook: openpyxl says so in its own words
+    if expanded > limits.max_bytes:
+        raise DataError(f"{path}: expands to {expanded / 2**20:.0f} MB, over the limit of "
+                        f"{limits.max_file_mb:g} MB (data.max_file_mb)")  # fmt: skip
 
 
 def _file_name(image_id: str) -> bool:

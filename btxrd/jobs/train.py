@@ -44,9 +44,10 @@ def train_job(cfg: DictConfig) -> float:
     task = make_task(run)
     job = job_context(task.run_name_part())
     tracker = tracker_for(run.tracking, run.paths.root)
-    config = to_dict(cfg)
+    # What is stored and shown of the config (params, config.json, checkpoints, the config hash tag): secrets
+    # hidden. A secret changes where a run reads or writes, never what it computes.
+    config, hidden = redact_config(to_dict(cfg))
     identity = config_hash(config)
-    config, hidden = redact_config(config)  # what is stored and shown of it: params, config.json, checkpoints
     commit = git_commit()
     tags = {**task.tags(), **_job_tags(run, job, commit), "config_hash": identity, "monitor": task.monitor}
     if hidden:

@@ -18,8 +18,6 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,7 +87,7 @@ def unreachable(exc: BaseException) -> TrackingUnreachable | None:
     found = _NO_ANSWER.match(str(exc)) if isinstance(exc, MlflowException) else None
     if found is None:
         return None
-    server = re.split(r"/(?:ajax-)?api/", found["url"])[0]
+    server = without_userinfo(re.split(r"/(?:ajax-)?api/", found["url"])[0])
     why = next((form.format(**m.groupdict()) for pattern, form in _WHY if (m := pattern.search(found["why"]))),
                "no answer")  # fmt: skip
     return TrackingUnreachable(f"the tracking server {server} does not answer ({why.strip()})")
@@ -135,9 +133,12 @@ def database_problem(uri: str, seconds: float) -> str:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    dialect = uri.split("://", 1)[0].split("+", 1)[0].lower()
-    timeout = {"connect_timeout": max(1, round(seconds))} if dialect in ("postgresql", "postgres", "mysql",
-                                                                         "mariadb") else {}  # fmt: skip
+    dialect, _, driver = uri.split("://", 1)[0].lower().partition("+")
+    # The drivers whose connect() takes connect_timeout (libpq's psycopg, PyMySQL, mysqlclient); with others
+    # one attempt may outlast the budget, never more than one
+    timed = (dialect in ("postgresql", "postgres") and driver in ("", "psycopg", "psycopg2")) or (
+        dialect in ("mysql", "mariadb") and driver in ("", "pymysql", "mysqldb"))
+    timeout = {"connect_timeout": max(1, round(seconds))} if timed else {}
     try:
         engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
     except Exception as exc:  # an unknown dialect, a missing driver (No module named 'psycopg2')
@@ -289,19 +290,27 @@ class Tracker:
 
     def answers(self) -> bool:
         """Whether the tracking server answers at all (a local store always does); quick: one
-        request, no retries. Any HTTP answer below 500 counts (a proxy may refuse /health)."""
+        request, no retries. Any HTTP answer below 500 counts (a proxy may refuse /health, or redirect
+        it: a redirect is not followed, so the credentials never go to another host). The credentials
+        and TLS settings are MLflow's own (``MLFLOW_TRACKING_*``): a server with a private certificate
+        authority or self-signed certificate answers here as it does to MLflow."""
         if not is_server(self.uri):
             return True
-        # urllib takes a URL's user-info for part of the host name: the credentials go in a header
-        health = urllib.request.Request(f"{without_userinfo(self.uri).rstrip('/')}/health",
-                                        headers=auth_headers(self.uri))  # fmt: skip
+        import requests
+        from mlflow.environment_variables import (
+            MLFLOW_TRACKING_CLIENT_CERT_PATH,
+            MLFLOW_TRACKING_INSECURE_TLS,
+            MLFLOW_TRACKING_SERVER_CERT_PATH,
+        )
+
+        verify = MLFLOW_TRACKING_SERVER_CERT_PATH.get() or not MLFLOW_TRACKING_INSECURE_TLS.get()
         try:
-            with urllib.request.urlopen(health, timeout=5):
-                return True
-        except urllib.error.HTTPError as exc:
-            return exc.code < 500
-        except (OSError, ValueError):  # refused, timed out, no route; a URL urllib cannot parse
+            answer = requests.get(f"{without_userinfo(self.uri).rstrip('/')}/health", headers=auth_headers(self.uri),
+                                  timeout=5, allow_redirects=False, verify=verify,
+                                  cert=MLFLOW_TRACKING_CLIENT_CERT_PATH.get())  # fmt: skip
+        except (requests.RequestException, ValueError):  # refused, timed out, no route, a URL it cannot parse
             return False
+        return answer.status_code < 500
 
     def wait_until_answering(self, seconds: float, interval: float = PROBE_INTERVAL_S) -> bool:
         """Ask the server every ``interval`` seconds until it answers, for at most ``seconds``."""

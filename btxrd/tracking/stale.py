@@ -17,6 +17,7 @@ import os
 import socket
 from pathlib import Path
 
+from btxrd.redaction import redact_text
 from btxrd.runtime.provenance import process_alive, process_start_time
 from btxrd.tracking.mlflow_store import Tracker, retry
 
@@ -53,9 +54,11 @@ class CloseNote:
         """The run should have ended ``status``; ``reason`` why it did not."""
         if self.path is None:
             return
-        note = {"run_id": self.run_id, "status": status, "reason": reason[: self.SIZE // 2]}
+        reason = redact_text(reason)
+        while len(json.dumps({"run_id": self.run_id, "status": status, "reason": reason}).encode()) > self.SIZE:
+            reason = reason[: len(reason) * 3 // 4]  # whole JSON, whatever the characters' width
         try:
-            self._write(note, create=False)
+            self._write({"run_id": self.run_id, "status": status, "reason": reason}, create=False)
         except OSError as exc:
             log.warning("could not keep why run %s stays open in %s: %s", self.run_id, self.path, exc)
 
@@ -65,7 +68,7 @@ class CloseNote:
 
     def _write(self, note: dict, create: bool) -> None:
         assert self.path is not None
-        data = json.dumps(note).encode()[: self.SIZE].ljust(self.SIZE)
+        data = json.dumps(note).encode().ljust(self.SIZE)
         fd = os.open(self.path, os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if create else 0), 0o644)
         try:
             os.pwrite(fd, data, 0)
@@ -84,7 +87,7 @@ def read_close_note(output_dir: str | None, run_id: str) -> str:
         return ""
     if not isinstance(note, dict) or note.get("run_id") != run_id or "reason" not in note:
         return ""
-    return f"the job ended {note.get('status', '?')} but could not close its run: {note['reason']}"
+    return redact_text(f"the job ended {note.get('status', '?')} but could not close its run: {note['reason']}")
 
 
 def owner_tags() -> dict[str, str]:
