@@ -143,7 +143,7 @@ _NOT_IDENTITY = {
     "tracking": None,
     "sweep": None,
     "data": {"cache_dir", "num_workers"},
-    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every"},
+    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every", "deterministic"},
 }
 
 

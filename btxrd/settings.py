@@ -277,7 +277,7 @@ class TrainConfig:
     channels_last: bool = setting()
     compile: bool = setting()
     num_threads: str = setting(check=auto_or_int(1))
-    deterministic: bool = setting()
+    deterministic: str = setting(check=auto_or_bool)  # auto: strict on the CPU, fast on a GPU
     progress: str = setting(check=auto_or_bool)
     sync_every: int = setting(ge=1)
     eval_batch_size: int = setting(ge=1)

@@ -90,8 +90,8 @@ def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(trained_on
     probs, _, _ = predict(model, loader, InputPipeline(torch.device("cpu"), make_task(run).input_spec()), amp=False)
     on_gpu = pd.read_csv(out / "predictions_test.csv")[["p_normal", "p_benign", "p_malignant"]].to_numpy()
     difference = np.abs(probs - on_gpu).max()
-    print(f"largest |p_cpu(float32) - p_gpu(bf16 autocast)| over the test part: {difference:.4f}")
-    assert difference < 0.05  # bf16 autocast on the GPU against float32 on the CPU
+    print(f"largest |p_cpu(float32) - p_gpu(float32)| over the test part: {difference:.5f}")
+    assert difference < 0.01  # both scored in float32 (the GPU's convolutions in TF32), as the logged model serves
     assert (probs.argmax(1) == on_gpu.argmax(1)).mean() >= 0.9
 
 

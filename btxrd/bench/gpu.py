@@ -54,7 +54,7 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) ->
     labels = table["label"].to_numpy()
     for name, size, batch in MODELS:
         print(f"GPU: {name} at {size} px, batch {batch} ...", flush=True)
-        torch.backends.cudnn.benchmark = True  # as timm's benchmark runs (the product's default is deterministic)
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark, and the product (train.deterministic=auto), run
         trainer = Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
         on_gpu = uint8_batches(batch, size, device)
         loader = training_loader(table, size, batch, device, workers)

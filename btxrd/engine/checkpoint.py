@@ -70,7 +70,7 @@ def weights_mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
 
 # What only resuming needs, and only from last.pt: the best checkpoint is for scoring and serving. AdamW keeps
 # two moments per weight, so these are two thirds of a checkpoint.
-RESUME_ONLY = ("optimizer", "scheduler", "rng_state")
+RESUME_ONLY = ("optimizer", "scheduler", "rng_state", "cuda_rng_state")
 
 
 def without_resume_state(state: dict[str, Any]) -> dict[str, Any]:

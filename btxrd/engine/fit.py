@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from btxrd.data.loaders import EpochBatches
 from btxrd.engine.checkpoint import save_checkpoint, weights_mismatch, without_resume_state
-from btxrd.engine.inputs import InputPipeline, place_model
+from btxrd.engine.inputs import InputPipeline, amp_dtype, place_model
 from btxrd.engine.loop import Objective, train_one_epoch
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
 from btxrd.errors import ConfigError
@@ -68,6 +68,7 @@ class _Training:
             **self.stopper.state_dict(),
             "history": self.history,
             "rng_state": torch.get_rng_state(),
+            **({"cuda_rng_state": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
             **extra,
         }
 
@@ -81,6 +82,9 @@ class _Training:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_state"])
+        cuda_states = state.get("cuda_rng_state")  # dropout's draws on the GPU
+        if cuda_states is not None and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
         self.epoch = int(state["epoch"])
         self.stopper.load_state_dict(state)
         self.history = [dict(row) for row in state["history"]]
@@ -103,7 +107,7 @@ def set_up_training(
     schedule = warmup_cosine(train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch),
                              train.min_lr_ratio)  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_scaler = train.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    use_scaler = train.amp and amp_dtype(device) == torch.float16  # bf16 needs no loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     # Training steps may run compiled; validation, checkpoints and Grad-CAM use the module itself.
     stepper = torch.compile(model) if train.compile else model
@@ -162,7 +166,7 @@ def fit(
                    leave=False) if show_bar else None  # fmt: skip
         stats = train_one_epoch(
             stepper, batches, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
-            generator=torch.Generator().manual_seed(seed * 7919 + epoch), amp=train.amp,
+            generator=torch.Generator(device).manual_seed(seed * 7919 + epoch), amp=train.amp,
             grad_clip=train.grad_clip, sync_every=train.sync_every, bar=bar,
         )  # fmt: skip
         if math.isnan(first_step_at):

@@ -30,22 +30,34 @@ class InputPipeline:
         )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator``: the training jitter's draws, made where it lives (on the input's device: no copy
+        from the host, so no synchronisation per step on a GPU)."""
         s = self.spec
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         if generator is not None and (s.brightness > 0 or s.contrast > 0):
-            n = x.shape[0]
-            contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * s.contrast
-            brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * s.brightness
+            n, on = x.shape[0], generator.device
+            contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator, device=on) * 2 - 1) * s.contrast
+            brightness = (torch.rand(n, 1, 1, 1, generator=generator, device=on) * 2 - 1) * s.brightness
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x - mean) * contrast.to(x.device) + mean + brightness.to(x.device)).clamp_(0, 1)
+            x = ((x - mean) * contrast + mean + brightness).clamp_(0, 1)
         x = (x - s.mean) / s.std
         return x.contiguous(memory_format=self.memory_format)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The half precision of mixed-precision training on ``device``: bfloat16 where the GPU computes it
+    natively (Ampere and later; no loss scaling needed), else float16 with a loss scaler (a V100 or T4 only
+    emulates bfloat16, slowly, and ``is_bf16_supported()`` counts emulation unless told not to); None on the
+    CPU, where training runs in float32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast on CUDA GPUs that have it (no loss scaling needed), else fp16; off on the CPU."""
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """Mixed precision in ``amp_dtype`` on a GPU when ``enabled``; off on the CPU."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast(device.type, enabled=False)
 

@@ -20,8 +20,8 @@ from btxrd.errors import ConfigError
 from btxrd.jobs.context import job_context
 from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
-from btxrd.runtime.environment import machine_tags, prepare_runtime
-from btxrd.settings import EvaluateConfig, parse_auto_int
+from btxrd.runtime.environment import machine_tags, prepare_runtime, seed_everything
+from btxrd.settings import EvaluateConfig, parse_auto_bool, parse_auto_int
 from btxrd.tasks import make_task
 from btxrd.tasks.inference import check_scoring_memory, restore_model
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
@@ -45,6 +45,7 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
             run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batch_size=settings.batch_size))
         task = make_task(run)
         runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
+        seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)  # as the run scored
         recorder.set_tags(machine_tags(runtime.device))
         check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
         part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,

@@ -104,12 +104,13 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
         raise ConfigError(f"cannot write the job's output folder {out_dir} ({exc.strerror or exc})") from None
     runtime = prepare_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.job_num, job.n_jobs,
                               job.cpus_per_job)  # fmt: skip
-    seed_everything(run.seed, run.train.deterministic)
+    strict = seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)
     recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
     fresh = resume is None  # a continued run has its parameters already
     if fresh:
         recorder.log_params({**flatten(config), "runtime.device": str(runtime.device),
-                             "runtime.threads": str(runtime.threads)})  # fmt: skip
+                             "runtime.threads": str(runtime.threads),
+                             "runtime.deterministic": str(strict).lower()})  # fmt: skip
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     recorder.artifact(out_dir / "config.json")
 

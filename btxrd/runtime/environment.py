@@ -102,12 +102,27 @@ def threads_per_job(threads: int | None, n_jobs: int, cpus_per_job: int | None =
     return max(1, threads)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to be deterministic (CUDA's documentation)
+
+
+def seed_everything(seed: int, deterministic: bool | None, device: torch.device) -> bool:
+    """Seed every generator and set the determinism ``train.deterministic`` asks for; the mode applied.
+
+    None (``auto``): strict on the CPU, where it costs nothing; fast on a GPU (cuDNN picks the fastest
+    kernels, which differ run to run in the last bits). True: deterministic algorithms everywhere, on a GPU
+    too (cuDNN's deterministic kernels, cuBLAS's fixed workspace; ops that have no deterministic kernel warn).
+    """
+    strict = device.type != "cuda" if deterministic is None else deterministic
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.manual_seed(seed)  # every device's generator
+    if strict and device.type == "cuda":
+        # read when cuBLAS starts, in this process; a worker that used cuBLAS before keeps its setting
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(strict, warn_only=True)
+    torch.backends.cudnn.deterministic = strict
+    torch.backends.cudnn.benchmark = not strict
+    return strict
 
 
 def prepare_runtime(device: str, threads: int | None, job_num: int = 0, n_jobs: int = 1,

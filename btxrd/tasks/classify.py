@@ -191,7 +191,7 @@ Published on the real BTXRD (not measured here; different protocols):
         """Malignant-vs-rest thresholds on p(malignant), each the most sensitive one that keeps its
         specificity on the validation part."""
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
-        probs, labels, _ = predict(model, val.loader, inputs, self.run.train.amp)
+        probs, labels, _ = predict(model, val.loader, inputs, amp=False)  # float32, as the test part and served model
         negatives = probs[labels != MALIGNANT, MALIGNANT]
         return {_spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
 
@@ -199,7 +199,7 @@ Published on the real BTXRD (not measured here; different protocols):
               evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
-        amp = self.run.train.amp
+        amp = False  # scored in float32, as the operating points were chosen and as the logged model serves
         probs, labels, index = predict(model, part.loader, inputs, amp)
         point, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
         point[f"{prefix}malignant_recall"] = point[f"{prefix}recall_malignant"]

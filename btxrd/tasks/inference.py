@@ -23,7 +23,7 @@ from btxrd.config import stored_run_settings
 from btxrd.data.cache import model_input
 from btxrd.data.limits import InputLimits
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.engine import InputPipeline, autocast, load_checkpoint, place_model
+from btxrd.engine import InputPipeline, load_checkpoint, place_model
 from btxrd.engine.checkpoint import load_weights
 from btxrd.errors import ConfigError, DataError
 from btxrd.models import build_model, cam_target, model_entry
@@ -110,13 +110,12 @@ class Classifier:
         """Prepared inputs (N, S, S) uint8 -> (a table of probabilities, predicted class and the
         malignant decision at each operating point; Grad-CAM maps (N, S, S) of the predicted class or None)."""
         x = self.inputs(torch.from_numpy(np.ascontiguousarray(inputs))[:, None])
-        amp = self.run.train.amp
+        # float32 on every device: the precision the run's test part was scored and its operating points chosen in
         if with_cam:
-            with autocast(self.device, amp):
-                maps, logits = grad_cam(self.model, x, cam_target(self.model))
+            maps, logits = grad_cam(self.model, x, cam_target(self.model))
             cams = upsample(maps.float(), inputs.shape[-1]).cpu().numpy().astype(np.float32)
         else:
-            with torch.no_grad(), autocast(self.device, amp):
+            with torch.no_grad():
                 logits = self.model(x)
             cams = None
         probs = torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -122,7 +122,7 @@ class ReconstructTask(Task):
         """PSNR / SSIM / MSE overall and per class (one pass), and a picture of reconstructions."""
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, RAW, self.run.train.channels_last)
-        table, originals, outputs = reconstruct(model, part.loader, inputs, self.run.train.amp, keep=8)
+        table, originals, outputs = reconstruct(model, part.loader, inputs, amp=False, keep=8)  # float32
         point = {f"{prefix}{name}": float(table[name].mean()) for name in SCORES}
         for label, by_class in table.groupby("label"):
             point.update({f"{prefix}{name}_{CLASS_NAMES[int(label)]}": float(by_class[name].mean())
