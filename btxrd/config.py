@@ -143,7 +143,8 @@ _NOT_IDENTITY = {
     "tracking": None,
     "sweep": None,
     "data": {"cache_dir", "num_workers"},
-    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every", "deterministic"},
+    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every", "deterministic",
+              "jobs_per_gpu"},
 }
 
 

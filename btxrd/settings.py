@@ -273,6 +273,7 @@ class TrainConfig:
     label_smoothing: float = setting(ge=0, lt=1)
     grad_clip: float = setting(ge=0)
     device: str = setting(check=device_name)
+    jobs_per_gpu: int = setting(ge=1)  # jobs of this machine that share one GPU (runtime/gpus.py)
     amp: bool = setting()
     channels_last: bool = setting()
     compile: bool = setting()

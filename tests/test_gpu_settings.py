@@ -58,3 +58,60 @@ def test_the_test_part_and_the_operating_points_are_scored_in_float32(synth_root
     assert asked == [("predict", True), ("predict", False), ("predict", False), ("cam", False)]
     [run] = runs(tmp_path)
     assert run.data.params["runtime.deterministic"] == "true"  # train.deterministic=auto, on the CPU
+
+
+@pytest.fixture
+def four_fake_gpus(monkeypatch, tmp_path: Path) -> list:
+    """torch sees 4 GPUs (``CUDA_VISIBLE_DEVICES`` names them 4-7): what a job makes current, what it frees."""
+    from btxrd.runtime import gpus
+
+    happened: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: happened.append(("current", device.index)))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: happened.append(("freed",)))
+    monkeypatch.setattr(gpus, "SLOTS_DIR", tmp_path / "slots")
+    monkeypatch.setattr(gpus, "WAIT_S", 0.05)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    return happened
+
+
+def test_jobs_take_free_gpus_spread_first_then_share_and_wait_when_all_are_taken(four_fake_gpus, tmp_path) -> None:
+    """Before: job N on GPU N mod count, whatever ran there; every job also opened a context on GPU 0."""
+    import threading
+
+    from btxrd.runtime.environment import job_runtime
+
+    jobs = [job_runtime("auto", 1, jobs_per_gpu=2) for _ in range(8)]
+    placed = [job.__enter__().device.index for job in jobs]
+    assert placed == [0, 1, 2, 3, 0, 1, 2, 3]  # each GPU once before any twice
+    assert sorted(p.name for p in (tmp_path / "slots").iterdir())[:2] == ["gpu-4.slot0.lock", "gpu-4.slot1.lock"]
+    ninth: list[int] = []
+    waiting = threading.Thread(target=lambda: ninth.append(_place_one()))
+    waiting.start()
+    waiting.join(0.5)
+    assert ninth == [] and waiting.is_alive()  # every slot taken: it waits
+    four_fake_gpus.clear()
+    jobs.pop(6).__exit__(None, None, None)  # the second job on GPU 2 ends
+    waiting.join(5)
+    assert ninth == [2]  # the slot that came free
+    assert four_fake_gpus[0] == ("freed",)  # the ended job's cached memory, released
+    assert [e for e in four_fake_gpus if e[0] == "current"] == [("current", 2)]
+    for job in jobs:
+        job.__exit__(None, None, None)
+
+
+def _place_one() -> int:
+    from btxrd.runtime.environment import job_runtime
+
+    with job_runtime("auto", 1, jobs_per_gpu=2) as runtime:
+        return runtime.device.index
+
+
+def test_an_explicit_gpu_is_made_current_and_cuda_means_a_free_one(four_fake_gpus) -> None:
+    from btxrd.runtime.environment import job_runtime
+
+    with job_runtime("cuda:3", 1) as runtime:
+        assert runtime.device == torch.device("cuda", 3) and four_fake_gpus == [("current", 3)]
+    with job_runtime("cuda", 1) as first, job_runtime("cuda", 1) as second:  # before: both on cuda:0
+        assert (first.device.index, second.device.index) == (0, 1)

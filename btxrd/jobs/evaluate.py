@@ -20,7 +20,7 @@ from btxrd.errors import ConfigError
 from btxrd.jobs.context import job_context
 from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
-from btxrd.runtime.environment import machine_tags, prepare_runtime, seed_everything
+from btxrd.runtime.environment import job_runtime, machine_tags, seed_everything
 from btxrd.settings import EvaluateConfig, parse_auto_bool, parse_auto_int
 from btxrd.tasks import make_task
 from btxrd.tasks.inference import check_scoring_memory, restore_model
@@ -44,23 +44,24 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         if settings.batch_size is not None:
             run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batch_size=settings.batch_size))
         task = make_task(run)
-        runtime = prepare_runtime(settings.device, parse_auto_int(settings.num_threads))
-        seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)  # as the run scored
-        recorder.set_tags(machine_tags(runtime.device))
-        check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
-        part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
-                                    expected_split)  # fmt: skip
-        place_model(model, runtime.device, run.train.channels_last)
-        log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
-        title = f"{Path(checkpoint).name} on {part.name}"
-        evaluation = settings.eval.applied_to(run.eval)
-        metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,
-                             state.get("operating_points", {}), recorder)  # fmt: skip
-        recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
-                             "checkpoint": str(checkpoint)})  # fmt: skip
-        recorder.log_metrics(metrics)
-        (out_dir / f"metrics_{part.name}.json").write_text(json.dumps(metrics, indent=2))
-        recorder.artifact(out_dir / f"metrics_{part.name}.json")
+        threads = parse_auto_int(settings.num_threads)
+        with job_runtime(settings.device, threads, jobs_per_gpu=run.train.jobs_per_gpu) as runtime:
+            seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)  # as the run scored
+            recorder.set_tags(machine_tags(runtime.device))
+            check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
+            part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
+                                        expected_split)  # fmt: skip
+            place_model(model, runtime.device, run.train.channels_last)
+            log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
+            title = f"{Path(checkpoint).name} on {part.name}"
+            evaluation = settings.eval.applied_to(run.eval)
+            metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,
+                                 state.get("operating_points", {}), recorder)  # fmt: skip
+            recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
+                                 "checkpoint": str(checkpoint)})  # fmt: skip
+            recorder.log_metrics(metrics)
+            (out_dir / f"metrics_{part.name}.json").write_text(json.dumps(metrics, indent=2))
+            recorder.artifact(out_dir / f"metrics_{part.name}.json")
     print(f"evaluated {checkpoint} on {part.name} of {part.root} ({len(part.rows)} images):")
     for key, value in metrics.items():
         print(f"  {key:40s} {value:.4f}")

@@ -28,7 +28,7 @@ from btxrd.jobs.parts import load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model
 from btxrd.redaction import redact_config
-from btxrd.runtime.environment import machine_tags, prepare_runtime, seed_everything
+from btxrd.runtime.environment import Runtime, job_runtime, machine_tags, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
 from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
 from btxrd.tasks import Task, make_task
@@ -72,7 +72,9 @@ def train_job(cfg: DictConfig) -> float:
                      abandon_reason=resume.not_resumed if resume else "", resumable=True) as recorder:  # fmt: skip
             remember_run(folder, recorder.run_id)
             continued = resume if resume is not None and not resume.not_resumed else None
-            best = _train(run, task, job, recorder, config, folder, continued, version, job_start)
+            with job_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.n_jobs, job.cpus_per_job,
+                             run.train.jobs_per_gpu) as runtime:  # fmt: skip
+                best = _train(run, task, job, recorder, runtime, config, folder, continued, version, job_start)
         (folder / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
         return best
 
@@ -93,8 +95,8 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
     }
 
 
-def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, config: dict, folder: Path,
-           resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
+def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, runtime: Runtime, config: dict,
+           folder: Path, resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
     # Wall-clock marks of the start-up phases, written to startup.json (`make bench` tables them)
     startup = {"process_start": process_start_time(), "job_start": job_start, "run_opened": time.time()}
     out_dir = job.output_dir
@@ -102,8 +104,6 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, c
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot write the job's output folder {out_dir} ({exc.strerror or exc})") from None
-    runtime = prepare_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.job_num, job.n_jobs,
-                              job.cpus_per_job)  # fmt: skip
     strict = seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)
     recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
     fresh = resume is None  # a continued run has its parameters already

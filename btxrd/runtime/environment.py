@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from btxrd.errors import ConfigError
+from btxrd.runtime.gpus import claimed_gpu
 
 
 @dataclass(frozen=True)
@@ -80,11 +83,9 @@ def available_memory(device: torch.device) -> int | None:
     return min(found) if found else None
 
 
-def select_device(setting: str, job_num: int = 0) -> torch.device:
-    """``auto``: CUDA if present, jobs spread over GPUs by job number; else CPU."""
+def select_device(setting: str) -> torch.device:
+    """A device named by ``train.device`` (``cpu``, ``cuda:N``, ``mps``); ``auto`` without CUDA is the CPU."""
     if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", job_num % torch.cuda.device_count())
         return torch.device("cpu")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -125,10 +126,19 @@ def seed_everything(seed: int, deterministic: bool | None, device: torch.device)
     return strict
 
 
-def prepare_runtime(device: str, threads: int | None, job_num: int = 0, n_jobs: int = 1,
-                    cpus_per_job: int | None = None) -> Runtime:  # fmt: skip
-    """Pick the device and set this process's torch threads (loky workers keep them between jobs)."""
-    chosen = select_device(device, job_num)
+@contextmanager
+def job_runtime(device: str, threads: int | None, n_jobs: int = 1, cpus_per_job: int | None = None,
+                jobs_per_gpu: int = 1) -> Iterator[Runtime]:  # fmt: skip
+    """The job's device and torch threads for the block (loky workers keep threads between jobs, so they
+    are set each time). ``auto`` and ``cuda`` with GPUs present: a free GPU slot, held for the block
+    (``runtime/gpus.py``); ``cuda:N``: that GPU; otherwise the CPU. A GPU is made the current device."""
     count = threads_per_job(threads, n_jobs, cpus_per_job)
     torch.set_num_threads(count)
-    return Runtime(chosen, count)
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        with claimed_gpu(jobs_per_gpu) as gpu:
+            yield Runtime(gpu, count)
+        return
+    chosen = select_device("cuda" if device == "cuda" else device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    yield Runtime(chosen, count)
