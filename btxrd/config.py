@@ -142,7 +142,7 @@ _NOT_IDENTITY = {
     "paths": None,
     "tracking": None,
     "sweep": None,
-    "data": {"cache_dir", "num_workers"},
+    "data": {"cache_dir", "num_workers", "feed"},
     "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every", "deterministic",
               "jobs_per_gpu"},
 }

@@ -146,6 +146,7 @@ class DataConfig:
     preprocess: str = setting(choices=("none", "clahe"))
     clahe: ClaheConfig = field(default_factory=ClaheConfig)
     num_workers: str = setting(check=auto_or_int(0))
+    feed: str = setting(choices=("auto", "workers", "device"))  # where training batches are cropped (data/feed.py)
     mean: float = setting(ge=0, le=1)
     std: float = setting(gt=0)
     crop_min_scale: float = setting(gt=0, le=1)

@@ -73,7 +73,8 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
                 "sync_and_compile": sync, "autoencoders": autoencoders, "section": section, "made": made}  # fmt: skip
     size = {"model_only_ips": _figure(24.7), "end_to_end_ips": _figure(23.4), "naive_ips": _figure(14.8),
             "gradcam_over_forward": _figure(1.22), "efficiency": efficiency_finding(efficiency or [0.9, 0.95]),
-            "naive_efficiency": efficiency_finding([0.55, 0.6])}  # fmt: skip
+            "naive_efficiency": efficiency_finding([0.55, 0.6]), "device_feed_ips": _figure(24.1),
+            "device_feed_efficiency": efficiency_finding([0.96, 0.98])}  # fmt: skip
     cores = 2
     cache = {"cache_build_ips_1_threads": _figure(47.5), f"cache_build_ips_{cores}_threads": _figure(84.6),
              "naive_decode_ips_1_thread": _figure(29.7), "cache_vs_naive_1_thread": _figure(1.54),
@@ -108,6 +109,7 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     assert "CUDA" not in cpu_block  # torch's CUDA build is named only where a GPU computed the figures
     assert ("| 128 px | 24.7 (22.2-27.2) img/s | 23.4 (21.1-25.7) img/s | 0.93 (0.90-0.95) | 14.8 (13.3-16.3) img/s "
             "| 0.57 (0.55-0.60) | 1.22 (1.10-1.34)x |") in cpu_block  # fmt: skip
+    assert "fed by `data.feed=device` (the batched crops of a GPU run, here on the CPU): 128 px 24.1" in cpu_block
     assert "47.5 (42.8-52.3) img/s on 1 thread" in cpu_block and "0.24 (0.22-0.26) s" in cpu_block
     assert "| **command start to the later job's first step** | 20.0 (18.0-22.0) | 15.0 (13.5-16.5) |" in text
     assert "importing timm alone (torch, torchvision and through it torch._dynamo)" in text

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from btxrd.config import compose_run
 from btxrd.data.cache import cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.feed import DeviceFeed
 from btxrd.data.loaders import Batch, make_loader
 from btxrd.data.reader import load_dataset
 from btxrd.engine.fit import set_up_training
@@ -95,7 +96,8 @@ class Trainer:
     def run_epoch(self, batches: Iterable[Batch]) -> EpochStats:
         stats = train_one_epoch(self.stepper, batches, self.objective, self.training.optimizer,
                                 self.training.scheduler, self.scaler, self.inputs, epoch=self.epoch,
-                                generator=torch.Generator().manual_seed(self.epoch), amp=self.run.train.amp,
+                                generator=torch.Generator(self.inputs.device).manual_seed(self.epoch),
+                                amp=self.run.train.amp,
                                 grad_clip=0.0, sync_every=self.run.train.sync_every)  # fmt: skip
         self.epoch += 1
         return stats
@@ -105,12 +107,24 @@ class Trainer:
         return stats.images / stats.seconds
 
 
-def training_loader(table: pd.DataFrame, size: int, batch: int, device: torch.device, workers: int,
-                    annotations: bool = False, cache_dir: Path | None = None) -> DataLoader:  # fmt: skip
-    """The product's training loader (image cache, crops; lesion crops and masks with ``annotations``);
+def training_dataset(table: pd.DataFrame, size: int, annotations: bool = False,
+                     cache_dir: Path | None = None) -> BTXRDImages:  # fmt: skip
+    """The product's training dataset (image cache, crops; lesion crops and masks with ``annotations``);
     the cache in ``cache_dir`` (default: ``data.cache_dir``), built there first if missing."""
     run = compose_run([f"model.image_size={size}"])
     cache = cache_for(table, size, run.data, cache_dir)
     crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
-    dataset = BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
+    return BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
+
+
+def training_loader(table: pd.DataFrame, size: int, batch: int, device: torch.device, workers: int,
+                    annotations: bool = False, cache_dir: Path | None = None) -> DataLoader:  # fmt: skip
+    """The product's training loader over ``training_dataset``."""
+    dataset = training_dataset(table, size, annotations, cache_dir)
     return make_loader(dataset, batch, train=True, workers=workers, device=device, seed=0)
+
+
+def training_feed(table: pd.DataFrame, size: int, batch: int, device: torch.device, annotations: bool = False,
+                  cache_dir: Path | None = None) -> DeviceFeed:  # fmt: skip
+    """The product's device feed (``data.feed=device``) over ``training_dataset``."""
+    return DeviceFeed(training_dataset(table, size, annotations, cache_dir), batch, device, seed=0)

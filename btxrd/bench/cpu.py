@@ -8,6 +8,7 @@ The machine may be shared and noisy: compare ratios, not absolute numbers across
 - model-only: the product's training steps on uint8 batches already in memory;
 - end-to-end: the same steps fed by the real loader (image cache, crops);
   efficiency = end-to-end / model-only, judged: a value above 1 beyond the spread is flagged;
+- device feed: the same steps fed by ``data.feed=device`` (batched crops on the device; here the CPU);
 - naive: the same steps fed by a loader that decodes and resizes the JPEG every time (the usual
   torchvision/timm way);
 - the image cache's first build against a naive full decode + resize, images/s; another input size
@@ -97,6 +98,8 @@ def throughput(data_root: Path, work: Path, args: argparse.Namespace) -> dict[st
         figures: dict[str, Any] = summarised(measured)
         figures["efficiency"] = efficiency_finding([r["end_to_end_ips"] / r["model_only_ips"] for r in measured])
         figures["naive_efficiency"] = efficiency_finding([r["naive_ips"] / r["model_only_ips"] for r in measured])
+        figures["device_feed_efficiency"] = efficiency_finding([r["device_feed_ips"] / r["model_only_ips"]
+                                                                for r in measured])  # fmt: skip
         out[f"{size}px"] = figures
     return out
 

@@ -2,8 +2,9 @@
 ``train_one_epoch``: bf16 autocast, channels_last, the real objective), fed two ways.
 
 - model-only: uint8 batches already on the GPU, the limit the loader is measured against;
-- end-to-end: the real loader (image cache, crops, pinned memory, ``loader_workers`` workers),
-  over several epochs as ``fit`` runs them; efficiency = end-to-end / model-only;
+- end-to-end: the real loader (image cache, crops, pinned memory, ``loader_workers`` workers), and the
+  device feed (``data.feed=device``: canvases on the GPU, batched crops), each one stream over several
+  epochs as ``fit`` runs it; efficiency = end-to-end / model-only;
 - the loader alone, and one loader worker's images/s on this machine's CPU (how many workers a
   GPU needs), with and without annotation-guided crops and masks;
 - host syncs: ``train.sync_every`` 1 (a read-back every step) against 25; ``train.compile``;
@@ -16,61 +17,72 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from btxrd.bench.common import Trainer, spread, training_loader, uint8_batches
+from btxrd.bench.common import Trainer, spread, training_feed, training_loader, uint8_batches
 from btxrd.config import compose_run
 from btxrd.data.loaders import collate_batch, loader_workers
 from btxrd.data.reader import load_dataset
 from btxrd.data.synth import generate
 from btxrd.engine.fit import epoch_stream
+from btxrd.runtime.environment import seed_everything
 
 ROUNDS = 3
-# (model, input size, batch): the plan's sizes, batches as large as timm's own training benchmark uses.
-MODELS = (("b0", 224, 256), ("b3", 300, 128), ("resnet50_cbam", 224, 256))
+# (model, input size, batch): the plan's sizes, at batches as large as timm's own training benchmark uses and
+# at the product's own (conf/model/).
+MODELS = (("b0", 224, 256), ("b3", 300, 128), ("resnet50_cbam", 224, 256),
+          ("b0", 224, 32), ("b3", 300, 16), ("resnet50_cbam", 224, 16))  # fmt: skip
 # timm's published training throughput (results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv: AMP,
 # channels_last, RTX 3090): RGB input, 1000 classes; resnet50 there has no CBAM.
 TIMM_RTX3090 = {"b0": ("efficientnet_b0 @ 224", 1752), "b3": ("efficientnet_b3 @ 288", 572),
                 "resnet50_cbam": ("resnet50 @ 224 (no CBAM)", 1218)}  # fmt: skip
 
 
-def _epochs(trainer: Trainer, loader, epochs: int) -> float:
-    """Images/s over ``epochs`` whole epochs of the real loader, as fit runs them (epoch starts included)."""
-    next_epoch = epoch_stream(loader, trainer.epoch)
+def _epochs(trainer: Trainer, next_epoch: Callable[[], Iterable], epochs: int) -> float:
+    """Images/s over ``epochs`` whole epochs of a feed's one stream, as fit runs them (epoch starts included;
+    the stream is not restarted between figures: its workers keep the next batches ready, as in a run)."""
     images, start = 0, time.perf_counter()
     for _ in range(epochs):
         images += trainer.run_epoch(next_epoch()).images
+    torch.cuda.synchronize()
     return images / (time.perf_counter() - start)
 
 
 def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) -> dict[str, Any]:
-    """Per model: model-only and end-to-end images/s, efficiency, peak GPU memory."""
+    """Per model and batch: model-only, end-to-end through loader workers and through the device feed
+    (``data.feed=device``), their efficiencies, peak GPU memory; cuDNN autotuned, as the product runs."""
     workers = loader_workers(None, device, torch.get_num_threads())
     out: dict[str, Any] = {"loader_workers": workers}
     labels = table["label"].to_numpy()
     for name, size, batch in MODELS:
         print(f"GPU: {name} at {size} px, batch {batch} ...", flush=True)
-        torch.backends.cudnn.benchmark = True  # as timm's benchmark, and the product (train.deterministic=auto), run
+        seed_everything(0, None, device)  # train.deterministic=auto on a GPU: cuDNN autotuning
         trainer = Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
         on_gpu = uint8_batches(batch, size, device)
-        loader = training_loader(table, size, batch, device, workers)
+        streams = {"workers": epoch_stream(training_loader(table, size, batch, device, workers), 0),
+                   "device": epoch_stream(training_feed(table, size, batch, device), 0)}  # fmt: skip
         trainer.images_per_second([on_gpu[i % 4] for i in range(5)])  # warm-up (cuDNN autotuning)
-        _epochs(trainer, loader, 1)  # workers started, caches warm
+        for stream in streams.values():
+            _epochs(trainer, stream, 1)  # workers started, caches warm
         torch.cuda.reset_peak_memory_stats(device)
-        model_only, end_to_end = [], []
-        for _ in range(ROUNDS):  # interleaved: the ratio is taken within a round
-            model_only.append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
-            end_to_end.append(_epochs(trainer, loader, epochs))
-        ratios = [e / m for e, m in zip(end_to_end, model_only, strict=True)]
-        out[name] = {"size": size, "batch": batch, "model_only_ips": spread(model_only),
-                     "end_to_end_ips": spread(end_to_end), "efficiency": spread(ratios),
-                     "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-                     "timm_rtx3090": TIMM_RTX3090[name]}  # fmt: skip
-        del trainer, loader
+        measured: dict[str, list[float]] = {"model_only": [], "workers": [], "device": []}
+        for _ in range(ROUNDS):  # interleaved: the ratios are taken within a round
+            measured["model_only"].append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
+            for feed, stream in streams.items():
+                measured[feed].append(_epochs(trainer, stream, epochs))
+        model_only = measured["model_only"]
+        out[f"{name}@{batch}"] = {
+            "model": name, "size": size, "batch": batch, "model_only_ips": spread(model_only),
+            "end_to_end_ips": spread(measured["workers"]), "device_feed_ips": spread(measured["device"]),
+            "efficiency": spread([e / m for e, m in zip(measured["workers"], model_only, strict=True)]),
+            "device_feed_efficiency": spread([e / m for e, m in zip(measured["device"], model_only, strict=True)]),
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "timm_rtx3090": TIMM_RTX3090[name]}
+        del trainer, streams
         torch.cuda.empty_cache()
     return out
 

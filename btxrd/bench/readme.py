@@ -76,6 +76,12 @@ def _cpu(r: dict[str, Any]) -> str:
             for size, t in r["throughput"].items()]  # fmt: skip
     table = markdown_table(["input", "model-only", "end-to-end (cache)", "efficiency", "naive loader",
                             "naive efficiency", "Grad-CAM / forward"], rows)  # fmt: skip
+    fed = [f"{size.removesuffix('px')} px {shown(t['device_feed_ips'])} img/s, efficiency "
+           f"{described_efficiency(t['device_feed_efficiency'])}"
+           for size, t in r["throughput"].items() if "device_feed_ips" in t]  # fmt: skip
+    if fed:  # results made before the device feed existed have none
+        table += ("\nThe same steps fed by `data.feed=device` (the batched crops of a GPU run, here on the CPU): "
+                  + "; ".join(fed) + ".\n")
     c, b = r["cache"], r["bootstrap"]
     cores = c["parallel_threads"]  # os.cpu_count() in the rounds, not the affinity machine.cores counts
     cache = (f"Image cache, first build ({r['cache_rounds']} rounds): {shown(c['cache_build_ips_1_threads'])} img/s "
@@ -145,11 +151,16 @@ def _gpu(r: dict[str, Any]) -> str:
     settings = (f"{r['gpu']} ({r['gpu_memory_gib']:.0f} GiB), CUDA {r['cuda']}, {r['cpu_threads']} CPU threads; "
                 f"{r['n_images']:,} generated images; bf16 autocast, channels_last; median (min-max) of the "
                 "rounds:")  # fmt: skip
-    rows = [[name, f"{f['size']} px", str(f["batch"]), shown(f["model_only_ips"], 0), shown(f["end_to_end_ips"], 0),
-             shown(f["efficiency"], 2), f"{f['peak_memory_gib']:.1f} GiB", f"{f['timm_rtx3090'][0]}: "
-             f"{f['timm_rtx3090'][1]:,}"] for name, f in t.items() if isinstance(f, dict) and "size" in f]  # fmt: skip
+    models = {name: f for name, f in t.items() if isinstance(f, dict) and "size" in f}
+    fed = all("device_feed_ips" in f for f in models.values())  # results made before the device feed have none
+    rows = [[f.get("model", name), f"{f['size']} px", str(f["batch"]), shown(f["model_only_ips"], 0),
+             shown(f["end_to_end_ips"], 0), shown(f["efficiency"], 2),
+             *((shown(f["device_feed_ips"], 0), shown(f["device_feed_efficiency"], 2)) if fed else ()),
+             f"{f['peak_memory_gib']:.1f} GiB", f"{f['timm_rtx3090'][0]}: {f['timm_rtx3090'][1]:,}"]
+            for name, f in models.items()]  # fmt: skip
     table = markdown_table(["model", "input", "batch", "model-only img/s",
                             f"end-to-end img/s ({workers} loader workers)", "efficiency",
+                            *(("end-to-end img/s (device feed)", "efficiency") if fed else ()),
                             "peak GPU memory", "timm's RTX 3090 figure"], rows)  # fmt: skip
     loader = "Loader alone: " + "; ".join(f"{k}: {v['one_worker_ips']:.0f} img/s per worker, "
                                           f"{v[f'{workers}_workers_ips']:.0f} with {workers}"

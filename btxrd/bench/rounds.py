@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from btxrd.bench.common import Trainer, bench_table, training_loader, uint8_batches
+from btxrd.bench.common import Trainer, bench_table, training_feed, training_loader, uint8_batches
 from btxrd.cam import grad_cam
 from btxrd.config import compose_run
 from btxrd.data.cache import cache_images, canvas_size
@@ -61,8 +61,9 @@ def endless(loader: DataLoader) -> Iterator[Batch]:
 
 
 def throughput(params: dict[str, Any]) -> dict[str, float]:
-    """The product's training step (``Trainer``) fed three ways: model-only (uint8 batches in memory),
-    end-to-end (the real loader over the image cache) and naive (decode + resize per access); then
+    """The product's training step (``Trainer``) fed four ways: model-only (uint8 batches in memory),
+    end-to-end (the real loader over the image cache), the device feed (``data.feed=device``, here on the
+    CPU) and naive (decode + resize per access); then
     Grad-CAM's cost relative to a forward pass. Without ``data_root``, model-only alone.
 
     The feeds take turns step by step (each feed first in turn), and a feed's images/s is its batch
@@ -81,6 +82,7 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
         workers = loader_workers(None, device, torch.get_num_threads())  # what a training run uses here
         feeds["end_to_end"] = endless(training_loader(table, size, batch, device, workers,
                                                       cache_dir=Path(params["cache_dir"])))  # fmt: skip
+        feeds["device_feed"] = iter(training_feed(table, size, batch, device, cache_dir=Path(params["cache_dir"])))
         naive_images = NaiveImages(table, size, trainer.run.data.canvas_scale)
         feeds["naive"] = endless(DataLoader(naive_images, batch_size=batch, shuffle=True, drop_last=True,
                                             num_workers=workers, collate_fn=collate_batch))  # fmt: skip

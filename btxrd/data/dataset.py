@@ -103,6 +103,16 @@ class BTXRDImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def window(self, epoch: int, index: int) -> tuple[int, int, int, bool]:
+        """(left, top, side, flipped) of item ``index``'s training crop in ``epoch``: drawn from (seed, epoch,
+        index) alone, so the same with any number of loader workers, and on the device feed."""
+        row = self.cache_rows[index]
+        rng = np.random.default_rng((self.seed, epoch, index))
+        scale, offset = self.cache.scale[row], self.cache.offset[row]
+        lesion = union_box(self.boxes[index], scale, offset) if self.lesion_crops else None
+        left, top, side = crop_window(rng, self.cache.size, self.crop, lesion)
+        return left, top, side, bool(self.crop.hflip and rng.random() < 0.5)
+
     def __getitem__(self, key: int | tuple[int, int]):
         """``index``, or ``(epoch, index)`` for training: augmentation draws depend on (seed, epoch,
         index) only, so they are the same with any number of loader workers."""
@@ -116,14 +126,12 @@ class BTXRDImages(Dataset):
         if self.with_masks and (boxes or polygons):
             mask = torch.from_numpy(rasterise(boxes, polygons, (canvas, canvas), tuple(scale), tuple(offset)))[None]
         if self.train:
-            rng = np.random.default_rng((self.seed, epoch, index))
-            lesion = union_box(boxes, scale, offset) if self.lesion_crops else None
-            left, top, side = crop_window(rng, canvas, self.crop, lesion)
+            left, top, side, flip = self.window(epoch, index)
             size = [self.image_size, self.image_size]
             image = TF.resized_crop(image, top, left, side, side, size, antialias=True)
             if mask is not None:
                 mask = TF.resized_crop(mask, top, left, side, side, size, interpolation=TF.InterpolationMode.NEAREST)
-            if self.crop.hflip and rng.random() < 0.5:
+            if flip:
                 image = TF.horizontal_flip(image)
                 mask = TF.horizontal_flip(mask) if mask is not None else None
         elif canvas != self.image_size:

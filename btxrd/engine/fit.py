@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from btxrd.data.feed import DeviceFeed
 from btxrd.data.loaders import EpochBatches
 from btxrd.engine.checkpoint import save_checkpoint, weights_mismatch, without_resume_state
 from btxrd.engine.inputs import InputPipeline, amp_dtype, place_model
@@ -114,7 +115,7 @@ def set_up_training(
     return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler, stepper
 
 
-def epoch_stream(loader: DataLoader, start_epoch: int) -> Callable[[], Iterable]:
+def epoch_stream(loader: DataLoader | DeviceFeed, start_epoch: int) -> Callable[[], Iterable]:
     """A function giving the next epoch's batches. A loader of ``EpochBatches`` is iterated once, from
     ``start_epoch`` on, one epoch's worth of batches at a time (its workers go on preparing the next
     epoch meanwhile); any other loader is iterated afresh for each epoch."""
@@ -128,7 +129,7 @@ def epoch_stream(loader: DataLoader, start_epoch: int) -> Callable[[], Iterable]
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
+    train_loader: DataLoader | DeviceFeed,
     val_loader: DataLoader,
     objective: Objective,
     train: TrainConfig,

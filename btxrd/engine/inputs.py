@@ -39,7 +39,7 @@ class InputPipeline:
             contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator, device=on) * 2 - 1) * s.contrast
             brightness = (torch.rand(n, 1, 1, 1, generator=generator, device=on) * 2 - 1) * s.brightness
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x - mean) * contrast + mean + brightness).clamp_(0, 1)
+            x = ((x - mean) * contrast.to(x.device) + mean + brightness.to(x.device)).clamp_(0, 1)  # no-ops there
         x = (x - s.mean) / s.std
         return x.contiguous(memory_format=self.memory_format)
 

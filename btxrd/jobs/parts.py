@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from btxrd.data.cache import ImageCache, cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.feed import DeviceFeed, feed_kind
 from btxrd.data.limits import InputLimits
 from btxrd.data.loaders import loader_workers, make_loader
 from btxrd.data.reader import load_dataset
@@ -36,7 +37,8 @@ class RunData:
 
     rows: dict[str, pd.DataFrame]  # train / val / test rows (train and val as the task trains on them)
     unused: int  # images the split leaves out
-    train: DataLoader
+    train: DataLoader | DeviceFeed
+    feed: str  # where training batches are made: workers | device (data.feed)
     val: ScoredPart
     test: ScoredPart
     cache: ImageCache
@@ -79,12 +81,16 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
     crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
     train_set = BTXRDImages(rows["train"], cache, run.model.image_size, train=True, crop=crop, seed=run.seed,
                             **task.training_dataset_options())  # fmt: skip
-    workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
-    train = make_loader(train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device,
-                        seed=run.seed)  # fmt: skip
+    feed = feed_kind(run.data.feed, runtime.device)
+    if feed == "device":
+        train: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
+    else:
+        workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
+        train = make_loader(train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device,
+                            seed=run.seed)  # fmt: skip
     val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root)
     test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
-    return RunData(rows, unused, train, val, test, cache, split_csv)
+    return RunData(rows, unused, train, feed, val, test, cache, split_csv)
 
 
 def load_evaluation_part(

@@ -122,7 +122,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     if fresh:
         log_datasets(recorder, run.data.root, data.rows, run.split.name)
         sizes = {**{f"data.n_{p}": len(r) for p, r in data.rows.items()}, "data.n_unused": data.unused}
-        recorder.log_params({**sizes, "data.cache_file": str(data.cache.path),
+        recorder.log_params({**sizes, "data.cache_file": str(data.cache.path), "runtime.feed": data.feed,
                              **task.describe_model(model)})  # fmt: skip
     if resume is not None:
         log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
