@@ -7,7 +7,7 @@ DEMO_DATA ?= data/demo
 DEMO_N ?= 480
 MLFLOW_PORT ?= 5000
 
-.PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders evidence bench mlflow-server clean clean-all
+.PHONY: help venv postgres slurm-packages slurm test test-integration demo demo-data showcase autoencoders evidence bench gpu-wheels gpu-check mlflow-server clean clean-all
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,20 @@ slurm: venv slurm-packages  ## a Slurm cluster on this machine (loopback, .slurm
 
 test-integration: venv postgres slurm-packages  ## servers (PostgreSQL + MLflow, a real Slurm cluster), submitit and Optuna sweeps, faults injected
 	$(PY) -m pytest -m integration
+
+gpu-wheels: venv  ## (here) what a GPU machine lacks (hydra, MLflow, ...), as wheels in .whl/ for make gpu-check
+	$(PY) -m btxrd.bench.gpucheck wheels .whl
+
+# On a GPU machine there is no .venv: its python3 holds torch and timm, the rest comes from .whl/.
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/btxrd-site
+GPU_CHECK_ARGS ?=
+
+gpu-check:  ## (on a GPU machine, ~8 min) the suite on CUDA, the GPU benchmark, a real-size 12-run grid -> bench/gpu_check.json; GPU_CHECK_ARGS=--dry-run rehearses it here
+	@$(GPU_PY) -c "import hydra, mlflow, openpyxl, pydicom, imagehash" 2>/dev/null || { \
+	  test -d .whl || { echo "error: hydra/MLflow missing and no .whl/ (make gpu-wheels, where a registry answers)" >&2; exit 2; }; \
+	  $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl; }
+	PYTHONPATH=$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m btxrd.bench.gpucheck run $(GPU_CHECK_ARGS)
 
 mlflow-server: venv postgres  ## a shared MLflow server on 127.0.0.1:5000 (PostgreSQL store in .mlflow-server/)
 	$(PY) -m btxrd.tracking.server --dir .mlflow-server --port $(MLFLOW_PORT)

@@ -205,3 +205,34 @@ def test_the_start_up_rounds_leave_no_sweep_behind(tmp_path, monkeypatch) -> Non
     results = cpu.startup(tmp_path / "data", tmp_path, rounds=2)
     assert results["prepare_data_difference"]["cold"]["total"]["median"] == -2.0
     assert list((tmp_path / "startup").iterdir()) == []
+
+
+@pytest.mark.integration  # a minute of test suite, benchmark and sweep on the CPU: make test-integration
+@pytest.mark.slow
+def test_make_gpu_check_rehearses_every_step_on_the_cpu_and_writes_the_gpu_block(tmp_path) -> None:
+    """What a lent GPU machine's few minutes go to, rehearsed: the suite, the benchmark (both feeds), the
+    grid, one results file that --results turns into the README's bench-gpu block."""
+    import json
+    import subprocess
+    import sys
+
+    from btxrd.bench.__main__ import main
+
+    from .conftest import PROJECT_ROOT
+
+    out = tmp_path / "gpu_check.json"
+    command = [sys.executable, "-m", "btxrd.bench.gpucheck", "run", "--dry-run", "--budget-s", "400", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["suite"]["tests"] >= 3 and results["suite"]["failures"] == results["suite"]["errors"] == 0
+    feeds = results["throughput"]["b0@16"]
+    assert feeds["device_feed_ips"]["median"] > 0 and feeds["end_to_end_ips"]["median"] > 0
+    assert [job["status"] for job in results["grid"]["jobs"]] == ["FINISHED", "FINISHED"]
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- evidence bench-gpu -->\nold\n<!-- /evidence bench-gpu -->\n")
+    assert main(["--results", str(out), "--readme", str(readme)]) == 0
+    block = readme.read_text()
+    assert "Written by `make gpu-check GPU_CHECK_ARGS=--dry-run`" in block
+    assert "The test suite (`make test`'s selection) on this machine:" in block
+    assert "end-to-end img/s (device feed)" in block and "2 of 2 jobs finished in" in block

@@ -49,18 +49,29 @@ def _epochs(trainer: Trainer, next_epoch: Callable[[], Iterable], epochs: int) -
     images, start = 0, time.perf_counter()
     for _ in range(epochs):
         images += trainer.run_epoch(next_epoch()).images
-    torch.cuda.synchronize()
+    _synchronize(trainer.inputs.device)
     return images / (time.perf_counter() - start)
 
 
-def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) -> dict[str, Any]:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4,
+               models: tuple[tuple[str, int, int], ...] = MODELS) -> dict[str, Any]:  # fmt: skip
     """Per model and batch: model-only, end-to-end through loader workers and through the device feed
-    (``data.feed=device``), their efficiencies, peak GPU memory; cuDNN autotuned, as the product runs."""
+    (``data.feed=device``), their efficiencies, peak GPU memory; cuDNN autotuned, as the product runs.
+    (On the CPU too, smaller: ``make gpu-check``'s rehearsal.)"""
     workers = loader_workers(None, device, torch.get_num_threads())
     out: dict[str, Any] = {"loader_workers": workers}
     labels = table["label"].to_numpy()
-    for name, size, batch in MODELS:
-        print(f"GPU: {name} at {size} px, batch {batch} ...", flush=True)
+    for name, size, batch in models:
+        print(f"{device.type}: {name} at {size} px, batch {batch} ...", flush=True)
         seed_everything(0, None, device)  # train.deterministic=auto on a GPU: cuDNN autotuning
         trainer = Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
         on_gpu = uint8_batches(batch, size, device)
@@ -69,7 +80,8 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) ->
         trainer.images_per_second([on_gpu[i % 4] for i in range(5)])  # warm-up (cuDNN autotuning)
         for stream in streams.values():
             _epochs(trainer, stream, 1)  # workers started, caches warm
-        torch.cuda.reset_peak_memory_stats(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         measured: dict[str, list[float]] = {"model_only": [], "workers": [], "device": []}
         for _ in range(ROUNDS):  # interleaved: the ratios are taken within a round
             measured["model_only"].append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
@@ -81,9 +93,10 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4) ->
             "end_to_end_ips": spread(measured["workers"]), "device_feed_ips": spread(measured["device"]),
             "efficiency": spread([e / m for e, m in zip(measured["workers"], model_only, strict=True)]),
             "device_feed_efficiency": spread([e / m for e, m in zip(measured["device"], model_only, strict=True)]),
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30, "timm_rtx3090": TIMM_RTX3090[name]}
+            "peak_memory_gib": _peak_memory_gib(device), "timm_rtx3090": TIMM_RTX3090[name]}
         del trainer, streams
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 

@@ -147,36 +147,86 @@ def _sizes(r: dict[str, Any]) -> str:
 
 
 def _gpu(r: dict[str, Any]) -> str:
-    t, workers = r["throughput"], r["throughput"]["loader_workers"]
-    settings = (f"{r['gpu']} ({r['gpu_memory_gib']:.0f} GiB), CUDA {r['cuda']}, {r['cpu_threads']} CPU threads; "
-                f"{r['n_images']:,} generated images; bf16 autocast, channels_last; median (min-max) of the "
-                "rounds:")  # fmt: skip
+    """The GPU section: what it holds of the benchmark's figures, and with ``make gpu-check``'s results the
+    test suite on CUDA and the real-size grid."""
+    parts = [_gpu_suite(r["suite"])] if "suite" in r else []
+    if "throughput" in r:
+        parts.append(_gpu_throughput(r))
+    if "loader" in r and "sync_and_compile" in r:
+        parts.append(_gpu_loader_and_syncs(r))
+    if "autoencoders" in r:
+        parts.append(_gpu_autoencoders(r["autoencoders"]))
+    if "grid" in r:
+        parts.append(_gpu_grid(r["grid"]))
+    return "\n\n".join(parts)
+
+
+def _gpu_suite(suite: dict[str, Any]) -> str:
+    passed = suite["tests"] - suite["failures"] - suite["errors"] - suite["skipped"]
+    outcome = "cut off by the time budget" if suite["cut_off"] else f"exit {suite['exit']}"
+    return (f"The test suite (`make test`'s selection) on this machine: {passed} passed, {suite['failures']} failed, "
+            f"{suite['errors']} errors, {suite['skipped']} skipped in {suite['seconds']:.0f} s ({outcome})."
+            + (f" Last line: `{suite['last_line']}`" if suite.get("last_line") else ""))  # fmt: skip
+
+
+def _gpu_throughput(r: dict[str, Any]) -> str:
+    t = r["throughput"]
+    workers = t["loader_workers"]
+    machine = (f"On {r['gpu']} ({r['gpu_memory_gib']:.0f} GiB), CUDA {r['cuda']}" if "gpu" in r
+               else "On the CPU (a rehearsal)")  # fmt: skip
+    settings = (f"{machine}; {r['n_images']:,} generated images; mixed precision where the device has it, "
+                "channels_last, cuDNN autotuned; median (min-max) of the rounds:")  # fmt: skip
     models = {name: f for name, f in t.items() if isinstance(f, dict) and "size" in f}
     fed = all("device_feed_ips" in f for f in models.values())  # results made before the device feed have none
     rows = [[f.get("model", name), f"{f['size']} px", str(f["batch"]), shown(f["model_only_ips"], 0),
              shown(f["end_to_end_ips"], 0), shown(f["efficiency"], 2),
              *((shown(f["device_feed_ips"], 0), shown(f["device_feed_efficiency"], 2)) if fed else ()),
-             f"{f['peak_memory_gib']:.1f} GiB", f"{f['timm_rtx3090'][0]}: {f['timm_rtx3090'][1]:,}"]
+             f"{shown_plain(f['peak_memory_gib'], 1)} GiB", f"{f['timm_rtx3090'][0]}: {f['timm_rtx3090'][1]:,}"]
             for name, f in models.items()]  # fmt: skip
-    table = markdown_table(["model", "input", "batch", "model-only img/s",
-                            f"end-to-end img/s ({workers} loader workers)", "efficiency",
-                            *(("end-to-end img/s (device feed)", "efficiency") if fed else ()),
-                            "peak GPU memory", "timm's RTX 3090 figure"], rows)  # fmt: skip
+    return settings + "\n\n" + markdown_table(
+        ["model", "input", "batch", "model-only img/s", f"end-to-end img/s ({workers} loader workers)", "efficiency",
+         *(("end-to-end img/s (device feed)", "efficiency") if fed else ()), "peak GPU memory",
+         "timm's RTX 3090 figure"], rows)  # fmt: skip
+
+
+def _gpu_loader_and_syncs(r: dict[str, Any]) -> str:
+    workers = r["throughput"]["loader_workers"]
     loader = "Loader alone: " + "; ".join(f"{k}: {v['one_worker_ips']:.0f} img/s per worker, "
                                           f"{v[f'{workers}_workers_ips']:.0f} with {workers}"
                                           for k, v in r["loader"].items()) + "."  # fmt: skip
     s = r["sync_and_compile"]
-    syncs = (f"b0 224 px model-only: `train.sync_every=1` {s['sync_every_1']['median']:.0f}, 25 "
-             f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); "
-             f"`train.compile=true` {s['compiled']['median']:.0f} img/s ({s['compile_speedup']['median']:.2f}x, "
-             f"{s['compile_seconds']:.0f} s to compile).")  # fmt: skip
+    return loader + (f" b0 224 px model-only: `train.sync_every=1` {s['sync_every_1']['median']:.0f}, 25 "
+                     f"{s['sync_every_25']['median']:.0f} img/s ({s['per_step_sync_cost']['median']:.3f}x); "
+                     f"`train.compile=true` {s['compiled']['median']:.0f} img/s "
+                     f"({s['compile_speedup']['median']:.2f}x, {s['compile_seconds']:.0f} s to compile).")  # fmt: skip
+
+
+def _gpu_autoencoders(measured: dict[str, Any]) -> str:
     variants = {"batch 16, float32": "batch16_fp32", "batch 16, bf16": "batch16_bf16",
                 "batch 32, float32": "batch32_fp32", "batch 32, bf16": "batch32_bf16"}  # fmt: skip
-    measured = r["autoencoders"]
     models = dict.fromkeys(key.split("_batch")[0] for key in measured)
     memory = markdown_table(["model", *variants], [
         [model, *(f"{measured[f'{model}_{v}']['peak_gib']:.1f} GiB, {measured[f'{model}_{v}']['images_per_s']:.0f} "
                   "img/s" for v in variants.values())] for model in models])  # fmt: skip
-    return (f"{settings}\n\n{table}\n{loader} {syncs}\n\nThe autoencoders at the plan's size (256 px, base 64), "
-            f"peak GPU memory of training steps (activations, gradients, AdamW state, cuDNN workspaces):\n\n{memory}")
+    return ("The autoencoders at the plan's size (256 px, base 64), peak GPU memory of training steps (activations, "
+            f"gradients, AdamW state, cuDNN workspaces):\n\n{memory}")
+
+
+def _gpu_grid(grid: dict[str, Any]) -> str:
+    jobs = grid["jobs"]
+    finished = sum(job["status"] == "FINISHED" for job in jobs)
+    outcome = "cut off by the time budget" if grid["cut_off"] else f"exit {grid['exit']}"
+    rows = [[job["name"], job["status"], str(job["epochs"]), shown_plain(job["train_images_per_second"], 0),
+             shown_plain(job["mean_epoch_seconds"], 1), shown_plain(job["startup_seconds"], 1),
+             shown_plain(job["test_macro_f1"], 3)] for job in jobs]  # fmt: skip
+    data = f"{grid['n_images']:,} generated images" + (" of the release's real sizes" if grid["real_sizes"] else "")
+    return (f"A grid on {data}, `{grid['command']}`: {finished} of {len(jobs)} jobs finished in "
+            f"{grid['wall_seconds']:.0f} s from the command's start to its end ({outcome}), "
+            f"{grid['n_jobs_at_once']} jobs at a time:\n\n"
+            + markdown_table(["job", "status", "epochs", "training img/s", "s per epoch", "start-up s",
+                              "test macro-F1"], rows))  # fmt: skip
+
+
+def shown_plain(value: float, digits: int) -> str:
+    return "n/a" if value != value else f"{value:,.{digits}f}"  # NaN: not measured
 
