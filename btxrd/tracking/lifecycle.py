@@ -25,6 +25,8 @@ from btxrd.tracking.stale import HOST, PID, STARTED, CloseNote, owner_tags
 
 log = logging.getLogger(__name__)
 OUTAGE_TAG = "tracking_outage"  # a run that was cut off from its tracking server says so
+
+
 class RunRecorder:
     """What a job writes to its run; every call does nothing when tracking is off.
 
