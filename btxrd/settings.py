@@ -318,6 +318,7 @@ class EvalConfig:
     n_bootstrap: int = setting(ge=100)  # 0 would mean no intervals: refused, intervals are the point
     bootstrap_seed: int = setting(ge=0)
     specificities: list[float] = setting()  # malignant sensitivity at these specificities
+    calibrate: bool = setting()  # temperature scaling on the validation part
 
     def validate(self) -> str | None:
         bad = [s for s in self.specificities if not 0 < s < 1]

@@ -49,8 +49,8 @@ def test_the_test_part_and_the_operating_points_are_scored_in_float32(synth_root
     from btxrd.tasks import classify
 
     asked: list[tuple[str, bool]] = []
-    real_predict, real_explain = classify.predict, explain.explain_loader
-    monkeypatch.setattr(classify, "predict", lambda m, loader, i, amp: asked.append(("predict", amp))
+    real_predict, real_explain = classify.predict_logits, explain.explain_loader
+    monkeypatch.setattr(classify, "predict_logits", lambda m, loader, i, amp: asked.append(("predict", amp))
                         or real_predict(m, loader, i, amp))  # fmt: skip
     monkeypatch.setattr(explain, "explain_loader", lambda m, loader, i, amp: asked.append(("cam", amp))
                         or real_explain(m, loader, i, amp))  # fmt: skip

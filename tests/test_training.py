@@ -69,7 +69,7 @@ def test_outputs_of_a_run(trained) -> None:
 def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_root: Path) -> None:
     out, info = trained
     state = load_checkpoint(info["checkpoint"])  # weights_only=True inside
-    assert {"model", "epoch", "config", "class_names", "code_version", "operating_points"} <= set(state)
+    assert {"model", "epoch", "config", "class_names", "code_version", "operating_points", "temperature"} <= set(state)
     # What only resuming reads (from last.pt) is not kept: AdamW's moments would make the file 3x the weights
     assert not set(RESUME_ONLY) & set(state)
     weights = sum(tensor.numel() * tensor.element_size() for tensor in state["model"].values())
@@ -84,7 +84,7 @@ def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_ro
     loader = make_loader(BTXRDImages(test_rows, cache, 64, train=False), 16, train=False, workers=0,
                          device=torch.device("cpu"))  # fmt: skip
     inputs = InputPipeline(torch.device("cpu"), make_task(run).input_spec())
-    probs, labels, _ = predict(model, loader, inputs, amp=False)
+    probs, labels, _ = predict(model, loader, inputs, amp=False, temperature=state["temperature"])
     saved = pd.read_csv(out / "predictions_test.csv")
     np.testing.assert_array_equal(saved["label"].to_numpy(), labels)
     np.testing.assert_allclose(saved[["p_normal", "p_benign", "p_malignant"]].to_numpy(), probs, atol=1e-6)

@@ -22,7 +22,7 @@ from btxrd.jobs.parts import load_evaluation_part, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.runtime.environment import job_runtime, machine_tags, seed_everything
 from btxrd.settings import EvaluateConfig, parse_auto_bool, parse_auto_int
-from btxrd.tasks import make_task
+from btxrd.tasks import Calibration, make_task
 from btxrd.tasks.inference import check_scoring_memory, restore_model
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
 from btxrd.tracking.models import model_checkpoint
@@ -56,7 +56,7 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
             title = f"{Path(checkpoint).name} on {part.name}"
             evaluation = settings.eval.applied_to(run.eval)
             metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,
-                                 state.get("operating_points", {}), recorder)  # fmt: skip
+                                 Calibration.of(state), recorder)  # fmt: skip
             recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
                                  "checkpoint": str(checkpoint)})  # fmt: skip
             recorder.log_metrics(metrics)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from btxrd.settings import EvalConfig
-from btxrd.tasks import ScoredPart, Task
+from btxrd.tasks import Calibration, ScoredPart, Task
 from btxrd.tracking import RunRecorder
 
 
@@ -20,14 +20,14 @@ def score_part(
     out_dir: Path,
     title: str,
     evaluation: EvalConfig,
-    operating_points: dict[str, float],
+    calibration: Calibration,
     recorder: RunRecorder,
 ) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``part`` with their intervals (``operating_points``: the
-    thresholds the best checkpoint carries); its pictures and per-image table are logged to the run
+    """The task's metrics of ``model`` on ``part`` with their intervals (``calibration``: the temperature
+    and thresholds the best checkpoint carries); its pictures and per-image table are logged to the run
     (Grad-CAM grids under ``gradcam/``). The caller logs the metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    scores = task.score(model, part, device, out_dir, title, evaluation, operating_points)
+    scores = task.score(model, part, device, out_dir, title, evaluation, calibration)
     for path in scores.artifacts:
         recorder.artifact(path, "gradcam" if path.parent.name == "gradcam" else None)
     return scores.metrics

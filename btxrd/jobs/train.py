@@ -137,13 +137,14 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     # The best checkpoint, with the operating points chosen on the validation part, scores the test part.
     best = load_checkpoint(result.best_path)
     model.load_state_dict(best["model"])
-    best["operating_points"] = task.operating_points(model, data.val, runtime.device, run.eval)
+    calibration = task.calibrate(model, data.val, runtime.device, run.eval)
+    calibration.into(best)
     save_checkpoint(best, result.best_path)
     recorder.artifact(result.best_path, "checkpoints")
     if run.tracking.log_last_checkpoint:
         recorder.artifact(result.last_path, "checkpoints")
     test_metrics = score_part(task, model, data.test, runtime.device, out_dir, job.run_name, run.eval,
-                              best["operating_points"], recorder)  # fmt: skip
+                              calibration, recorder)  # fmt: skip
     optimized = task.optimized_metric
     summary = {
         **test_metrics,
@@ -157,7 +158,7 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     }
     recorder.log_metrics(summary, step=result.epochs_run)
     if task.servable and run.tracking.log_model:
-        recorder.log_model(result.best_path, list(best["operating_points"]), step=result.epochs_run)
+        recorder.log_model(result.best_path, list(calibration.operating_points), step=result.epochs_run)
     (out_dir / "metrics_test.json").write_text(json.dumps(summary, indent=2))
     log.info("%s: %s", job.run_name, ", ".join(f"{k} {summary[k]:.3f}" for k in task.headline))
     return float(summary[f"best_{optimized}"])

@@ -87,7 +87,7 @@ def calibration_error(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray
 def classification_replicates(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray,
                               class_names: Sequence[str]) -> dict[str, np.ndarray]:  # fmt: skip
     """Every classification metric for each row of ``weights`` (R, N): accuracy, balanced accuracy,
-    macro-F1, per-class precision / recall / F1, one-vs-rest AUROC (per class and macro), ECE."""
+    macro-F1, per-class precision / recall / F1, one-vs-rest AUROC (per class and macro), ECE, Brier score."""
     k = len(class_names)
     predicted = probs.argmax(axis=1)
     cells = np.zeros((len(labels), k * k))
@@ -112,7 +112,14 @@ def classification_replicates(labels: np.ndarray, probs: np.ndarray, weights: np
     for name, auroc in zip(class_names, aurocs, strict=True):
         out[f"auroc_{name}"] = auroc
     out["ece"] = calibration_error(labels, probs, weights)
+    out["brier"] = brier_replicates(labels, probs, weights)
     return out
+
+
+def brier_replicates(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The multi-class Brier score per row of ``weights``."""
+    squared = ((probs - np.eye(probs.shape[1])[labels]) ** 2).sum(axis=1)
+    return mean_replicates(squared, weights)
 
 
 def mean_replicates(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tasks: one module each (classify, reconstruct), found and registered automatically."""
 
 from btxrd.tasks.base import (
+    Calibration,
     ScoredPart,
     Scores,
     Task,
@@ -11,4 +12,5 @@ from btxrd.tasks.base import (
     task_type,
 )
 
-__all__ = ["ScoredPart", "Scores", "Task", "make_task", "register_task", "resample", "task_names", "task_type"]
+__all__ = ["Calibration", "ScoredPart", "Scores", "Task", "make_task", "register_task", "resample", "task_names",
+           "task_type"]

@@ -49,6 +49,24 @@ class Scores:
     per_image: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What the validation part fixes for scoring, kept in the best checkpoint and applied unchanged
+    wherever the model is scored (the test part, evaluate.py, the served model): the temperature its
+    logits are divided by (1: none), and decision thresholds chosen on the calibrated probabilities."""
+
+    temperature: float = 1.0
+    operating_points: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> Calibration:
+        """From a checkpoint (one written before temperature scaling has none: 1)."""
+        return cls(float(state.get("temperature", 1.0)), dict(state.get("operating_points", {})))
+
+    def into(self, state: dict[str, Any]) -> None:
+        state["temperature"], state["operating_points"] = self.temperature, dict(self.operating_points)
+
+
 @dataclass
 class NoSettings:
     """A task without settings of its own."""
@@ -131,15 +149,14 @@ class Task(ABC):
     @abstractmethod
     def objective(self, model: nn.Module) -> Objective: ...
 
-    def operating_points(self, model: nn.Module, val: ScoredPart, device: torch.device,
-                         evaluation: EvalConfig) -> dict[str, float]:  # fmt: skip
-        """Decision thresholds chosen on the validation part (never the test part), kept in the best
-        checkpoint and applied unchanged wherever the model is scored. None by default."""
-        return {}
+    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig
+                  ) -> Calibration:  # fmt: skip
+        """What the validation part (never the test part) fixes for scoring. Nothing by default."""
+        return Calibration()
 
     @abstractmethod
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
+              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
         """Metrics with confidence intervals, pictures and the per-image table of ``model`` on ``part``.
 
         The one scoring path: a run's test phase and evaluate.py both call it.

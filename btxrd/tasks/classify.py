@@ -24,10 +24,19 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, InputSpec, autocast
 from btxrd.errors import ConfigError
 from btxrd.metrics import classification_metrics, plot_confusion_matrix
-from btxrd.metrics.calibration import expected_calibration_error, plot_reliability, plot_roc_curves
+from btxrd.metrics.calibration import (
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    plot_roc_curves,
+    softmax,
+)
 from btxrd.metrics.comparison import delong_macro_test, mcnemar_test
 from btxrd.metrics.localization import LOCALIZATION_COLUMNS, localization_scores
 from btxrd.metrics.uncertainty import (
+    brier_replicates,
+    calibration_error,
     classification_replicates,
     mean_replicates,
     operating_point_replicates,
@@ -36,7 +45,7 @@ from btxrd.metrics.uncertainty import (
 )
 from btxrd.models import capture_activation
 from btxrd.settings import AnnotationsConfig, EvalConfig, TrainConfig
-from btxrd.tasks.base import ScoredPart, Scores, Task, register_task, resample
+from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task, resample
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -66,20 +75,27 @@ def attention_loss(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Softmax probabilities, true labels and dataset indices over ``loader`` (model in eval mode)."""
+def predict_logits(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Logits (float32), true labels and dataset indices over ``loader`` (model in eval mode)."""
     was_training = model.training
     model.eval()
-    probs, labels, indices = [], [], []
+    logits, labels, indices = [], [], []
     for batch in loader:
         with autocast(inputs.device, amp):
-            logits = model(inputs(batch.images))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            out = model(inputs(batch.images))
+        logits.append(out.float().cpu())
         labels.append(batch.labels)
         indices.append(batch.index)
     model.train(was_training)
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+
+
+def predict(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool, temperature: float = 1.0
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Class probabilities (softmax of the logits / ``temperature``), true labels and dataset indices."""
+    logits, labels, indices = predict_logits(model, loader, inputs, amp)
+    return softmax(logits, temperature), labels, indices
 
 
 class ClassificationObjective:
@@ -144,6 +160,8 @@ class ClassifyTask(Task):
         "test_cam_pointing": "CAM pointing",
         "test_cam_energy": "CAM energy",
         "test_cam_energy_baseline": "energy baseline",
+        "test_ece": "ECE",
+        "test_ece_uncalibrated": "ECE uncal.",
     }
     chart_metrics = ("test_macro_f1", "test_auroc_macro", "test_cam_pointing")
     report_notes = """\
@@ -186,24 +204,32 @@ Published on the real BTXRD (not measured here; different protocols):
         return ClassificationObjective(self.input_spec(), run.train, run.annotations, run.model.image_size,
                                        model.cam_target_name)  # fmt: skip
 
-    def operating_points(self, model: nn.Module, val: ScoredPart, device: torch.device,
-                         evaluation: EvalConfig) -> dict[str, float]:  # fmt: skip
-        """Malignant-vs-rest thresholds on p(malignant), each the most sensitive one that keeps its
-        specificity on the validation part."""
+    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig
+                  ) -> Calibration:  # fmt: skip
+        """On the validation part: the temperature of its logits (``eval.calibrate``; else 1), then the
+        malignant-vs-rest thresholds on the calibrated p(malignant), each the most sensitive one that keeps
+        its specificity."""
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
-        probs, labels, _ = predict(model, val.loader, inputs, amp=False)  # float32, as the test part and served model
-        negatives = probs[labels != MALIGNANT, MALIGNANT]
-        return {_spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
+        logits, labels, _ = predict_logits(model, val.loader, inputs, amp=False)  # float32, as test and served
+        temperature = fit_temperature(logits, labels) if evaluation.calibrate else 1.0
+        negatives = softmax(logits, temperature)[labels != MALIGNANT, MALIGNANT]
+        return Calibration(temperature, {_spec_key(s): threshold_at_specificity(negatives, s)
+                                         for s in evaluation.specificities})  # fmt: skip
 
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
+              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
         amp = False  # scored in float32, as the operating points were chosen and as the logged model serves
-        probs, labels, index = predict(model, part.loader, inputs, amp)
+        logits, labels, index = predict_logits(model, part.loader, inputs, amp)
+        probs = softmax(logits, calibration.temperature)
         point, matrix = classification_metrics(labels, probs, CLASS_NAMES, prefix=prefix)
         point[f"{prefix}malignant_recall"] = point[f"{prefix}recall_malignant"]
         point[f"{prefix}ece"] = expected_calibration_error(labels, probs)
+        point[f"{prefix}ece_uncalibrated"] = expected_calibration_error(labels, softmax(logits))
+        point[f"{prefix}brier"] = brier_score(labels, probs)
+        point[f"{prefix}brier_uncalibrated"] = brier_score(labels, softmax(logits))
+        point["temperature"] = calibration.temperature
         for i, name in enumerate(CLASS_NAMES):
             point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
@@ -215,14 +241,15 @@ Published on the real BTXRD (not measured here; different protocols):
             "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
             "group": rows["group"].to_numpy(), "label": labels, "predicted": probs.argmax(axis=1),
             **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
+            **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},  # before calibration
             **{name: cams.loc[index, name].to_numpy() for name in cams.columns},
         })  # fmt: skip
         metrics = self.with_intervals(per_image, point, evaluation, prefix)
         marks = []
-        if operating_points:
+        if calibration.operating_points:
             weights = resample(per_image, evaluation)
             positive, scores = labels == MALIGNANT, probs[:, MALIGNANT]
-            for key, threshold in operating_points.items():
+            for key, threshold in calibration.operating_points.items():
                 ones = np.ones((1, len(labels)), dtype=np.float32)
                 (sens,), (spec,) = operating_point_replicates(scores, positive, threshold, ones)
                 sens_reps, spec_reps = operating_point_replicates(scores, positive, threshold, weights)
@@ -252,6 +279,11 @@ Published on the real BTXRD (not measured here; different protocols):
         probs = per_image[[f"p_{name}" for name in CLASS_NAMES]].to_numpy()
         out = classification_replicates(labels, probs, weights, CLASS_NAMES)
         out["malignant_recall"] = out["recall_malignant"]
+        logits = [f"logit_{name}" for name in CLASS_NAMES]
+        if all(column in per_image for column in logits):  # tables written before temperature scaling have none
+            uncalibrated = softmax(per_image[logits].to_numpy())
+            out["ece_uncalibrated"] = calibration_error(labels, uncalibrated, weights)
+            out["brier_uncalibrated"] = brier_replicates(labels, uncalibrated, weights)
         for name in LOCALIZATION_COLUMNS:
             if name in per_image:
                 out[name] = mean_replicates(per_image[name].to_numpy(dtype=float), weights)

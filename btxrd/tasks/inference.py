@@ -26,11 +26,12 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.engine import InputPipeline, load_checkpoint, place_model
 from btxrd.engine.checkpoint import load_weights
 from btxrd.errors import ConfigError, DataError
+from btxrd.metrics.calibration import softmax
 from btxrd.models import build_model, cam_target, model_entry
 from btxrd.models.memory import scoring_bytes
 from btxrd.runtime.environment import available_memory
 from btxrd.settings import ModelConfig, RunConfig
-from btxrd.tasks.base import make_task
+from btxrd.tasks.base import Calibration, make_task
 from btxrd.tasks.classify import MALIGNANT
 
 MIN_SIDE = 32  # pixels: anything smaller is no radiograph (an icon, a thumbnail, a mistake)
@@ -85,7 +86,8 @@ class Classifier:
             raise DataError(f"{checkpoint}: a {self.task.name} model, not a classifier")
         self.model = model
         self.to(device)
-        self.operating_points: dict[str, float] = dict(state.get("operating_points", {}))
+        self.calibration = Calibration.of(state)  # the temperature and thresholds fixed on the validation part
+        self.operating_points = self.calibration.operating_points
         self.image_size = self.run.model.image_size
         self.limits = InputLimits.of(self.run.data)
 
@@ -118,7 +120,7 @@ class Classifier:
             with torch.no_grad():
                 logits = self.model(x)
             cams = None
-        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        probs = softmax(logits.float().cpu().numpy(), self.calibration.temperature)
         table = pd.DataFrame({f"p_{name}": probs[:, k] for k, name in enumerate(CLASS_NAMES)})
         table["predicted"] = [CLASS_NAMES[k] for k in probs.argmax(axis=1)]
         for key, threshold in sorted(self.operating_points.items()):  # positive: p(malignant) > threshold

@@ -23,7 +23,7 @@ from btxrd.metrics.uncertainty import mean_replicates
 from btxrd.models.hooks import gate_statistics
 from btxrd.models.memory import autoencoder_params
 from btxrd.settings import EvalConfig, setting
-from btxrd.tasks.base import ScoredPart, Scores, Task, register_task
+from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task
 
 RAW = InputSpec()  # the images as they are, in [0, 1]
 SCORES = ("mse", "psnr", "ssim")
@@ -118,7 +118,7 @@ class ReconstructTask(Task):
         return ReconstructionObjective(self.run.train.amp, self.settings.ssim_weight)
 
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, operating_points: dict[str, float]) -> Scores:  # fmt: skip
+              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
         """PSNR / SSIM / MSE overall and per class (one pass), and a picture of reconstructions."""
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, RAW, self.run.train.channels_last)
