@@ -319,8 +319,11 @@ class EvalConfig:
     bootstrap_seed: int = setting(ge=0)
     specificities: list[float] = setting()  # malignant sensitivity at these specificities
     calibrate: bool = setting()  # temperature scaling on the validation part
+    age_bands: list[int] = setting()  # subgroup results: the ages (years) where a band starts
 
     def validate(self) -> str | None:
+        if not self.age_bands or self.age_bands != sorted(set(self.age_bands)) or self.age_bands[0] <= 0:
+            return f"eval.age_bands={self.age_bands}: give ascending ages above 0, e.g. [18, 40, 65]"
         bad = [s for s in self.specificities if not 0 < s < 1]
         if bad or not self.specificities:
             return f"eval.specificities={self.specificities}: give one or more values strictly between 0 and 1"

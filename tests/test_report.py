@@ -101,6 +101,15 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
     assert (out / "sweep_report.png").stat().st_size > 5000
     logged = {a.path for a in tracker.client.list_artifacts(parent, "report")}
     assert {"report/sweep_comparisons.csv", "report/sweep_configurations.csv", "report/sweep_report.png"} <= logged
+    # Subgroups: each job's test part per subgroup (here: its one centre), made from the per-image tables
+    subgroups = pd.read_csv(out / "sweep_subgroups.csv")
+    assert sorted(subgroups["job"].unique()) == list(range(9)) and set(subgroups["attribute"]) == {"centre"}
+    whole = subgroups[(subgroups["metric"] == "accuracy")].set_index("job")["estimate"]
+    finished = {int(r.data.tags["job_num"]): r.data.metrics["test_accuracy"] for r in tracker.children(parent)
+                if r.info.status == "FINISHED"}  # fmt: skip
+    assert whole.to_dict() == pytest.approx(finished)  # one centre: the whole part
+    assert "## Subgroups\n" in markdown and f"| centre: 1 | {len(labels)} | 0.9" in markdown
+    assert "| job 0 (b0, ann-on) |" in markdown
 
 
 def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
     assert list(tested["choice"]) == ["annotations"] * 7 and tested["paired"].all()
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
         "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png",
-        "report/sweep_configurations.csv", "report/sweep_comparisons.csv"}  # fmt: skip
+        "report/sweep_configurations.csv", "report/sweep_comparisons.csv", "report/sweep_subgroups.csv"}  # fmt: skip
 
     # What the MLflow UI's runs page asks its server for: the experiment in model-training mode, the
     # sweep's runs with their datasets (train / val / test) and source.

@@ -6,9 +6,10 @@ Written when a multirun ends (by the sweep callback) and on demand:
     python -m btxrd.report <parent run id> [--tracking-uri URI]
 
 Files (in the sweep folder, and logged to the parent run under ``report/``):
-``sweep_report.md`` (the three tables), ``sweep_report.csv`` (one row per job, every metric
+``sweep_report.md`` (the tables), ``sweep_report.csv`` (one row per job, every metric
 with its interval), ``sweep_configurations.csv`` (seeds aggregated), ``sweep_comparisons.csv``
-(every tested difference), ``sweep_report.png`` (the chart, with error bars).
+(every tested difference), ``sweep_subgroups.csv`` (every job's metrics per subgroup of its test part),
+``sweep_report.png`` (the chart, with error bars).
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ from omegaconf import OmegaConf
 
 from btxrd.errors import ConfigError
 from btxrd.report import render
-from btxrd.report.runs import collect_runs, load_per_image, report_columns, runs_table, varied_choices
+from btxrd.report.runs import (
+    collect_runs,
+    load_per_image,
+    load_subgroups,
+    report_columns,
+    runs_table,
+    varied_choices,
+)
 from btxrd.report.stats import Replicates, comparisons, configurations, seed_summary
 from btxrd.settings import EvalConfig
 from btxrd.tracking import Tracker
 
-FILES = ("sweep_report.md", "sweep_report.csv", "sweep_configurations.csv", "sweep_comparisons.csv")
+FILES = ("sweep_report.md", "sweep_report.csv", "sweep_configurations.csv", "sweep_comparisons.csv",
+         "sweep_subgroups.csv")
 
 
 def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluation: EvalConfig) -> pd.DataFrame:
@@ -34,6 +43,7 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     out_dir.mkdir(parents=True, exist_ok=True)
     records = collect_runs(tracker, parent_id)
     missing = load_per_image(tracker, records)
+    load_subgroups(tracker, records, evaluation)
     columns = report_columns(records)
     varied = varied_choices(records)
     shown = [k for k in varied if k != "seed"]
@@ -54,6 +64,9 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):
         markdown += ["\n## Configurations (seeds aggregated)\n", render.seeds_markdown(summary, columns)]
     markdown += ["\n## Comparisons\n", render.comparisons_markdown(tested)]
+    subgroups = render.subgroup_rows(records)
+    if not subgroups.empty:
+        markdown += ["\n## Subgroups\n", render.subgroups_markdown(subgroups)]
     if missing:
         markdown += ["\nLeft out of the statistics (their per-image results could not be read):\n",
                      *[f"- {problem}\n" for problem in missing]]  # fmt: skip
@@ -73,6 +86,7 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     runs.to_csv(out_dir / "sweep_report.csv", index=False)
     summary.to_csv(out_dir / "sweep_configurations.csv", index=False)
     tested.to_csv(out_dir / "sweep_comparisons.csv", index=False)
+    subgroups.to_csv(out_dir / "sweep_subgroups.csv", index=False)
     chart_metrics = tuple(dict.fromkeys(m for task in tasks for m in task.chart_metrics))
     unit = " / ".join(dict.fromkeys(task.chart_unit for task in tasks)) or "test score"
     chart = render.plot(summary, records, chart_metrics, unit, out_dir / "sweep_report.png")

@@ -105,6 +105,39 @@ def chance_markdown(records: list[RunRecord], columns: dict[str, str], shown: li
     return "Majority-class baseline (always the most frequent class):\n" + "\n".join(lines) + "\n"
 
 
+def subgroup_rows(records: list[RunRecord]) -> pd.DataFrame:
+    """Every usable run's subgroup results on its test part (``sweep_subgroups.csv``): job and run first."""
+    tables = [r.subgroups.assign(job=r.job, run=r.name)[["job", "run", *r.subgroups.columns]]
+              for r in records if r.subgroups is not None and not r.subgroups.empty]  # fmt: skip
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def subgroups_markdown(table: pd.DataFrame, metric: str = "macro-F1") -> str:
+    """``metric`` per subgroup (rows) and job (columns): the estimate with its interval; '(n groups)'
+    where the subgroup is too small for one; blank where the metric is not defined."""
+    if table.empty:
+        return ""
+    chosen = table[table["metric"] == metric]
+    jobs = list(dict.fromkeys(chosen["job"]))
+    names = dict(zip(chosen["job"], chosen["run"], strict=False))
+    rows = []
+    for (attribute, value), by_job in chosen.groupby(["attribute", "value"], sort=False):
+        cells = {}
+        for _, row in by_job.iterrows():
+            if not np.isfinite(row["estimate"]):
+                cells[row["job"]] = ""
+            elif np.isfinite(row["ci_low"]):
+                cells[row["job"]] = f"{row['estimate']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+            else:
+                cells[row["job"]] = f"{row['estimate']:.3f} ({row['n_groups']} groups)"
+        n_images = sorted(set(by_job["n_images"]))
+        rows.append([f"{attribute}: {value}", "/".join(map(str, n_images)), *(cells.get(j, "") for j in jobs)])
+    header = ["subgroup", "images", *(f"job {j} ({names[j].replace(' | ', ', ')})" for j in jobs)]
+    return (f"{metric} of each job's test part per subgroup, with its 95% interval over the subgroup's patient "
+            "groups (a subgroup of fewer groups than 10 has none; every metric per subgroup in "
+            "sweep_subgroups.csv):\n\n" + markdown_table(header, rows) + "\n")
+
+
 def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
     """Per configuration: mean ± sd over its seeds (n), and the 95% interval of the mean."""
     shown = [c for c in columns if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]

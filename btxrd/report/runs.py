@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from btxrd.settings import EvalConfig
 from btxrd.tasks import Task, task_names, task_type
 from btxrd.tracking import Tracker
 
@@ -41,6 +42,7 @@ class RunRecord:
     started: float = math.nan  # ms since the epoch, as MLflow keeps it
     ended: float = math.nan
     per_image: pd.DataFrame | None = field(default=None, repr=False)
+    subgroups: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def usable(self) -> bool:
@@ -94,6 +96,20 @@ def load_per_image(tracker: Tracker, records: list[RunRecord], part: str = "test
                 problems.append(f"job {record.job} ({record.name}): no {name} ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:160]})")  # fmt: skip
     return problems
+
+
+def load_subgroups(tracker: Tracker, records: list[RunRecord], evaluation: EvalConfig, part: str = "test") -> None:
+    """Each run's subgroup table: the one it logged (``subgroups_<part>.csv``), or, for a run logged before
+    there were any, made from its per-image table."""
+    with tempfile.TemporaryDirectory(prefix="btxrd-report-") as scratch:
+        for record in records:
+            if record.per_image is None or record.task is None:
+                continue
+            name = f"subgroups_{part}.csv"
+            try:
+                record.subgroups = pd.read_csv(tracker.download_artifact(record.artifacts_of, name, scratch))
+            except Exception:  # not logged (an older run, or another task): computed here
+                record.subgroups = record.task.subgroups(record.per_image, evaluation)
 
 
 def report_columns(records: list[RunRecord]) -> dict[str, str]:

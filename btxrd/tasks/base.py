@@ -38,6 +38,7 @@ class ScoredPart:
     loader: DataLoader
     cache: ImageCache
     root: str
+    extra_columns: tuple[str, ...] = ()  # columns of an external table that make subgroups too
 
 
 @dataclass
@@ -167,6 +168,11 @@ class Task(ABC):
     @abstractmethod
     def replicates(cls, per_image: pd.DataFrame, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric with an interval, for each row of bootstrap ``weights`` over the table's images."""
+
+    @classmethod
+    def subgroups(cls, per_image: pd.DataFrame, evaluation: EvalConfig, extra: Sequence[str] = ()) -> pd.DataFrame:
+        """Metrics per subgroup of the part (``btxrd.metrics.subgroups``' columns); none by default."""
+        return pd.DataFrame()
 
     @classmethod
     def chance_levels(cls, per_image: pd.DataFrame) -> dict[str, float]:

@@ -7,6 +7,7 @@ the dilated lesion mask). Scoring: scikit-learn metrics, calibration, Grad-CAM l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from btxrd.metrics.calibration import (
 )
 from btxrd.metrics.comparison import delong_macro_test, mcnemar_test
 from btxrd.metrics.localization import LOCALIZATION_COLUMNS, localization_scores
+from btxrd.metrics.subgroups import plot_subgroups, subgroup_table
 from btxrd.metrics.uncertainty import (
     brier_replicates,
     calibration_error,
@@ -240,6 +242,8 @@ Published on the real BTXRD (not measured here; different protocols):
         per_image = pd.DataFrame({
             "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
             "group": rows["group"].to_numpy(), "label": labels, "predicted": probs.argmax(axis=1),
+            **{column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns)
+               if column in rows},
             **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
             **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},  # before calibration
             **{name: cams.loc[index, name].to_numpy() for name in cams.columns},
@@ -263,12 +267,18 @@ Published on the real BTXRD (not measured here; different protocols):
                                               f"spec. {spec:.2f}"))  # fmt: skip
         predictions = out_dir / f"predictions_{part.name}.csv"
         per_image.to_csv(predictions, index=False)
+        subgroups = self.subgroups(per_image, evaluation, part.extra_columns)
+        subgroups.to_csv(out_dir / f"subgroups_{part.name}.csv", index=False)
+        subgroup_plot = plot_subgroups(subgroups, "macro-F1", point[f"{prefix}macro_f1"],
+                                       out_dir / f"subgroups_{part.name}.png", f"{title}: macro-F1 by subgroup")
         artifacts = [
             plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / f"confusion_matrix_{part.name}.png", title),
             plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part.name}.png", marks,
                             f"{title}: ROC ({part.name}); markers: malignant thresholds chosen on val"),
             plot_reliability(labels, probs, out_dir / f"reliability_{part.name}.png"),
             predictions,
+            out_dir / f"subgroups_{part.name}.csv",
+            subgroup_plot,
             *grids,
         ]  # fmt: skip
         return Scores(metrics, artifacts, per_image)
@@ -278,7 +288,8 @@ Published on the real BTXRD (not measured here; different protocols):
         labels = per_image["label"].to_numpy()
         probs = per_image[[f"p_{name}" for name in CLASS_NAMES]].to_numpy()
         out = classification_replicates(labels, probs, weights, CLASS_NAMES)
-        out["malignant_recall"] = out["recall_malignant"]
+        malignant = weights.astype(np.float64) @ (labels == MALIGNANT)  # no malignant image: no recall of them
+        out["malignant_recall"] = np.where(malignant > 0, out["recall_malignant"], np.nan)
         logits = [f"logit_{name}" for name in CLASS_NAMES]
         if all(column in per_image for column in logits):  # tables written before temperature scaling have none
             uncalibrated = softmax(per_image[logits].to_numpy())
@@ -288,6 +299,12 @@ Published on the real BTXRD (not measured here; different protocols):
             if name in per_image:
                 out[name] = mean_replicates(per_image[name].to_numpy(dtype=float), weights)
         return out
+
+    @classmethod
+    def subgroups(cls, per_image: pd.DataFrame, evaluation: EvalConfig,
+                  extra: Sequence[str] = ()) -> pd.DataFrame:  # fmt: skip
+        return subgroup_table(per_image, SUBGROUP_METRICS, evaluation.age_bands, evaluation.ci_level, cls.replicates,
+                              lambda table: resample(table, evaluation), extra)  # fmt: skip
 
     @classmethod
     def chance_levels(cls, per_image: pd.DataFrame) -> dict[str, float]:
@@ -312,6 +329,11 @@ Published on the real BTXRD (not measured here; different protocols):
 
 
 MALIGNANT = CLASS_NAMES.index("malignant")
+# The per-image columns subgroups are made of (the dataset's; an external table may bring more)
+SUBGROUP_SOURCES = ("age", "gender", "region", "site")
+# Metrics reported per subgroup: replicate name -> name shown
+SUBGROUP_METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "malignant_recall": "malignant recall",
+                    "auroc_macro": "macro AUROC"}  # fmt: skip
 
 
 def _spec_key(specificity: float) -> str:
