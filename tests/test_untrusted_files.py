@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from btxrd.data.annotations import rasterise, read_annotation
-from btxrd.data.limits import InputLimits, open_image
+from btxrd.data.dicom import open_radiograph
+from btxrd.data.limits import InputLimits
 from btxrd.data.reader import inspect_dataset, load_dataset
 from btxrd.errors import ConfigError, DataError
 from btxrd.jobs.train import train_job
@@ -57,7 +58,7 @@ def test_a_decompression_bomb_is_a_named_bad_image_that_skip_skips(synth_copy: P
     table = load_dataset(synth_copy, on_bad_image="skip")
     assert bomb.name not in set(table["image_id"]) and len(table) == 159
     with pytest.raises(DataError, match="over the limit of 100 pixels"):  # the limit is a setting
-        open_image(_image(synth_copy, 0), InputLimits(max_image_pixels=100))
+        open_radiograph(_image(synth_copy, 0), InputLimits(max_image_pixels=100))
 
 
 def test_a_fifo_or_a_device_named_as_an_image_is_refused_without_reading(synth_copy: Path) -> None:
@@ -297,6 +298,6 @@ def test_a_sheet_out_of_the_dataset_or_expanding_beyond_the_limit_is_refused(syn
 
 def test_a_pixel_limit_raised_above_pillows_own_is_the_one_that_counts(tmp_path: Path) -> None:
     bomb = bomb_png(tmp_path / "big.png", side=15_000)  # 225 million: over Pillow's default guard (179 million)
-    assert open_image(bomb, InputLimits(max_image_pixels=300_000_000)).size == (15_000, 15_000)
+    assert open_radiograph(bomb, InputLimits(max_image_pixels=300_000_000)).size == (15_000, 15_000)
     with pytest.raises(DataError, match="declares 15000 x 15000 px, over the limit of 200,000,000"):
-        open_image(bomb, InputLimits(max_image_pixels=200_000_000))
+        open_radiograph(bomb, InputLimits(max_image_pixels=200_000_000))

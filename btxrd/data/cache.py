@@ -32,7 +32,8 @@ from filelock import FileLock
 from PIL import Image
 
 from btxrd.data.annotations import rasterise, transform_box
-from btxrd.data.limits import DEFAULT_LIMITS, InputLimits, open_image
+from btxrd.data.dicom import open_radiograph
+from btxrd.data.limits import DEFAULT_LIMITS, InputLimits
 from btxrd.data.pixels import TRANSPOSED, orientation, to_gray8, upright, upright_size
 from btxrd.errors import DataError, StorageError
 from btxrd.files import MB, room_left, write_atomically
@@ -117,8 +118,9 @@ NO_PREPROCESS = Preprocess("none")
 
 def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS,
               limits: InputLimits = DEFAULT_LIMITS) -> Geometry:  # fmt: skip
-    """Decode one image to grayscale and fit it, aspect kept, centred on a ``size`` square."""
-    with open_image(path, limits) as img:
+    """Decode one image (any format Pillow reads, or DICOM) to grayscale and fit it, aspect kept, centred
+    on a ``size`` square."""
+    with open_radiograph(path, limits) as img:
         return letterbox_image(img, size, preprocess, str(path))
 
 

@@ -92,6 +92,11 @@ def voi_lut(values: np.ndarray, item: Any, little_endian: bool = True) -> np.nda
     return table[index]
 
 
+def is_dicom_data(data: bytes) -> bool:
+    """Whether a file's bytes are DICOM (the 'DICM' marker after the preamble)."""
+    return data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
 def open_radiograph(path: str | Path, limits: InputLimits = DEFAULT_LIMITS) -> Image.Image:
     """Any radiograph file: DICOM by its content, every other format through Pillow (JPEG, PNG, ...). A
     regular file within ``limits`` (size, declared pixels), or DataError naming it."""
@@ -99,7 +104,7 @@ def open_radiograph(path: str | Path, limits: InputLimits = DEFAULT_LIMITS) -> I
         data = limits.read(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if is_dicom_data(data):
         return read_dicom(path, limits, data)
     try:
         return image_from_bytes(data, str(path), limits)

@@ -4,7 +4,7 @@ An image path may name a FIFO or a device (``btxrd.files.read_file`` reads regul
 ``data.max_file_mb``), a symbolic link out of the dataset (refused unless
 ``data.allow_links_outside_root``), or a picture that declares more pixels than any radiograph (a
 decompression bomb: a few kilobytes that decode to gigabytes). Pillow reads the size from the header
-without decoding, so ``open_image`` refuses it first (``data.max_image_pixels``), as a named problem
+without decoding, so ``image_from_bytes`` refuses it first (``data.max_image_pixels``), as a named problem
 that ``data.on_bad_image=skip`` skips like any other unreadable image.
 """
 
@@ -63,11 +63,6 @@ class InputLimits:
 
 
 DEFAULT_LIMITS = InputLimits()
-
-
-def open_image(path: str | Path, limits: InputLimits, root: str | Path | None = None) -> Image.Image:
-    """The image file ``path`` opened (not decoded) from its bytes, its declared size within the limit."""
-    return image_from_bytes(limits.read(path, root), str(path), limits)
 
 
 def image_from_bytes(data: bytes, name: str, limits: InputLimits) -> Image.Image:

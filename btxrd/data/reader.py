@@ -22,6 +22,7 @@ from filelock import FileLock
 from PIL import UnidentifiedImageError
 
 from btxrd.data.annotations import Annotation, read_annotation
+from btxrd.data.dicom import is_dicom_data, read_dicom
 from btxrd.data.duplicates import duplicate_pairs, fingerprint, merge_groups
 from btxrd.data.limits import DEFAULT_LIMITS, InputLimits, image_from_bytes
 from btxrd.data.pixels import is_wide, orientation, to_gray8, upright, upright_size
@@ -225,7 +226,8 @@ def _probe_image(path: str, limits: InputLimits, root: Path) -> Probe:
     file in ``root``, its size, the pixels it declares) is checked before it is decoded.
     """
     data = limits.read(path, root)
-    with image_from_bytes(data, path, limits) as img:
+    opened = read_dicom(path, limits, data) if is_dicom_data(data) else image_from_bytes(data, path, limits)
+    with opened as img:
         (width, height), mode, turned = upright_size(img), img.mode, orientation(img)
         scale = max(1, min(8, min(width, height) // _HASH_SIDE))
         img.draft("L", (max(1, img.width // scale), max(1, img.height // scale)))
@@ -255,6 +257,12 @@ def _named(path: str, exc: DataError) -> str:
     """A problem with an image, as the list of bad images shows it: its path, then what is wrong."""
     text = str(exc)
     return f"{path} ({text.removeprefix(path).lstrip(': ')})"
+
+
+def probe_images(paths: list[str], limits: InputLimits, root: Path) -> list[Probe | str]:
+    """Each image's probe (``PROBED``: size, fingerprints, mode, orientation), or what is wrong with it;
+    only regular files inside ``root``, within ``limits``. JPEG, PNG and the rest Pillow reads, and DICOM."""
+    return _probe_all(paths, limits, root)
 
 
 def _probe_memoised(paths: list[str], memo_dir: Path | None, limits: InputLimits, root: Path) -> list[Probe | str]:
