@@ -388,6 +388,7 @@ class EvaluateConfig:
     run_id: str | None = setting()
     checkpoint: str | None = setting()
     model_uri: str | None = setting()
+    external: str | None = setting()  # a CSV of path,label (+ optional columns): an external test set
     part: str = setting(choices=("train", "val", "test", "all"))
     device: str = setting(check=device_name)
     num_threads: str = setting(check=auto_or_int(1))
@@ -397,6 +398,8 @@ class EvaluateConfig:
     def validate(self) -> str | None:
         if sum(bool(source) for source in (self.run_id, self.checkpoint, self.model_uri)) != 1:
             return "give exactly one of run_id=<mlflow run id>, checkpoint=PATH or model_uri=models:/NAME/VERSION"
+        if self.external is not None and (not self.external.strip() or self.data.root is not None):
+            return "external=TABLE.csv names a table of its own images: give it alone, without data.root"
         return None
 
 

@@ -18,7 +18,7 @@ from btxrd.config import evaluate_settings
 from btxrd.engine import load_checkpoint, place_model
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import job_context
-from btxrd.jobs.parts import load_evaluation_part, log_datasets
+from btxrd.jobs.parts import load_evaluation_part, load_external_part, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.runtime.environment import job_runtime, machine_tags, seed_everything
 from btxrd.settings import EvaluateConfig, parse_auto_bool, parse_auto_int
@@ -34,11 +34,12 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     out_dir = job_context().output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker_for(settings.tracking, settings.paths.root)
-    checkpoint, expected_split, name = _checkpoint_source(settings, tracker, out_dir)
+    checkpoint, expected_split, name, source_run = _checkpoint_source(settings, tracker, out_dir)
     tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(settings.data.root or ""),
+            "external": str(settings.external or ""),
             **source_tags("evaluate.py")}  # fmt: skip
     with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir,
-                 parent_id=settings.run_id or None) as recorder:  # fmt: skip
+                 parent_id=source_run) as recorder:  # fmt: skip
         state = load_checkpoint(checkpoint)
         run, model = restore_model(state, checkpoint)
         if settings.batch_size is not None:
@@ -49,8 +50,11 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
             seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)  # as the run scored
             recorder.set_tags(machine_tags(runtime.device))
             check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
-            part = load_evaluation_part(run, settings.part, runtime, settings.data.root, settings.data.cache_dir,
-                                        expected_split)  # fmt: skip
+            if settings.external:
+                part = load_external_part(run, settings.external, runtime, settings.data.cache_dir)
+            else:
+                part = load_evaluation_part(run, settings.part, runtime, settings.data.root,
+                                            settings.data.cache_dir, expected_split)  # fmt: skip
             place_model(model, runtime.device, run.train.channels_last)
             log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
             title = f"{Path(checkpoint).name} on {part.name}"
@@ -70,26 +74,28 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
 
 
 def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_dir: Path
-                       ) -> tuple[Path, pd.DataFrame | None, str]:  # fmt: skip
-    """(checkpoint file, the run's logged split or None, a name for the evaluation run). A model URI is
-    scored like the run that logged it (its split, when that run is in the store)."""
+                       ) -> tuple[Path, pd.DataFrame | None, str, str | None]:  # fmt: skip
+    """(checkpoint file, the run's logged split or None, a name for the evaluation run, the run it is nested
+    under or None). A model URI is scored like the run that logged it (its split and its place, when that
+    run is in the store)."""
     if settings.checkpoint:
         checkpoint = Path(str(settings.checkpoint)).expanduser()
-        return checkpoint, None, checkpoint.name
+        return checkpoint, None, checkpoint.name, None
     source = "run_id=..." if settings.run_id else "model_uri=..."
     if tracker is None:
         raise ConfigError(f"{source} needs tracking.enabled=true (use checkpoint=PATH without tracking)")
     if settings.model_uri:
         checkpoint, run_id = model_checkpoint(tracker, settings.model_uri, out_dir / "model")
         trained = tracker.find_run(run_id) if run_id else None
-        return checkpoint, _logged_split(tracker, run_id, out_dir) if trained else None, settings.model_uri
+        split = _logged_split(tracker, run_id, out_dir) if trained else None
+        return checkpoint, split, settings.model_uri, run_id if trained else None
     trained = tracker.find_run(settings.run_id)
     if trained is None:
         raise ConfigError(f"run_id={settings.run_id}: no such run in {tracker.shown_uri}")
     if "checkpoints/best.pt" not in tracker.artifact_paths(settings.run_id, "checkpoints"):
         raise ConfigError(f"run_id={settings.run_id}: the run has no checkpoint artifact (checkpoints/best.pt)")
     checkpoint = tracker.download_artifact(settings.run_id, "checkpoints/best.pt", out_dir)
-    return checkpoint, _logged_split(tracker, settings.run_id, out_dir), trained.info.run_name
+    return checkpoint, _logged_split(tracker, settings.run_id, out_dir), trained.info.run_name, settings.run_id
 
 
 def _logged_split(tracker: Tracker, run_id: str, out_dir: Path) -> pd.DataFrame | None:

@@ -10,12 +10,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from btxrd.data.cache import ImageCache, cache_for
 from btxrd.data.dataset import BTXRDImages, CropSettings
+from btxrd.data.external import read_external
 from btxrd.data.feed import DeviceFeed, feed_kind
 from btxrd.data.limits import InputLimits
 from btxrd.data.loaders import loader_workers, make_loader
@@ -56,12 +58,22 @@ def log_datasets(recorder: RunRecorder, root: str, parts: dict[str, pd.DataFrame
 
 
 def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime,
-                root: str) -> ScoredPart:  # fmt: skip
-    """A part to score: its whole images, in order, batched by ``train.eval_batch_size``."""
+                root: str, **external: Any) -> ScoredPart:  # fmt: skip
+    """A part to score: its whole images, in order, batched by ``train.eval_batch_size``. ``external``:
+    ``ScoredPart``'s fields of an external table (its extra columns, annotations already read)."""
     dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
     workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
     loader = make_loader(dataset, run.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
-    return ScoredPart(name, rows, loader, cache, root)
+    return ScoredPart(name, rows, loader, cache, root, **external)
+
+
+def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_dir: str | None = None) -> ScoredPart:
+    """An external test set (``btxrd.data.external``) as a part to score, prepared as the run prepares its
+    own test images (the same cache settings, input size and loader)."""
+    rows, extra = read_external(table_path, InputLimits.of(run.data))
+    cache = cache_for(rows, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
+    return scored_part(run, "external", rows, cache, runtime, str(Path(table_path).expanduser().parent),
+                       extra_columns=extra, annotations_read=True)
 
 
 def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:

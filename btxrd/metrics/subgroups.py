@@ -21,7 +21,7 @@ from btxrd.metrics.uncertainty import percentile_interval
 
 MIN_GROUPS = 10  # patient-proxy groups a subgroup needs for an interval
 COLUMNS = ("attribute", "value", "n_images", "n_groups", "metric", "estimate", "ci_low", "ci_high", "note")
-SEXES = {"M": "male", "F": "female"}
+SEXES = {"M": "male", "F": "female", "MALE": "male", "FEMALE": "female"}
 
 
 def age_band(ages: pd.Series, edges: Sequence[int]) -> pd.Series:
@@ -40,7 +40,7 @@ def attributes(per_image: pd.DataFrame, age_edges: Sequence[int], extra: Sequenc
     if "center" in per_image:
         found["centre"] = per_image["center"].astype(str)
     if "gender" in per_image:
-        found["sex"] = per_image["gender"].astype(str).str.upper().map(SEXES).fillna("unknown")
+        found["sex"] = per_image["gender"].astype(str).str.strip().str.upper().map(SEXES).fillna("unknown")
     if "age" in per_image:
         found["age band"] = age_band(per_image["age"], age_edges)
     if "region" in per_image:

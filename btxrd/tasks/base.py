@@ -39,6 +39,7 @@ class ScoredPart:
     cache: ImageCache
     root: str
     extra_columns: tuple[str, ...] = ()  # columns of an external table that make subgroups too
+    annotations_read: bool = False  # its rows hold their lesion boxes already (an external table's)
 
 
 @dataclass

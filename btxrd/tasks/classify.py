@@ -235,7 +235,8 @@ Published on the real BTXRD (not measured here; different protocols):
         for i, name in enumerate(CLASS_NAMES):
             point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
-        annotated = with_annotations(part.rows, part.root, InputLimits.of(self.run.data))
+        annotated = part.rows if part.annotations_read else with_annotations(part.rows, part.root,
+                                                                              InputLimits.of(self.run.data))
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
         rows = part.rows.iloc[index]
