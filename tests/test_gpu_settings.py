@@ -55,7 +55,8 @@ def test_the_test_part_and_the_operating_points_are_scored_in_float32(synth_root
     monkeypatch.setattr(explain, "explain_loader", lambda m, loader, i, amp: asked.append(("cam", amp))
                         or real_explain(m, loader, i, amp))  # fmt: skip
     train_job(compose_config(tiny(synth_root, tmp_path, "model.image_size=32", "train.amp=true")))
-    assert asked == [("predict", True), ("predict", False), ("predict", False), ("cam", False)]
+    # validation (may be half), then calibration, the validation part's predictions, the test part, Grad-CAM
+    assert asked == [("predict", True), ("predict", False), ("predict", False), ("predict", False), ("cam", False)]
     [run] = runs(tmp_path)
     assert run.data.params["runtime.deterministic"] == "true"  # train.deterministic=auto, on the CPU
 

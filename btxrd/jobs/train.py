@@ -140,6 +140,10 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     calibration = task.calibrate(model, data.val, runtime.device, run.eval)
     calibration.into(best)
     save_checkpoint(best, result.best_path)
+    validation = task.predictions(model, data.val, runtime.device, calibration)
+    if validation is not None:  # a cross-validation sweep pools them (out-of-fold results)
+        validation.to_csv(out_dir / "predictions_val.csv", index=False)
+        recorder.artifact(out_dir / "predictions_val.csv")
     recorder.artifact(result.best_path, "checkpoints")
     if run.tracking.log_last_checkpoint:
         recorder.artifact(result.last_path, "checkpoints")

@@ -9,7 +9,8 @@ Files (in the sweep folder, and logged to the parent run under ``report/``):
 ``sweep_report.md`` (the tables), ``sweep_report.csv`` (one row per job, every metric
 with its interval), ``sweep_configurations.csv`` (seeds aggregated), ``sweep_comparisons.csv``
 (every tested difference), ``sweep_subgroups.csv`` (every job's metrics per subgroup of its test part),
-``sweep_report.png`` (the chart, with error bars).
+``sweep_report.png`` (the chart, with error bars); of a cross-validation sweep, ``sweep_crossvalidation.csv``
+(the fold ensemble and the out-of-fold results, ``report/crossval.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from omegaconf import OmegaConf
 
 from btxrd.errors import ConfigError
 from btxrd.report import render
+from btxrd.report.crossval import cross_validation, parent_metrics
 from btxrd.report.runs import (
+    REPLICATE_AXES,
     collect_runs,
     load_per_image,
     load_subgroups,
@@ -46,7 +49,7 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     load_subgroups(tracker, records, evaluation)
     columns = report_columns(records)
     varied = varied_choices(records)
-    shown = [k for k in varied if k != "seed"]
+    shown = [k for k in varied if k not in REPLICATE_AXES]
     runs = runs_table(records)
     configs = configurations(records)
     replicates = Replicates(evaluation)
@@ -64,6 +67,13 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):
         markdown += ["\n## Configurations (seeds aggregated)\n", render.seeds_markdown(summary, columns)]
     markdown += ["\n## Comparisons\n", render.comparisons_markdown(tested)]
+    crossval, not_pooled = cross_validation(tracker, configs, columns, shown, evaluation)
+    if not crossval.empty or not_pooled:
+        markdown.append("\n## Cross-validation\n")
+        if not crossval.empty:
+            markdown.append(render.crossval_markdown(crossval, summary, columns))
+            tracker.log_metrics(parent_id, parent_metrics(crossval))
+        markdown += [f"- {problem}\n" for problem in not_pooled]
     subgroups = render.subgroup_rows(records)
     if not subgroups.empty:
         markdown += ["\n## Subgroups\n", render.subgroups_markdown(subgroups)]
@@ -87,6 +97,9 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     summary.to_csv(out_dir / "sweep_configurations.csv", index=False)
     tested.to_csv(out_dir / "sweep_comparisons.csv", index=False)
     subgroups.to_csv(out_dir / "sweep_subgroups.csv", index=False)
+    if not crossval.empty:
+        crossval.to_csv(out_dir / "sweep_crossvalidation.csv", index=False)
+        paths.append(out_dir / "sweep_crossvalidation.csv")
     chart_metrics = tuple(dict.fromkeys(m for task in tasks for m in task.chart_metrics))
     unit = " / ".join(dict.fromkeys(task.chart_unit for task in tasks)) or "test score"
     chart = render.plot(summary, records, chart_metrics, unit, out_dir / "sweep_report.png")

@@ -138,12 +138,41 @@ def subgroups_markdown(table: pd.DataFrame, metric: str = "macro-F1") -> str:
             "sweep_subgroups.csv):\n\n" + markdown_table(header, rows) + "\n")
 
 
+def crossval_markdown(table: pd.DataFrame, summary: pd.DataFrame, columns: dict[str, str]) -> str:
+    """Per cross-validated configuration: its folds' mean ± sd, the fold ensemble and the out-of-fold results,
+    each report metric with its 95% interval."""
+    names = [key.removeprefix("test_") for key in columns]
+    shown = [n for n in names if n in set(table["metric"])]
+    rows = []
+    for label, by_config in table.groupby("configuration", sort=False):
+        k = int(by_config["folds"].iloc[0])
+        matching = summary[summary["configuration"] == label]
+        folds = matching.iloc[0] if len(matching) else pd.Series(dtype=float)
+        spread = [(folds.get(f"test_{n}_mean", np.nan), folds.get(f"test_{n}_sd", np.nan)) for n in shown]
+        rows.append([label, f"{k} folds, mean ± sd",
+                     *(f"{m:.3f} ± {sd:.3f}" if np.isfinite(m) and np.isfinite(sd) else "" for m, sd in spread)])
+        for kind in ("ensemble_test", "oof"):
+            chosen = by_config[by_config["kind"] == kind].set_index("metric")
+            if chosen.empty:
+                continue
+            what = "fold ensemble (test part)" if kind == "ensemble_test" else "out-of-fold (every non-test image)"
+            rows.append([label, f"{what}, {int(chosen['n_images'].iloc[0])} images",
+                         *(f"{chosen.loc[n, 'estimate']:.3f} [{chosen.loc[n, 'ci_low']:.3f}, "
+                           f"{chosen.loc[n, 'ci_high']:.3f}]" if n in chosen.index else "" for n in shown)])
+    header = ["configuration", "estimate", *(columns[f"test_{n}"] for n in shown)]
+    return ("Folds pooled like seeds: their mean ± sd; the fold ensemble averages the k models' probabilities on "
+            "the shared test part; out-of-fold scores every non-test image once, by the model that did not train "
+            "on it; intervals: 95% bootstrap over patient groups (also on the parent run: ensemble_test_*, oof_*)."
+            "\n\n" + markdown_table(header, rows) + "\n")
+
+
 def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
-    """Per configuration: mean ± sd over its seeds (n), and the 95% interval of the mean."""
+    """Per configuration: mean ± sd over its seeds and folds (n), and the 95% interval of the mean."""
     shown = [c for c in columns if f"{c}_mean" in summary and summary[f"{c}_mean"].notna().any()]
     rows = []
     for _, r in summary.iterrows():
-        cells = [r["configuration"], str(r["n_seeds"])]
+        folds = f" x {r['n_folds']} folds" if r.get("n_folds", 0) else ""
+        cells = [r["configuration"], f"{r['n_seeds']}{folds}"]
         for c in shown:
             if not np.isfinite(r[f"{c}_mean"]):  # a metric this configuration has not (gates of a model without)
                 cells.append("")
@@ -213,7 +242,8 @@ def plot(summary: pd.DataFrame, records: list[RunRecord], chart: tuple[str, ...]
         errors = np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)])
         ax.bar(np.arange(n) + k * width, np.nan_to_num(means), width=width, yerr=errors, capsize=3,
                label=metric.removeprefix("test_"))  # fmt: skip
-    labels = [f"{c} (n={n_seeds})" for c, n_seeds in zip(summary["configuration"], summary["n_seeds"], strict=True)]
+    runs = summary["n_runs"] if "n_runs" in summary else summary["n_seeds"]
+    labels = [f"{c} (n={n})" for c, n in zip(summary["configuration"], runs, strict=True)]
     ax.set_xticks(np.arange(n) + 0.4 - width / 2)
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     failed = [r for r in records if r.status not in ("FINISHED", "SKIPPED")]

@@ -16,6 +16,10 @@ from btxrd.tasks import Task, task_names, task_type
 from btxrd.tracking import Tracker
 
 SEED = "seed"
+FOLD = "split.fold"
+# Choices that replicate a configuration rather than change it: its runs are pooled (mean, sd, an interval
+# over them) and paired with another configuration's, never compared with each other
+REPLICATE_AXES = (SEED, FOLD)
 # Overrides that say how a sweep runs, not what a job computes: a job skipped or resumed by a
 # rerun with sweep.skip_finished=true is the same configuration as the first run of it.
 HOW_NOT_WHAT = ("sweep.", "tracking.", "paths.", "hydra.")
@@ -33,6 +37,7 @@ class RunRecord:
     task: type[Task] | None
     choices: dict[str, str]  # the job's overrides (what the sweep varied)
     seed: str
+    fold: str  # split.fold of a cross-validation sweep ("" otherwise)
     metrics: dict[str, float]
     minutes: float
     error: str
@@ -50,8 +55,13 @@ class RunRecord:
 
     @property
     def configuration(self) -> tuple[tuple[str, str], ...]:
-        """What the job is, apart from its seed."""
-        return tuple(sorted((k, v) for k, v in self.choices.items() if k != SEED))
+        """What the job is, apart from its seed and fold."""
+        return tuple(sorted((k, v) for k, v in self.choices.items() if k not in REPLICATE_AXES))
+
+    @property
+    def replicate(self) -> str:
+        """Which replicate of its configuration the run is: its seed, and its fold in cross-validation."""
+        return f"seed {self.seed}" + (f", fold {self.fold}" if self.fold else "")
 
 
 def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
@@ -69,7 +79,7 @@ def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
             job=int(tags.get("job_num", -1)), run_id=run.info.run_id, name=run.info.run_name,
             status="SKIPPED" if tags.get("skipped") == "true" else run.info.status,
             task=task_type(name) if name in task_names() else None, choices=choices,
-            seed=tags.get(SEED, choices.get(SEED, "")), metrics=dict(run.data.metrics),
+            seed=tags.get(SEED, choices.get(SEED, "")), fold=choices.get(FOLD, ""), metrics=dict(run.data.metrics),
             minutes=round((end - run.info.start_time) / 60000, 2), error=error,
             params=tags.get("trial_params", ""), artifacts_of=tags.get("skipped_for") or run.info.run_id,
             made_by={k: v for k, v in tags.items() if k in PROVENANCE_TAGS or k.startswith("machine.")},

@@ -1,13 +1,14 @@
-"""What a sweep's numbers support: seeds aggregated per configuration, and tested differences.
+"""What a sweep's numbers support: seeds and folds aggregated per configuration, and tested differences.
 
-- A configuration is a job's choices apart from its seed; its seeds are aggregated (n, mean, sd).
+- A configuration is a job's choices apart from its seed and cross-validation fold (``split.fold``): its
+  replicates are aggregated (n seeds, n folds, mean, sd), never compared with each other.
 - Two configurations that differ in exactly one choice are compared, for each metric the task
   names (``Task.compared``): the difference A - B with a 95% interval and a p-value from the
   bootstrap over the test part's patient groups. Scored on the same test images (same split),
   both runs are resampled together (paired); otherwise each on its own (unpaired, labelled so).
-- Several seeds: runs are paired by seed, and the difference averaged over the seeds; its
-  bootstrap draws the seeds with replacement too (a two-level bootstrap), so the interval holds
-  the spread between seeds as well as the test part's sampling.
+- Several replicates: runs are paired by seed and fold, and the difference averaged over the pairs; its
+  bootstrap draws the pairs with replacement too (a two-level bootstrap), so the interval holds the
+  spread between seeds and folds as well as the test part's sampling.
 - Paired, one seed: DeLong's test of the macro AUROC and McNemar's of accuracy as well (the task's
   ``paired_tests``).
 - Holm's adjustment over the report's bootstrap p-values (and separately over its DeLong and
@@ -34,19 +35,23 @@ ALPHA = 0.05
 @dataclass
 class Configuration:
     choices: tuple[tuple[str, str], ...]
-    runs: list[RunRecord] = field(default_factory=list)  # usable runs, one per seed
+    runs: list[RunRecord] = field(default_factory=list)  # usable runs, one per seed and fold
 
     def label(self, shown: list[str]) -> str:
         values = dict(self.choices)
         return " ".join(f"{k}={values[k]}" for k in shown if k in values) or "all"
 
     @property
-    def by_seed(self) -> dict[str, RunRecord]:
-        return {r.seed: r for r in self.runs}
+    def by_replicate(self) -> dict[str, RunRecord]:
+        return {r.replicate: r for r in self.runs}
+
+    @property
+    def folds(self) -> list[str]:
+        return sorted({r.fold for r in self.runs if r.fold}, key=int)
 
 
 def configurations(records: list[RunRecord]) -> list[Configuration]:
-    """Usable runs grouped by everything but their seed, in the order the sweep ran them."""
+    """Usable runs grouped by everything but their seed and fold, in the order the sweep ran them."""
     found: dict[tuple, Configuration] = {}
     for record in records:
         if record.usable:
@@ -72,8 +77,8 @@ class Replicates:
 
 
 def _over_seeds(points: list[float], replicates: list[np.ndarray], seed: int) -> tuple[float, np.ndarray]:
-    """The mean over seeds and its two-level bootstrap: each replicate averages the seeds drawn with
-    replacement, each at that replicate's resample of the test part."""
+    """The mean over seeds (and folds) and its two-level bootstrap: each replicate averages the runs drawn
+    with replacement, each at that replicate's resample of the test part."""
     if len(points) == 1:
         return points[0], replicates[0]
     stacked = np.stack(replicates)  # (seeds, resamples)
@@ -84,11 +89,13 @@ def _over_seeds(points: list[float], replicates: list[np.ndarray], seed: int) ->
 
 def seed_summary(configs: list[Configuration], columns: dict[str, str], shown: list[str],
                  replicates: Replicates) -> pd.DataFrame:  # fmt: skip
-    """Per configuration: n seeds, and per report metric mean, sd over seeds and the 95% interval of the mean."""
+    """Per configuration: n seeds and folds, and per report metric mean, sd over them and the 95% interval of
+    the mean."""
     rows = []
     for config in configs:
-        row = {"configuration": config.label(shown), "n_seeds": len(config.runs),
-               "seeds": " ".join(sorted(config.by_seed))}  # fmt: skip
+        seeds = sorted({r.seed for r in config.runs})
+        row = {"configuration": config.label(shown), "n_seeds": len(seeds), "n_folds": len(config.folds),
+               "n_runs": len(config.runs), "seeds": " ".join(seeds)}  # fmt: skip
         for key in columns:
             name = key.removeprefix("test_")
             values = [r.metrics.get(key, np.nan) for r in config.runs]
@@ -115,13 +122,14 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
         if len(differing) != 1 or task is not b.runs[0].task:
             continue
         key = differing[0]
-        seeds = sorted(set(a.by_seed) & set(b.by_seed))
-        pairs = [(a.by_seed[s], b.by_seed[s]) for s in seeds
-                 if a.by_seed[s].per_image is not None and b.by_seed[s].per_image is not None]  # fmt: skip
+        shared = sorted(set(a.by_replicate) & set(b.by_replicate))  # same seed and fold: paired
+        pairs = [(a.by_replicate[k], b.by_replicate[k]) for k in shared
+                 if a.by_replicate[k].per_image is not None and b.by_replicate[k].per_image is not None]  # fmt: skip
         if not pairs:
             continue
         paired = all(list(x.per_image["image_id"]) == list(y.per_image["image_id"]) for x, y in pairs)
         fixed = ", ".join(f"{k}={v}" for k, v in a.choices if k != key and k in shown)
+        # "seeds": how many replicate pairs (same seed, same fold) the difference is averaged over
         common = {"choice": key, "a": dict(a.choices)[key], "b": dict(b.choices)[key], "other choices": fixed,
                   "seeds": len(pairs), "paired": paired}  # fmt: skip
         for metric, title in task.compared.items():

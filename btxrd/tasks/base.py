@@ -156,6 +156,16 @@ class Task(ABC):
         """What the validation part (never the test part) fixes for scoring. Nothing by default."""
         return Calibration()
 
+    def predictions(self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+                    ) -> pd.DataFrame | None:  # fmt: skip
+        """The per-image table of ``part`` alone (no pictures), for out-of-fold results; None: the task has none."""
+        return None
+
+    @classmethod
+    def pooled(cls, tables: list[pd.DataFrame]) -> pd.DataFrame | None:
+        """Per-image tables of one set of images pooled into one (a fold ensemble); None: the task cannot."""
+        return None
+
     @abstractmethod
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
               evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip

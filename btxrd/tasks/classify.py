@@ -218,6 +218,28 @@ Published on the real BTXRD (not measured here; different protocols):
         return Calibration(temperature, {_spec_key(s): threshold_at_specificity(negatives, s)
                                          for s in evaluation.specificities})  # fmt: skip
 
+    def predictions(self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+                    ) -> pd.DataFrame:  # fmt: skip
+        """The per-image table of ``part`` without the pictures and Grad-CAM: what a cross-validation sweep
+        pools of each fold's validation part (out-of-fold results)."""
+        inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
+        logits, labels, index = predict_logits(model, part.loader, inputs, amp=False)
+        return _per_image(part, index, labels, logits, calibration.temperature)
+
+    @classmethod
+    def pooled(cls, tables: list[pd.DataFrame]) -> pd.DataFrame:
+        """Per image, the mean of the tables' calibrated probabilities (a fold ensemble; several seeds of one
+        fold): one row per image, sorted by image."""
+        probabilities = [f"p_{name}" for name in CLASS_NAMES]
+        stacked = pd.concat(tables, ignore_index=True)
+        first = stacked.groupby("image_id", sort=True).first()
+        mean = stacked.groupby("image_id", sort=True)[probabilities].mean()
+        keep = [c for c in first.columns if c not in probabilities and not c.startswith("logit_")
+                and c not in LOCALIZATION_COLUMNS and c != "predicted"]  # fmt: skip
+        out = pd.concat([first[keep], mean], axis=1).reset_index()
+        out["predicted"] = out[probabilities].to_numpy().argmax(axis=1)
+        return out
+
     def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
               evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
         prefix = f"{part.name}_"
@@ -239,16 +261,8 @@ Published on the real BTXRD (not measured here; different protocols):
                                                                               InputLimits.of(self.run.data))
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
-        rows = part.rows.iloc[index]
-        per_image = pd.DataFrame({
-            "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
-            "group": rows["group"].to_numpy(), "label": labels, "predicted": probs.argmax(axis=1),
-            **{column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns)
-               if column in rows},
-            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
-            **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},  # before calibration
-            **{name: cams.loc[index, name].to_numpy() for name in cams.columns},
-        })  # fmt: skip
+        per_image = _per_image(part, index, labels, logits, calibration.temperature)
+        per_image = per_image.assign(**{name: cams.loc[index, name].to_numpy() for name in cams.columns})
         metrics = self.with_intervals(per_image, point, evaluation, prefix)
         marks = []
         if calibration.operating_points:
@@ -327,6 +341,20 @@ Published on the real BTXRD (not measured here; different protocols):
         correct_b = b["predicted"].to_numpy() == labels
         return {"delong_auroc_macro_z": z, "delong_auroc_macro_p": p, "mcnemar_accuracy_p": mcnemar_test(correct_a,
                                                                                                         correct_b)}
+
+
+def _per_image(part: ScoredPart, index: np.ndarray, labels: np.ndarray, logits: np.ndarray,
+               temperature: float) -> pd.DataFrame:  # fmt: skip
+    """One row per image of ``part`` (in loader order ``index``): who it is, its label, the calibrated
+    probabilities and predicted class, the logits before calibration, the columns subgroups are made of."""
+    rows, probs = part.rows.iloc[index], softmax(logits, temperature)
+    return pd.DataFrame({
+        "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
+        "group": rows["group"].to_numpy(), "label": labels, "predicted": probs.argmax(axis=1),
+        **{column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns) if column in rows},
+        **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
+        **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},
+    })  # fmt: skip
 
 
 MALIGNANT = CLASS_NAMES.index("malignant")
