@@ -27,8 +27,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create or update .venv with the project and its dev tools
 
-test: venv  ## run the linter and the test suite
+test: venv  ## run the linter, the formatter's check and the test suite
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 # Debian's packages are installed when missing: as root directly, else through sudo.

@@ -117,10 +117,16 @@ _FILLED_GROUPS = ("paths", "data", "annotations", "train", "tracking", "eval")
 def _group_defaults() -> DictConfig:
     """The default option of each group in ``_FILLED_GROUPS``, as conf/config.yaml's defaults list names it."""
     top = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml")
-    chosen = {group: option for entry in top.defaults if isinstance(entry, DictConfig)
-              for group, option in entry.items() if group in _FILLED_GROUPS}  # fmt: skip
-    return OmegaConf.create({group: OmegaConf.load(Path(CONFIG_DIR) / group / f"{option}.yaml")
-                             for group, option in chosen.items()})  # fmt: skip
+    chosen = {
+        group: option
+        for entry in top.defaults
+        if isinstance(entry, DictConfig)
+        for group, option in entry.items()
+        if group in _FILLED_GROUPS
+    }
+    return OmegaConf.create(
+        {group: OmegaConf.load(Path(CONFIG_DIR) / group / f"{option}.yaml") for group, option in chosen.items()}
+    )
 
 
 def compose_run(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -143,8 +149,16 @@ _NOT_IDENTITY = {
     "tracking": None,
     "sweep": None,
     "data": {"cache_dir", "num_workers", "feed"},
-    "train": {"device", "num_threads", "progress", "resume", "checkpoint_dir", "sync_every", "deterministic",
-              "jobs_per_gpu"},
+    "train": {
+        "device",
+        "num_threads",
+        "progress",
+        "resume",
+        "checkpoint_dir",
+        "sync_every",
+        "deterministic",
+        "jobs_per_gpu",
+    },
 }
 
 

@@ -103,9 +103,11 @@ def credentials_out_of_command_line(argv: list[str]) -> None:
         quote = value[0] if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) > 1 else ""
         bare = value[1:-1] if quote else value
         if has_secret(bare) and not _username(bare):  # 'http://bob:pa/ss@host': the '/' ends the host
-            raise ConfigError(f"{key.lstrip('+~')}: the user-info of this URL cannot be read (not shown here): "
-                              "percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23), or export "
-                              f"{USERNAME_ENV} / {PASSWORD_ENV} instead")  # fmt: skip
+            raise ConfigError(
+                f"{key.lstrip('+~')}: the user-info of this URL cannot be read (not shown here): "
+                "percent-encode a '/', '?' or '#' in the password (%2F, %3F, %23), or export "
+                f"{USERNAME_ENV} / {PASSWORD_ENV} instead"
+            )
         if key.lstrip("+~") == "tracking.uri":
             clean, env = move_credentials(bare)
             os.environ.update(env)
@@ -115,12 +117,17 @@ def credentials_out_of_command_line(argv: list[str]) -> None:
             continue
         argv[i] = f"{key}={quote}{clean}{quote}"
         if not env:
-            print(f"note: {key.lstrip('+~')}: the credentials in the link are dropped (a browser asks for them)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {key.lstrip('+~')}: the credentials in the link are dropped (a browser asks for them)",
+                file=sys.stderr,
+            )
             continue
         where = f"{USERNAME_ENV} / {PASSWORD_ENV}" if USERNAME_ENV in env else PGPASSWORD_ENV
-        print(f"note: {key.lstrip('+~')}: the credentials in the URL are passed in {where} and stored nowhere; "
-              "export them yourself to keep them out of your shell history", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {key.lstrip('+~')}: the credentials in the URL are passed in {where} and stored nowhere; "
+            "export them yourself to keep them out of your shell history",
+            file=sys.stderr,
+        )
 
 
 def _username(url: str) -> str | None:

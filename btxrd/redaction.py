@@ -34,14 +34,18 @@ _NAME = r"(?<![\w.\-])[\w.\-]{0,64}?"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<userinfo>[^\s\"<>`]{1,512})@")
 _SECRET_WORDS = r"password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|credentials?|private[_-]?key"
 # Query parameters that carry a secret (PostgreSQL's ?password=, presigned URLs' signatures, API keys)
-_SECRET_QUERY = re.compile(rf"(?P<name>[?&;][\w.\-]{{0,64}}?(?:{_SECRET_WORDS}|sig|signature)=)[^&;#\s'\"<>`]+",
-                           re.IGNORECASE)  # fmt: skip
+_SECRET_QUERY = re.compile(
+    rf"(?P<name>[?&;][\w.\-]{{0,64}}?(?:{_SECRET_WORDS}|sig|signature)=)[^&;#\s'\"<>`]+", re.IGNORECASE
+)
 # A setting whose name ends in one of those words holds a secret: ``db.password``, ``api_token``,
 # ``client_secret`` (not ``max_tokens`` or ``hidden_secrets``); its whole value is hidden
 _SECRET_KEY = re.compile(rf"(?:{_SECRET_WORDS})$", re.IGNORECASE)
 # key=value or key: value text (a Hydra override, a log line) whose key names a secret; the value may be quoted
-_SECRET_ASSIGNMENT = re.compile(rf"(?P<key>{_NAME}(?:{_SECRET_WORDS})[ \t]*[=:][ \t]*)"
-                                r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s,'\"]+)", re.IGNORECASE)  # fmt: skip
+_SECRET_ASSIGNMENT = re.compile(
+    rf"(?P<key>{_NAME}(?:{_SECRET_WORDS})[ \t]*[=:][ \t]*)"
+    r"(?P<value>'[^'\n]*'|\"[^\"\n]*\"|[^\s,'\"]+)",
+    re.IGNORECASE,
+)
 
 
 def redact_text(text: str) -> str:
@@ -51,8 +55,9 @@ def redact_text(text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
     text = _SECRET_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", text)
     # a value hidden above (a URL's query parameter) is left as it is, with what follows it
-    return _SECRET_ASSIGNMENT.sub(lambda m: m["key"] + (m["value"] if m["value"].startswith(REDACTED) else REDACTED),
-                                  text)  # fmt: skip
+    return _SECRET_ASSIGNMENT.sub(
+        lambda m: m["key"] + (m["value"] if m["value"].startswith(REDACTED) else REDACTED), text
+    )
 
 
 def is_secret_key(key: str) -> bool:
@@ -71,8 +76,10 @@ def redact_value(value: Any, name: str = "", changed: list[str] | None = None, s
     hidden: under a key that names one, every string; elsewhere, what ``redact_text`` hides. ``changed``
     collects the dotted names of what was hidden."""
     if isinstance(value, Mapping):
-        return {key: redact_value(item, f"{name}.{key}" if name else str(key), changed,
-                                  secret or is_secret_key(str(key))) for key, item in value.items()}  # fmt: skip
+        return {
+            key: redact_value(item, f"{name}.{key}" if name else str(key), changed, secret or is_secret_key(str(key)))
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return type(value)(redact_value(item, name, changed, secret) for item in value)
     if secret and value not in (None, "", REDACTED) and not isinstance(value, bool):  # a flag holds no secret

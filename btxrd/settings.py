@@ -37,8 +37,7 @@ def setting(
 
     ``check(value)`` returns what is wrong with a value (e.g. "must be auto or an integer >= 0"), or None.
     """
-    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
-                                            "check": check})  # fmt: skip
+    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "check": check})
 
 
 def _problem(value: Any, meta: dict[str, Any]) -> str | None:
@@ -49,10 +48,12 @@ def _problem(value: Any, meta: dict[str, Any]) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             return "must be a finite number"
-        bounds = (("ge", ">=", value >= (meta["ge"] if meta.get("ge") is not None else -math.inf)),
-                  ("gt", ">", value > (meta["gt"] if meta.get("gt") is not None else -math.inf)),
-                  ("le", "<=", value <= (meta["le"] if meta.get("le") is not None else math.inf)),
-                  ("lt", "<", value < (meta["lt"] if meta.get("lt") is not None else math.inf)))  # fmt: skip
+        bounds = (
+            ("ge", ">=", value >= (meta["ge"] if meta.get("ge") is not None else -math.inf)),
+            ("gt", ">", value > (meta["gt"] if meta.get("gt") is not None else -math.inf)),
+            ("le", "<=", value <= (meta["le"] if meta.get("le") is not None else math.inf)),
+            ("lt", "<", value < (meta["lt"] if meta.get("lt") is not None else math.inf)),
+        )
         broken = [f"{sign} {meta[key]:g}" for key, sign, ok in bounds if not ok]
         if broken:
             return "must be " + " and ".join(broken)
@@ -403,7 +404,13 @@ class EvaluateConfig:
         return None
 
 
-MODEL_FAMILIES: dict[str, type[ModelConfig]] = {"classifier": ClassifierConfig, "autoencoder": AutoencoderConfig,
-                                                "attention_autoencoder": AttentionAutoencoderConfig}  # fmt: skip
-SPLITS: dict[str, type[SplitConfig]] = {"stratified": StratifiedSplitConfig, "center": CenterSplitConfig,
-                                        "kfold": KFoldSplitConfig}  # fmt: skip
+MODEL_FAMILIES: dict[str, type[ModelConfig]] = {
+    "classifier": ClassifierConfig,
+    "autoencoder": AutoencoderConfig,
+    "attention_autoencoder": AttentionAutoencoderConfig,
+}
+SPLITS: dict[str, type[SplitConfig]] = {
+    "stratified": StratifiedSplitConfig,
+    "center": CenterSplitConfig,
+    "kfold": KFoldSplitConfig,
+}

@@ -60,8 +60,9 @@ def sweeps_in(work: Path, uri: str | None = None) -> list[tuple[Any, list]]:
     """(parent, its children) of each sweep whose folder is under ``work``, oldest first; the store
     is ``work``'s or the one at ``uri`` (a server that other tests write to as well)."""
     parents, children = sweep_runs(work, uri=uri)
-    mine = sorted((p for p in parents if p.data.tags["sweep_dir"].startswith(str(work))),
-                  key=lambda p: p.info.start_time)  # fmt: skip
+    mine = sorted(
+        (p for p in parents if p.data.tags["sweep_dir"].startswith(str(work))), key=lambda p: p.info.start_time
+    )
     return [(p, [c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id]) for p in mine]
 
 
@@ -95,32 +96,51 @@ def _as_a_user_starts_it() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "BTXRD_"))}
 
 
-def run_script(script: str, args: list[str], cwd: Path, timeout: int = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_script(
+    script: str, args: list[str], cwd: Path, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``script`` run as a user would, with ``env`` added to the environment (e.g. SLURM_CONF)."""
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout, env={**_as_a_user_starts_it(), **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**_as_a_user_starts_it(), **(env or {})},
+    )
 
 
-def start_script(script: str, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 **popen: Any) -> subprocess.Popen:  # fmt: skip
+def start_script(
+    script: str, args: list[str], cwd: Path, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen:
     """``run_script`` without waiting (to signal or kill it)."""
-    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / script), *args], cwd=cwd,
-                            env={**_as_a_user_starts_it(), **(env or {})}, **popen)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        cwd=cwd,
+        env={**_as_a_user_starts_it(), **(env or {})},
+        **popen,
+    )
 
 
 def run_python_at_once(code: str, n: int = 2, timeout: int = 120) -> list[str]:
     """Start ``n`` processes running ``code`` (with INFO logging to stdout) together; their outputs."""
     setup = "import sys, logging; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-    procs = [subprocess.Popen([sys.executable, "-c", setup + code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, cwd=PROJECT_ROOT) for _ in range(n)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", setup + code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=PROJECT_ROOT,
+        )
+        for _ in range(n)
+    ]
     return [p.communicate(timeout=timeout)[0] for p in procs]
 
 
-def write_dicom(path: Path, pixels: Any, photometric: str = "MONOCHROME2", signed: bool = False,
-                **attributes: Any) -> Path:  # fmt: skip
+def write_dicom(
+    path: Path, pixels: Any, photometric: str = "MONOCHROME2", signed: bool = False, **attributes: Any
+) -> Path:
     """A secondary-capture DICOM radiograph of 12-bit ``pixels`` (in 16), as a hospital export writes one;
     ``attributes`` add e.g. RescaleSlope, WindowCenter, VOILUTSequence."""
     import numpy as np

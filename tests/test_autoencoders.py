@@ -124,8 +124,16 @@ def test_gates_initialised_open_start_every_block_near_variant_b() -> None:
     x = torch.randn(4, 8, 16, 16)
     block = ResidualBlockWithCBAM(8, 8, 1, reduction=16, kernel_size=7, placement="after", gate_bias=3.0)
     block.cbam.reset_parameters()
-    model = AttentionAutoencoder(in_channels=1, base_channels=8, latent_channels=16, image_size=64, placement="after",
-                                 reduction=16, kernel_size=7, gate_bias=3.0)  # fmt: skip
+    model = AttentionAutoencoder(
+        in_channels=1,
+        base_channels=8,
+        latent_channels=16,
+        image_size=64,
+        placement="after",
+        reduction=16,
+        kernel_size=7,
+        gate_bias=3.0,
+    )
     with gate_statistics(model) as gates:
         model(torch.rand(4, 1, 64, 64))
     assert gates.metrics("")["channel_gates_mean"] > 0.9 and gates.metrics("")["spatial_gates_mean"] > 0.9
@@ -148,25 +156,38 @@ def test_gate_statistics_count_closed_and_open_gates() -> None:
     with gate_statistics(attention) as gates:
         attention(x)
         attention(x)
-    assert gates.metrics("val_") == pytest.approx({
-        "val_channel_gates_closed": 0.0, "val_channel_gates_open": 0.0, "val_channel_gates_mean": 0.5,
-        "val_spatial_gates_closed": 1.0, "val_spatial_gates_open": 0.0, "val_spatial_gates_mean": 0.0})  # fmt: skip
+    assert gates.metrics("val_") == pytest.approx(
+        {
+            "val_channel_gates_closed": 0.0,
+            "val_channel_gates_open": 0.0,
+            "val_channel_gates_mean": 0.5,
+            "val_spatial_gates_closed": 1.0,
+            "val_spatial_gates_open": 0.0,
+            "val_spatial_gates_mean": 0.0,
+        }
+    )
     attention(x)  # the hooks are gone: nothing more is counted
     assert gates.counts["channel"][3] == 2 * 2 * 16 and gates.counts["spatial"][3] == 2 * 2 * 8 * 8
 
 
 def test_validation_reports_gates_of_attention_models_only() -> None:
     images = (torch.rand(8, 1, 64, 64) * torch.linspace(50, 255, 8).view(8, 1, 1, 1)).to(torch.uint8)
-    batch = Batch(images, torch.zeros(8, dtype=torch.int64), torch.zeros_like(images), torch.zeros(8, dtype=bool),
-                  torch.arange(8))  # fmt: skip
+    batch = Batch(
+        images, torch.zeros(8, dtype=torch.int64), torch.zeros_like(images), torch.zeros(8, dtype=bool), torch.arange(8)
+    )
     objective = ReconstructionObjective(amp=False, ssim_weight=0.0)
     objective.setup(torch.nn.Identity(), torch.device("cpu"), np.zeros(8, dtype=int))
     for variant in VARIANTS:
         torch.manual_seed(0)
         row = objective.validate(autoencoder(variant, base_channels=8, image_size=64), [batch], torch.device("cpu"))
         gate_keys = sorted(k for k in row if "gates" in k)
-        assert gate_keys == ([] if variant == "B" else sorted(
-            f"val_{kind}_gates_{what}" for kind in ("channel", "spatial") for what in ("closed", "open", "mean")))
+        assert gate_keys == (
+            []
+            if variant == "B"
+            else sorted(
+                f"val_{kind}_gates_{what}" for kind in ("channel", "spatial") for what in ("closed", "open", "mean")
+            )
+        )
         assert row["val_psnr"] > 0 and all(0 <= row[k] <= 1 for k in gate_keys)
 
 
@@ -187,13 +208,24 @@ def test_gradients_reach_every_parameter(variant: str) -> None:
 def test_registry_and_task_switch() -> None:
     assert list_models(task="reconstruct") == ["ae_attention", "ae_residual"]
     assert list_models(task="classify") == ["b0", "b3", "resnet50_cbam"]
-    run = settings(["task=reconstruct", "model=ae_attention", "model.base_channels=8", "model.latent_channels=4",
-                    "model.image_size=64"])  # fmt: skip
+    run = settings(
+        [
+            "task=reconstruct",
+            "model=ae_attention",
+            "model.base_channels=8",
+            "model.latent_channels=4",
+            "model.image_size=64",
+        ]
+    )
     model = build_model(run.model)
     assert isinstance(model, AttentionAutoencoder) and model.get_latent_size() == (4, 4, 4)
     assert model.placement == "after" and n_cbam(model) == 16
-    assert build_model(settings(["task=reconstruct", "model=ae_attention", "model.cbam_placement=residual"]).model
-                       ).placement == "residual"  # fmt: skip
+    assert (
+        build_model(
+            settings(["task=reconstruct", "model=ae_attention", "model.cbam_placement=residual"]).model
+        ).placement
+        == "residual"
+    )
     with pytest.raises(ConfigError, match=r"^model.pretrained=true: there are no ImageNet weights for the autoenc"):
         build_model(settings(["task=reconstruct", "model.pretrained=true"]).model)
 
@@ -219,8 +251,14 @@ def test_activation_memory_is_measured_and_linear() -> None:
 
 @pytest.mark.slow
 def test_one_epoch_of_reconstruction_improves_psnr(synth_root: Path, tmp_path: Path) -> None:
-    overrides = tiny(synth_root, tmp_path, "task=reconstruct", "model.base_channels=8", "model.batch_size=8",
-                     "tracking.enabled=false")  # fmt: skip
+    overrides = tiny(
+        synth_root,
+        tmp_path,
+        "task=reconstruct",
+        "model.base_channels=8",
+        "model.batch_size=8",
+        "tracking.enabled=false",
+    )
     train_job(compose_config(overrides))
     metrics = json.loads((tmp_path / "outputs" / "metrics_test.json").read_text())
     # The untrained model (same seed, same initialisation) on the same test images.
@@ -230,8 +268,13 @@ def test_one_epoch_of_reconstruction_improves_psnr(synth_root: Path, tmp_path: P
     table = load_dataset(synth_root, read_annotations=False)
     split = pd.read_csv(tmp_path / "outputs" / "split.csv")
     rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
-    loader = make_loader(BTXRDImages(rows, cache_for(table, 64, run.data), 64, train=False), 32, train=False,
-                         workers=0, device=torch.device("cpu"))  # fmt: skip
+    loader = make_loader(
+        BTXRDImages(rows, cache_for(table, 64, run.data), 64, train=False),
+        32,
+        train=False,
+        workers=0,
+        device=torch.device("cpu"),
+    )
     before, _, _ = reconstruct(untrained, loader, InputPipeline(torch.device("cpu"), RAW), amp=False)
     assert metrics["test_psnr"] > before["psnr"].mean() + 1.0
     assert (tmp_path / "outputs" / "reconstructions_test.png").stat().st_size > 5000

@@ -14,11 +14,14 @@ def test_a_figure_is_its_median_with_the_spread_of_its_rounds() -> None:
     assert figure["rounds"] == [3.0, 1.0, 2.0, 10.0]
 
 
-@pytest.mark.parametrize(("ratios", "verdict", "printed"), [
-    ([0.91, 0.95, 0.93], "loss", "0.93 (0.91-0.95)"),
-    ([0.97, 1.04, 1.01], "no measurable loss", "~1, no loss measurable (0.97-1.04)"),
-    ([1.09, 1.12, 1.15], "implausible", "IMPLAUSIBLE 1.12 (1.09-1.15)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ratios", "verdict", "printed"),
+    [
+        ([0.91, 0.95, 0.93], "loss", "0.93 (0.91-0.95)"),
+        ([0.97, 1.04, 1.01], "no measurable loss", "~1, no loss measurable (0.97-1.04)"),
+        ([1.09, 1.12, 1.15], "implausible", "IMPLAUSIBLE 1.12 (1.09-1.15)"),
+    ],
+)
 def test_an_efficiency_above_1_is_never_printed_as_a_result(ratios: list[float], verdict: str, printed: str) -> None:
     finding = efficiency_finding(ratios)
     assert finding["verdict"] == verdict
@@ -38,52 +41,117 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     from btxrd.bench.cpu import PHASES
     from btxrd.bench.readme import code_measured, made_by
 
-    made = made_by(["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"),
-                   code_measured())  # fmt: skip
+    made = made_by(
+        ["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"), code_measured()
+    )
     phases = {mark: _figure(i + 1.0) for i, (mark, _) in enumerate(PHASES)}
-    startup = {p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
-               for p in ("cold", "warm")}  # fmt: skip
+    startup = {
+        p: {**phases, "job_process": _figure(12.0), "total": _figure(20.0 if p == "cold" else 15.0)}
+        for p in ("cold", "warm")
+    }
     for p in ("cold", "warm"):  # sweep.prepare_data=false, in the same rounds
         startup[f"{p}_unprepared"] = {**phases, "job_process": _figure(14.0), "total": _figure(22.0)}
-    startup["prepare_data_difference"] = {p: {"job_process": spread([-2.5, -2.0, -1.5]),
-                                              "total": spread([-2.0, -1.0, 0.5])} for p in ("cold", "warm")}
+    startup["prepare_data_difference"] = {
+        p: {"job_process": spread([-2.5, -2.0, -1.5]), "total": spread([-2.0, -1.0, 0.5])} for p in ("cold", "warm")
+    }
     startup["import_floor"] = _figure(4.0)
     if section == "startup":
         return {**startup, "section": section, "made": made}
     if section == "allocator":
-        ab = {"default_ips": _figure(22.0), "tunables_ips": _figure(23.0), "speedup": _figure(1.05),
-              "speedup_geometric_mean_ci95": [0.91, 1.24]}  # fmt: skip
+        ab = {
+            "default_ips": _figure(22.0),
+            "tunables_ips": _figure(23.0),
+            "speedup": _figure(1.05),
+            "speedup_geometric_mean_ci95": [0.91, 1.24],
+        }
         return {"tunables": "glibc.malloc.top_pad=1", "b0 128 px": ab, "section": section, "made": made}
     if section == "sizes":
-        model = {"image_size": 256, "base_channels": 64, "parameters": 23_900_000,
-                 "activation_bytes_per_image": 437 * 2**20, "activation_bytes_batch16": int(6.8 * 2**30),
-                 "activation_bytes_batch32": int(13.6 * 2**30), "weights_grads_adamw_bytes": 365 * 2**20}
+        model = {
+            "image_size": 256,
+            "base_channels": 64,
+            "parameters": 23_900_000,
+            "activation_bytes_per_image": 437 * 2**20,
+            "activation_bytes_batch16": int(6.8 * 2**30),
+            "activation_bytes_batch32": int(13.6 * 2**30),
+            "weights_grads_adamw_bytes": 365 * 2**20,
+        }
         return {"batches": [16, 32], "ae_residual": model, "section": section, "made": made}
     if section == "gpu":  # made on a GPU machine, its file brought back
         made.update({"machine.accelerator": "NVIDIA H100 80GB HBM3", "machine.cuda": "13.0"})
-        model = {"size": 224, "batch": 256, "model_only_ips": _figure(4416.0), "end_to_end_ips": _figure(2751.0),
-                 "efficiency": _figure(0.62), "peak_memory_gib": 10.8, "timm_rtx3090": ["efficientnet_b0 @ 224", 1752]}
-        autoencoders = {f"{m}_batch{b}_{p}": {"peak_gib": 12.7, "images_per_s": 291.0} for m in ("ae_residual",
-                        "ae_attention") for b in (16, 32) for p in ("fp32", "bf16")}  # fmt: skip
-        sync = {"sync_every_1": _figure(4085.0), "sync_every_25": _figure(4321.0), "compiled": _figure(5202.0),
-                "per_step_sync_cost": _figure(1.058), "compile_speedup": _figure(1.2), "compile_seconds": 77.0}
-        return {"gpu": "NVIDIA H100 80GB HBM3", "gpu_memory_gib": 79.2, "torch": "2.11.0+cu130", "cuda": "13.0",
-                "cpu_threads": 16, "n_images": 1024, "throughput": {"loader_workers": 8, "b0": model},
-                "loader": {"224px_plain": {"one_worker_ips": 1169.0, "8_workers_ips": 4130.0}},
-                "sync_and_compile": sync, "autoencoders": autoencoders, "section": section, "made": made}  # fmt: skip
-    size = {"model_only_ips": _figure(24.7), "end_to_end_ips": _figure(23.4), "naive_ips": _figure(14.8),
-            "gradcam_over_forward": _figure(1.22), "efficiency": efficiency_finding(efficiency or [0.9, 0.95]),
-            "naive_efficiency": efficiency_finding([0.55, 0.6]), "device_feed_ips": _figure(24.1),
-            "device_feed_efficiency": efficiency_finding([0.96, 0.98])}  # fmt: skip
+        model = {
+            "size": 224,
+            "batch": 256,
+            "model_only_ips": _figure(4416.0),
+            "end_to_end_ips": _figure(2751.0),
+            "efficiency": _figure(0.62),
+            "peak_memory_gib": 10.8,
+            "timm_rtx3090": ["efficientnet_b0 @ 224", 1752],
+        }
+        autoencoders = {
+            f"{m}_batch{b}_{p}": {"peak_gib": 12.7, "images_per_s": 291.0}
+            for m in ("ae_residual", "ae_attention")
+            for b in (16, 32)
+            for p in ("fp32", "bf16")
+        }
+        sync = {
+            "sync_every_1": _figure(4085.0),
+            "sync_every_25": _figure(4321.0),
+            "compiled": _figure(5202.0),
+            "per_step_sync_cost": _figure(1.058),
+            "compile_speedup": _figure(1.2),
+            "compile_seconds": 77.0,
+        }
+        return {
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "gpu_memory_gib": 79.2,
+            "torch": "2.11.0+cu130",
+            "cuda": "13.0",
+            "cpu_threads": 16,
+            "n_images": 1024,
+            "throughput": {"loader_workers": 8, "b0": model},
+            "loader": {"224px_plain": {"one_worker_ips": 1169.0, "8_workers_ips": 4130.0}},
+            "sync_and_compile": sync,
+            "autoencoders": autoencoders,
+            "section": section,
+            "made": made,
+        }
+    size = {
+        "model_only_ips": _figure(24.7),
+        "end_to_end_ips": _figure(23.4),
+        "naive_ips": _figure(14.8),
+        "gradcam_over_forward": _figure(1.22),
+        "efficiency": efficiency_finding(efficiency or [0.9, 0.95]),
+        "naive_efficiency": efficiency_finding([0.55, 0.6]),
+        "device_feed_ips": _figure(24.1),
+        "device_feed_efficiency": efficiency_finding([0.96, 0.98]),
+    }
     cores = 2
-    cache = {"cache_build_ips_1_threads": _figure(47.5), f"cache_build_ips_{cores}_threads": _figure(84.6),
-             "naive_decode_ips_1_thread": _figure(29.7), "cache_vs_naive_1_thread": _figure(1.54),
-             "cache_vs_naive_parallel": _figure(2.77), "cache_other_size_ips_1_thread": _figure(696.0),
-             "parallel_threads": cores}  # fmt: skip
-    return {"model": "b0", "threads": 2, "batch": 16, "steps": 6, "rounds": 3, "cache_rounds": 3, "n_images": 160,
-            "median_width": 1612.0, "median_height": 2256.0, "cache": cache, "throughput": {"128px": size},
-            "bootstrap": {"seconds": _figure(0.24), "images": 600, "resamples": 2000}, "startup": startup,
-            "section": section, "made": made}  # fmt: skip
+    cache = {
+        "cache_build_ips_1_threads": _figure(47.5),
+        f"cache_build_ips_{cores}_threads": _figure(84.6),
+        "naive_decode_ips_1_thread": _figure(29.7),
+        "cache_vs_naive_1_thread": _figure(1.54),
+        "cache_vs_naive_parallel": _figure(2.77),
+        "cache_other_size_ips_1_thread": _figure(696.0),
+        "parallel_threads": cores,
+    }
+    return {
+        "model": "b0",
+        "threads": 2,
+        "batch": 16,
+        "steps": 6,
+        "rounds": 3,
+        "cache_rounds": 3,
+        "n_images": 160,
+        "median_width": 1612.0,
+        "median_height": 2256.0,
+        "cache": cache,
+        "throughput": {"128px": size},
+        "bootstrap": {"seconds": _figure(0.24), "images": 600, "resamples": 2000},
+        "startup": startup,
+        "section": section,
+        "made": made,
+    }
 
 
 def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_made(tmp_path, capsys) -> None:
@@ -102,20 +170,24 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
         assert main(["--results", str(saved), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and "\nold\n" not in text
-    cpu_block = text[text.index("<!-- evidence bench-cpu -->"):text.index("<!-- /evidence bench-cpu -->")]
+    cpu_block = text[text.index("<!-- evidence bench-cpu -->") : text.index("<!-- /evidence bench-cpu -->")]
     assert "Written by `python -m btxrd.bench` (`make bench`); do not edit by hand." in cpu_block
     assert f"- code: commit {git_commit()[:12]}" in cpu_block and f"- machine: {cpu_model()}" in cpu_block
     assert "- measured: 2026-11-18 " in cpu_block  # the time the measurement started, in UTC
     assert "CUDA" not in cpu_block  # torch's CUDA build is named only where a GPU computed the figures
-    assert ("| 128 px | 24.7 (22.2-27.2) img/s | 23.4 (21.1-25.7) img/s | 0.93 (0.90-0.95) | 14.8 (13.3-16.3) img/s "
-            "| 0.57 (0.55-0.60) | 1.22 (1.10-1.34)x |") in cpu_block  # fmt: skip
+    assert (
+        "| 128 px | 24.7 (22.2-27.2) img/s | 23.4 (21.1-25.7) img/s | 0.93 (0.90-0.95) | 14.8 (13.3-16.3) img/s "
+        "| 0.57 (0.55-0.60) | 1.22 (1.10-1.34)x |"
+    ) in cpu_block
     assert "fed by `data.feed=device` (the batched crops of a GPU run, here on the CPU): 128 px 24.1" in cpu_block
     assert "47.5 (42.8-52.3) img/s on 1 thread" in cpu_block and "0.24 (0.22-0.26) s" in cpu_block
     assert "| **command start to the later job's first step** | 20.0 (18.0-22.0) | 15.0 (13.5-16.5) |" in text
     assert "importing timm alone (torch, torchvision and through it torch._dynamo)" in text
     assert "one process alone: 4.0 (3.6-4.4) s." in text
-    assert ("Without the sweep's data preparation (`sweep.prepare_data=false`: the first job probes and decodes the "
-            "dataset) in the same rounds, the job's process start to its first step: cold 14.0 (12.6-15.4)") in text
+    assert (
+        "Without the sweep's data preparation (`sweep.prepare_data=false`: the first job probes and decodes the "
+        "dataset) in the same rounds, the job's process start to its first step: cold 14.0 (12.6-15.4)"
+    ) in text
     assert "With minus without, round by round, command start to first step: cold -1.0 (-2.0 to +0.5) s" in text
     assert "`python -m btxrd.bench --only allocator`" in text
     assert "| b0 128 px | 22.0 (19.8-24.2) | 23.0 (20.7-25.3) | 1.05 (0.95-1.16) | [0.91, 1.24] |" in text
@@ -143,7 +215,8 @@ def test_the_machine_line_names_cuda_only_for_a_gpu() -> None:
     tags = {"machine.cpu": "AMD EPYC", "machine.cores": "16", "machine.torch": "2.14.1+cu130", "machine.cuda": "13.0"}
     assert machine_line({**tags, "machine.accelerator": "none"}) == "AMD EPYC, 16 cores, no GPU; torch 2.14.1+cu130"
     assert machine_line({**tags, "machine.accelerator": "NVIDIA H100"}) == (
-        "AMD EPYC, 16 cores, NVIDIA H100; torch 2.14.1+cu130, CUDA 13.0")
+        "AMD EPYC, 16 cores, NVIDIA H100; torch 2.14.1+cu130, CUDA 13.0"
+    )
 
 
 def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
@@ -159,8 +232,10 @@ def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
     text = readme.read_text()
     assert "`python -m btxrd.bench --only gpu`" in text
     assert "NVIDIA H100 80GB HBM3; torch" in text and "CUDA 13.0" in text
-    assert ("| b0 | 224 px | 256 | 4416 (3974-4858) | 2751 (2476-3026) | 0.62 (0.56-0.68) | 10.8 GiB | "
-            "efficientnet_b0 @ 224: 1,752 |") in text  # fmt: skip
+    assert (
+        "| b0 | 224 px | 256 | 4416 (3974-4858) | 2751 (2476-3026) | 0.62 (0.56-0.68) | 10.8 GiB | "
+        "efficientnet_b0 @ 224: 1,752 |"
+    ) in text
     assert "224px_plain: 1169 img/s per worker, 4130 with 8" in text and "`train.compile=true` 5202 img/s" in text
     assert "| ae_attention | " + " | ".join(["12.7 GiB, 291 img/s"] * 4) + " |" in text
 

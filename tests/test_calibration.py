@@ -25,8 +25,9 @@ def test_the_fitted_temperature_is_the_likelihoods_minimum_found_independently()
     logits, labels = _overconfident(4.0)
     fitted = fit_temperature(logits, labels)
     grid = torch.linspace(0.5, 10, 4000, dtype=torch.float64)
-    nll = torch.stack([torch.nn.functional.cross_entropy(torch.from_numpy(logits) / t, torch.from_numpy(labels))
-                       for t in grid])  # fmt: skip
+    nll = torch.stack(
+        [torch.nn.functional.cross_entropy(torch.from_numpy(logits) / t, torch.from_numpy(labels)) for t in grid]
+    )
     assert fitted == pytest.approx(float(grid[nll.argmin()]), rel=0.01)
     assert fitted == pytest.approx(4.0, rel=0.15)  # it undoes the over-confidence
     assert negative_log_likelihood(logits, labels, fitted) < negative_log_likelihood(logits, labels)
@@ -43,15 +44,19 @@ def test_the_brier_score_against_its_definition() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("calibrate", ["true", "false"])
-def test_a_run_fits_its_temperature_on_validation_and_scores_with_it(synth_root: Path, tmp_path: Path,
-                                                                     calibrate: str) -> None:  # fmt: skip
+def test_a_run_fits_its_temperature_on_validation_and_scores_with_it(
+    synth_root: Path, tmp_path: Path, calibrate: str
+) -> None:
     from btxrd.engine import load_checkpoint
     from btxrd.jobs.train import train_job
 
     from .helpers import compose_config, runs, tiny
 
-    train_job(compose_config(tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=2",
-                                  f"eval.calibrate={calibrate}")))  # fmt: skip
+    train_job(
+        compose_config(
+            tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=2", f"eval.calibrate={calibrate}")
+        )
+    )
     [run] = runs(tmp_path)
     metrics = run.data.metrics
     [best] = (tmp_path / "checkpoints").glob("*/best.pt")

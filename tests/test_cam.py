@@ -90,8 +90,12 @@ def test_iou_and_aggregate_scores() -> None:
     half = np.zeros((64, 64))
     half[30:50, 20:30] = 1
     assert cam_iou(half, mask) == pytest.approx(0.5)
-    per_image = localization_per_image(np.stack([mask.astype(float), np.ones((64, 64)), mask.astype(float)]),
-                                       [BOX, BOX, []], np.stack([mask, mask, mask]), image_size=64)  # fmt: skip
+    per_image = localization_per_image(
+        np.stack([mask.astype(float), np.ones((64, 64)), mask.astype(float)]),
+        [BOX, BOX, []],
+        np.stack([mask, mask, mask]),
+        image_size=64,
+    )
     assert per_image["cam_pointing"].tolist()[:2] == [1.0, 0.0] and per_image.iloc[2].isna().all()  # no box: NaN
     scores = localization_scores(per_image)
     assert scores["cam_pointing"] == pytest.approx(0.5) and scores["cam_n"] == 2

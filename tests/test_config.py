@@ -35,8 +35,7 @@ MODELS = ("b0", "b3", "resnet50_cbam")
 SPLITS = ("stratified", "center", "kfold")
 
 
-@pytest.mark.parametrize(("model", "split", "annotations"),
-                         list(itertools.product(MODELS, SPLITS, ("on", "off"))))  # fmt: skip
+@pytest.mark.parametrize(("model", "split", "annotations"), list(itertools.product(MODELS, SPLITS, ("on", "off"))))
 def test_every_group_combination_composes_into_typed_settings(model: str, split: str, annotations: str) -> None:
     run = settings([f"model={model}", f"split={split}", f"annotations={annotations}"])
     assert isinstance(run.model, ClassifierConfig) and run.model.name == model
@@ -55,9 +54,15 @@ def test_task_reconstruct_alone_picks_an_autoencoder() -> None:
     assert settings(["experiment=ae_demo"]).model.image_size == 128
 
 
-@pytest.mark.parametrize(("experiment", "model", "annotations"), [
-    ("E1_b0_baseline", "b0", False), ("E2_b0_annotated", "b0", True), ("E3_b3_annotated", "b3", True),
-    ("E4_resnet50_cbam", "resnet50_cbam", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("experiment", "model", "annotations"),
+    [
+        ("E1_b0_baseline", "b0", False),
+        ("E2_b0_annotated", "b0", True),
+        ("E3_b3_annotated", "b3", True),
+        ("E4_resnet50_cbam", "resnet50_cbam", True),
+    ],
+)
 def test_experiment_presets_pick_their_model_and_annotations(experiment: str, model: str, annotations: bool) -> None:
     run = settings([f"experiment={experiment}", "split=center"])
     assert (run.model.name, run.annotations.enabled, run.split.name) == (model, annotations, "center")
@@ -77,8 +82,15 @@ def test_demo_and_debug_presets_keep_the_model_the_user_chose() -> None:
 def test_cfg_job_shows_every_number(tmp_path) -> None:
     result = run_script("train.py", ["--cfg", "job", "model=b3"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    for key in ("image_size: 300", "batch_size: 16", "lr:", "weight_decay:", "patience:", "crop_min_scale:",
-                "n_bootstrap:"):  # fmt: skip
+    for key in (
+        "image_size: 300",
+        "batch_size: 16",
+        "lr:",
+        "weight_decay:",
+        "patience:",
+        "crop_min_scale:",
+        "n_bootstrap:",
+    ):
         assert key in result.stdout
 
 
@@ -107,18 +119,29 @@ def _violations(schema: type, prefix: str) -> list[tuple[str, str]]:
 
 
 GROUPS = {  # the schemas of every group, and the overrides that select it
-    "data": (DataConfig, []), "annotations": (AnnotationsConfig, []), "train": (TrainConfig, []),
-    "eval": (EvalConfig, []), "model (classifier)": (ClassifierConfig, ["model=b0"]),
+    "data": (DataConfig, []),
+    "annotations": (AnnotationsConfig, []),
+    "train": (TrainConfig, []),
+    "eval": (EvalConfig, []),
+    "model (classifier)": (ClassifierConfig, ["model=b0"]),
     "model (autoencoder)": (AutoencoderConfig, ["task=reconstruct"]),
     "model (attention autoencoder)": (AttentionAutoencoderConfig, ["task=reconstruct", "model=ae_attention"]),
     "split (stratified)": (StratifiedSplitConfig, ["split=stratified"]),
-    "split (center)": (CenterSplitConfig, ["split=center"]), "split (kfold)": (KFoldSplitConfig, ["split=kfold"]),
+    "split (center)": (CenterSplitConfig, ["split=center"]),
+    "split (kfold)": (KFoldSplitConfig, ["split=kfold"]),
     "task (reconstruct)": (ReconstructSettings, ["task=reconstruct"]),
-}  # fmt: skip
-PREFIX = {"model (classifier)": "model.", "model (autoencoder)": "model.", "model (attention autoencoder)": "model.",
-          "task (reconstruct)": "task."}  # fmt: skip
-RANGE_CASES = [(group, key, value) for group, (schema, _) in GROUPS.items()
-               for key, value in _violations(schema, PREFIX.get(group, f"{group.split()[0]}."))]  # fmt: skip
+}
+PREFIX = {
+    "model (classifier)": "model.",
+    "model (autoencoder)": "model.",
+    "model (attention autoencoder)": "model.",
+    "task (reconstruct)": "task.",
+}
+RANGE_CASES = [
+    (group, key, value)
+    for group, (schema, _) in GROUPS.items()
+    for key, value in _violations(schema, PREFIX.get(group, f"{group.split()[0]}."))
+]
 RELATION_CASES = [  # values that are fine alone but not together
     (["split.train=0.8"], "split.train + split.val + split.test = 1.100; they must sum to 1"),
     (["split=center", "split.train_centers=[1,2]"], "share centre(s) [2]"),
@@ -134,19 +157,27 @@ RELATION_CASES = [  # values that are fine alone but not together
     (["model.name=vgg"], "model.name='vgg' is not a registered model; registered: ae_attention, ae_residual, b0"),
     (["task.name=segment"], "task='segment': choose one of classify, reconstruct"),
     (["train.compile=true", "annotations=on"], "train.compile=true cannot train with the attention loss"),
-]  # fmt: skip
+]
 
 
 def test_every_group_and_ranged_key_is_covered() -> None:
     covered = {group for group, _, _ in RANGE_CASES}
     assert covered == set(GROUPS) and len(RANGE_CASES) > 60
-    assert {"train.lr", "model.image_size", "split.val_fraction", "eval.n_bootstrap", "data.num_workers",
-            "task.ssim_weight", "data.clahe.tiles"} <= {key for _, key, _ in RANGE_CASES}  # fmt: skip
+    assert {
+        "train.lr",
+        "model.image_size",
+        "split.val_fraction",
+        "eval.n_bootstrap",
+        "data.num_workers",
+        "task.ssim_weight",
+        "data.clahe.tiles",
+    } <= {key for _, key, _ in RANGE_CASES}
 
 
 @pytest.mark.parametrize(("group", "key", "value"), RANGE_CASES, ids=[f"{k}={v}" for _, k, v in RANGE_CASES])
-def test_a_value_out_of_range_fails_naming_its_key_before_any_work(tmp_path: Path, group: str, key: str,
-                                                                   value: str) -> None:  # fmt: skip
+def test_a_value_out_of_range_fails_naming_its_key_before_any_work(
+    tmp_path: Path, group: str, key: str, value: str
+) -> None:
     overrides = [*GROUPS[group][1], f"paths.root={tmp_path / 'work'}", f"{key}={value}"]
     cfg = compose_config(overrides)
     with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}="):
@@ -155,8 +186,9 @@ def test_a_value_out_of_range_fails_naming_its_key_before_any_work(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("overrides", "message"), RELATION_CASES, ids=[m[:40] for _, m in RELATION_CASES])
-def test_settings_that_contradict_each_other_fail_before_any_work(tmp_path: Path, overrides: list[str],
-                                                                  message: str) -> None:  # fmt: skip
+def test_settings_that_contradict_each_other_fail_before_any_work(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
     cfg = compose_config([*overrides, f"paths.root={tmp_path / 'work'}"])
     with pytest.raises(ConfigError) as failed:
         train_job(cfg)
@@ -164,10 +196,18 @@ def test_settings_that_contradict_each_other_fail_before_any_work(tmp_path: Path
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("train.lr=abc", "train.lr"), ("model.image_size=big", "model.image_size"), ("data.hflip=maybe", "data.hflip"),
-    ("train.lrr=0.1", "lrr"), ("model.cbam_placement=after", "cbam_placement"),
-    ("split.val_fraction=0.2", "val_fraction"), ("task.ssim_weight=0.5", "ssim_weight")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.lr=abc", "train.lr"),
+        ("model.image_size=big", "model.image_size"),
+        ("data.hflip=maybe", "data.hflip"),
+        ("train.lrr=0.1", "lrr"),
+        ("model.cbam_placement=after", "cbam_placement"),
+        ("split.val_fraction=0.2", "val_fraction"),
+        ("task.ssim_weight=0.5", "ssim_weight"),
+    ],
+)
 def test_a_misspelt_key_or_a_wrong_type_fails_at_composition_naming_it(override: str, key: str) -> None:
     with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as failed:
         compose_config([override])
@@ -212,16 +252,27 @@ def test_run_settings_read_no_file_and_are_plain_dataclasses() -> None:
 # --------------------------------------------------------------- launchers
 
 
-@pytest.mark.parametrize(("override", "said"), [
-    ("train.lr=abc", "Error merging override train.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
-    ("model=vgg19", "In 'config': Could not find 'model/vgg19'. available: ae_attention, ae_attention_residual, "
-                    "ae_residual, b0, b3, resnet50_cbam"),
-    ("train.lrr=0.1", "Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'. To append to your config "
-                      "use +train.lrr=0.1"),
-    ("train.lr=[1", "train.lr=[1: no viable alternative at input '[1'"),
-])  # fmt: skip
-def test_a_command_line_that_does_not_compose_is_said_in_one_line_naming_the_override(override: str,
-                                                                                     said: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        (
+            "train.lr=abc",
+            "Error merging override train.lr=abc: Value 'abc' of type 'str' could not be converted to Float",
+        ),
+        (
+            "model=vgg19",
+            "In 'config': Could not find 'model/vgg19'. available: ae_attention, ae_attention_residual, "
+            "ae_residual, b0, b3, resnet50_cbam",
+        ),
+        (
+            "train.lrr=0.1",
+            "Could not override 'train.lrr': Key 'lrr' not in 'TrainConfig'. To append to your config "
+            "use +train.lrr=0.1",
+        ),
+        ("train.lr=[1", "train.lr=[1: no viable alternative at input '[1'"),
+    ],
+)
+def test_a_command_line_that_does_not_compose_is_said_in_one_line_naming_the_override(override: str, said: str) -> None:
     from hydra.errors import CompactHydraException
 
     from btxrd.entry import composition_error_line
@@ -232,10 +283,13 @@ def test_a_command_line_that_does_not_compose_is_said_in_one_line_naming_the_ove
     assert line.startswith(said) and "\n" not in line, line
 
 
-@pytest.mark.parametrize(("script", "override", "said"), [
-    ("train.py", "train.lr=abc", "error: Error merging override train.lr=abc: Value 'abc'"),
-    ("evaluate.py", "eval.n_bootstrap=many", "error: Error merging override eval.n_bootstrap=many: Value 'many'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("script", "override", "said"),
+    [
+        ("train.py", "train.lr=abc", "error: Error merging override train.lr=abc: Value 'abc'"),
+        ("evaluate.py", "eval.n_bootstrap=many", "error: Error merging override eval.n_bootstrap=many: Value 'many'"),
+    ],
+)
 @pytest.mark.fresh_store  # no store copied in: the folder must stay empty
 def test_the_entry_points_end_such_a_command_line_with_that_line_and_exit_code_2(
     tmp_path: Path, script: str, override: str, said: str
@@ -276,9 +330,16 @@ def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.M
     (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake_bin / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    cfg = compose_config(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
-                          "hydra.launcher.setup=[module load cuda]", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                         with_hydra=True)  # fmt: skip
+    cfg = compose_config(
+        [
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.timeout_min=90",
+            "hydra.launcher.setup=[module load cuda]",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        with_hydra=True,
+    )
     with open_dict(cfg.hydra.job):
         cfg.hydra.job.name = "train"
     launcher = instantiate(cfg.hydra.launcher)
@@ -295,9 +356,16 @@ def test_slurm_preset_produces_the_sbatch_script(tmp_path, monkeypatch: pytest.M
     slurm = submitted["executor"]._executor
     assert slurm.max_num_timeout == 2
     script = slurm._make_submission_file_text("python -m submitit.core._submit", "uid")
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB", "#SBATCH --job-name=train",
-                 f"#SBATCH --output={tmp_path / 'sweep'}/.submitit/%j/%j_0_log.out", "module load cuda"):  # fmt: skip
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --job-name=train",
+        f"#SBATCH --output={tmp_path / 'sweep'}/.submitit/%j/%j_0_log.out",
+        "module load cuda",
+    ):
         assert line in script, line
 
 

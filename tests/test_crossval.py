@@ -23,8 +23,16 @@ PROBS = [f"p_{name}" for name in CLASS_NAMES]
 def _predictions(rng: np.random.Generator, ids: list[str], labels: np.ndarray, strength: float) -> pd.DataFrame:
     logits = rng.normal(size=(len(ids), 3)) + strength * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return pd.DataFrame({"image_id": ids, "center": 1, "group": np.arange(len(ids)) // 2, "label": labels,
-                         "predicted": probs.argmax(1), **{p: probs[:, i] for i, p in enumerate(PROBS)}})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "center": 1,
+            "group": np.arange(len(ids)) // 2,
+            "label": labels,
+            "predicted": probs.argmax(1),
+            **{p: probs[:, i] for i, p in enumerate(PROBS)},
+        }
+    )
 
 
 @pytest.fixture
@@ -42,8 +50,11 @@ def cv_sweep(tmp_path: Path) -> tuple[Tracker, str, Path, dict]:
     for model, strength in (("b0", 0.6), ("b3", 0.8)):
         for fold in range(3):
             choices = {"model": model, "split.fold": str(fold)}
-            run = tracker.start_run(f"{model} | fold {fold}", {"task": "classify", "job_num": str(job), "seed": "0",
-                                                               "choices": json.dumps(choices)}, parent_id=parent)
+            run = tracker.start_run(
+                f"{model} | fold {fold}",
+                {"task": "classify", "job_num": str(job), "seed": "0", "choices": json.dumps(choices)},
+                parent_id=parent,
+            )
             test = _predictions(rng, test_ids, test_labels, strength)
             val = _predictions(rng, fold_ids[fold], fold_labels[fold], strength)
             val["group"] += 1000 * (fold + 1)  # the folds hold different patients
@@ -88,7 +99,8 @@ def test_the_fold_ensemble_and_out_of_fold_results_against_an_independent_comput
         assert oof["n_images"] == 180  # every non-test image once
     metrics = tracker.get_run(parent).data.metrics
     assert metrics["ensemble_test_accuracy/model:b0"] == pytest.approx(
-        table.loc[("model=b0", "ensemble_test", "accuracy"), "estimate"])  # fmt: skip
+        table.loc[("model=b0", "ensemble_test", "accuracy"), "estimate"]
+    )
     assert "oof_macro_f1_ci_low/model:b3" in metrics
     markdown = (out / "sweep_report.md").read_text()
     assert "## Cross-validation" in markdown and "| model=b0 | 3 folds, mean ± sd |" in markdown
@@ -101,8 +113,13 @@ def test_the_fold_ensemble_and_out_of_fold_results_against_an_independent_comput
 def test_a_3_fold_sweep_reports_its_folds_ensemble_and_out_of_fold_results(synth_root: Path, tmp_path: Path) -> None:
     from .helpers import run_script, sweeps_in, tiny
 
-    args = ["-m", "experiment=cv5", "split.k=3", "split.fold=0,1,2",  # the command line's folds, not the preset's
-            *tiny(synth_root, tmp_path, "model.image_size=32")]  # fmt: skip
+    args = [
+        "-m",
+        "experiment=cv5",
+        "split.k=3",
+        "split.fold=0,1,2",  # the command line's folds, not the preset's
+        *tiny(synth_root, tmp_path, "model.image_size=32"),
+    ]
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [(parent, children)] = sweeps_in(tmp_path)

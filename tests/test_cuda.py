@@ -40,14 +40,23 @@ def _fixed_batch(n: int = 16, size: int = 64) -> DataLoader:
     labels = torch.arange(n) % 3
     masks = torch.zeros(n, 1, size, size, dtype=torch.uint8)
     masks[..., size // 4 : size // 2, size // 4 : size // 2] = 1
-    return DataLoader(_Items(images, labels, masks, labels > 0, torch.arange(n)), batch_size=n,
-                      collate_fn=collate_batch)  # fmt: skip
+    return DataLoader(
+        _Items(images, labels, masks, labels > 0, torch.arange(n)), batch_size=n, collate_fn=collate_batch
+    )
 
 
-@pytest.mark.parametrize("overrides", [["model=b0"], ["model=b3"], ["model=resnet50_cbam"],
-                                       ["model=resnet50_cbam", "annotations=on"], ["task=reconstruct"],
-                                       ["task=reconstruct", "model=ae_attention", "model.base_channels=16"]],
-                         ids=lambda o: "-".join(v.split("=")[1] for v in o))  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=b0"],
+        ["model=b3"],
+        ["model=resnet50_cbam"],
+        ["model=resnet50_cbam", "annotations=on"],
+        ["task=reconstruct"],
+        ["task=reconstruct", "model=ae_attention", "model.base_channels=16"],
+    ],
+    ids=lambda o: "-".join(v.split("=")[1] for v in o),
+)
 def test_amp_training_on_cuda_runs_in_bf16_channels_last_and_learns(overrides: list[str], tmp_path: Path) -> None:
     run = settings(["debug=tiny", "train.device=cuda", "train.epochs=8", "train.warmup_epochs=0", *overrides])
     task = make_task(run)
@@ -56,10 +65,22 @@ def test_amp_training_on_cuda_runs_in_bf16_channels_last_and_learns(overrides: l
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     seen: list[tuple[torch.dtype, bool]] = []
     # (1-channel inputs are channels_last and contiguous at once: the first conv's output tells)
-    first_conv.register_forward_hook(lambda m, args, out: seen.append(
-        (out.dtype, out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous())))  # fmt: skip
-    result = fit(model, loader, loader, task.objective(model), run.train, monitor=task.monitor, seed=0,
-                 device=torch.device("cuda"), out_dir=tmp_path)  # fmt: skip
+    first_conv.register_forward_hook(
+        lambda m, args, out: seen.append(
+            (out.dtype, out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous())
+        )
+    )
+    result = fit(
+        model,
+        loader,
+        loader,
+        task.objective(model),
+        run.train,
+        monitor=task.monitor,
+        seed=0,
+        device=torch.device("cuda"),
+        out_dir=tmp_path,
+    )
     losses = [row["train_loss"] for row in result.history]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     assert seen[0] == (torch.bfloat16, True)  # autocast in bf16, activations in channels_last
@@ -71,8 +92,9 @@ def trained_on_gpu(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     work = tmp_path_factory.mktemp("gpu")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        train_job(compose_config(tiny(synth_root, work, "tracking.enabled=false", "train.epochs=3",
-                                      "train.device=cuda")))  # fmt: skip
+        train_job(
+            compose_config(tiny(synth_root, work, "tracking.enabled=false", "train.epochs=3", "train.device=cuda"))
+        )
     [checkpoint] = (work / "checkpoints").glob("*/best.pt")
     return work / "outputs", checkpoint
 
@@ -85,8 +107,13 @@ def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(trained_on
     table = load_dataset(synth_root, read_annotations=False)
     split = pd.read_csv(out / "split.csv")
     rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
-    loader = make_loader(BTXRDImages(rows, cache_for(table, 64, run.data), 64, train=False), 32, train=False,
-                         workers=0, device=torch.device("cpu"))  # fmt: skip
+    loader = make_loader(
+        BTXRDImages(rows, cache_for(table, 64, run.data), 64, train=False),
+        32,
+        train=False,
+        workers=0,
+        device=torch.device("cpu"),
+    )
     probs, _, _ = predict(model, loader, InputPipeline(torch.device("cpu"), make_task(run).input_spec()), amp=False)
     on_gpu = pd.read_csv(out / "predictions_test.csv")[["p_normal", "p_benign", "p_malignant"]].to_numpy()
     difference = np.abs(probs - on_gpu).max()
@@ -97,8 +124,11 @@ def test_a_checkpoint_written_on_the_gpu_predicts_the_same_on_the_cpu(trained_on
 
 def test_evaluate_on_the_gpu_reproduces_the_run(trained_on_gpu, tmp_path: Path) -> None:
     out, checkpoint = trained_on_gpu
-    result = run_script("evaluate.py", [f"checkpoint={checkpoint}", "tracking.enabled=false", "device=cuda",
-                                        f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "evaluate.py",
+        [f"checkpoint={checkpoint}", "tracking.enabled=false", "device=cuda", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     trained = json.loads((out / "metrics_test.json").read_text())
     evaluated = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())

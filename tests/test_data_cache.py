@@ -43,8 +43,9 @@ def test_lesion_boxes_land_on_the_same_pixels(synth_root: Path, tmp_path: Path, 
     for i, row in tumours.iterrows():
         full = rasterise(row["boxes"], row["polygons"], (row["width"], row["height"]))
         canvas, scale, offset, _ = letterbox(row["path"], 128)
-        warped = np.asarray(Image.fromarray(full * 255).resize((round(row["width"] * scale[0]),
-                                                                 round(row["height"] * scale[1]))))  # fmt: skip
+        warped = np.asarray(
+            Image.fromarray(full * 255).resize((round(row["width"] * scale[0]), round(row["height"] * scale[1])))
+        )
         expected = np.zeros((128, 128), dtype=bool)
         ox, oy = int(offset[0]), int(offset[1])
         expected[oy : oy + warped.shape[0], ox : ox + warped.shape[1]] = warped > 127
@@ -140,8 +141,9 @@ def test_evaluation_items_never_carry_annotations(synth_root: Path, tmp_path: Pa
     image, _, mask, has_mask, _ = evaluation[tumour]
     assert image.shape == (1, 64, 64) and image.dtype == torch.uint8
     assert not has_mask and mask.sum() == 0
-    training = BTXRDImages(table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True,
-                           with_masks=True)  # fmt: skip
+    training = BTXRDImages(
+        table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True, with_masks=True
+    )
     assert training[tumour][3] and training[tumour][2].sum() > 0
 
 

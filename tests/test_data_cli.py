@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow  # each test runs the command in a process of its 
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "btxrd.data", *args], capture_output=True, text=True,
-                          cwd=PROJECT_ROOT, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "btxrd.data", *args], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120
+    )
 
 
 def test_check_json_reports_counts(synth_root: Path) -> None:

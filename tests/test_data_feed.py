@@ -24,16 +24,19 @@ CPU = torch.device("cpu")
 def annotated(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> BTXRDImages:
     table = load_dataset(synth_root)
     cache = cache_images(table, 74, tmp_path_factory.mktemp("cache"), source_size=None)
-    return BTXRDImages(table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True,
-                       with_masks=True, seed=5)  # fmt: skip
+    return BTXRDImages(
+        table, cache, 64, train=True, crop=CropSettings(0.7, 1.0, True), lesion_crops=True, with_masks=True, seed=5
+    )
 
 
 def _both(dataset: BTXRDImages, epochs: int = 2) -> tuple[list, list]:
     """The first ``epochs`` epochs of batches from the worker path and from the device feed."""
     per_epoch = len(dataset) // 16
     workers = make_loader(dataset, 16, train=True, workers=0, device=CPU, seed=5)
-    return (list(itertools.islice(iter(source), epochs * per_epoch))
-            for source in (workers, DeviceFeed(dataset, 16, CPU, seed=5)))  # fmt: skip
+    return (
+        list(itertools.islice(iter(source), epochs * per_epoch))
+        for source in (workers, DeviceFeed(dataset, 16, CPU, seed=5))
+    )
 
 
 def test_the_device_feed_crops_the_worker_paths_windows(annotated: BTXRDImages) -> None:
@@ -56,8 +59,13 @@ def _true_mask(dataset: BTXRDImages, epoch: int, index: int) -> torch.Tensor:
     left, top, side, flip = dataset.window(epoch, index)
     row = dataset.cache_rows[index]
     scale, offset, factor = dataset.cache.scale[row], dataset.cache.offset[row], size / side
-    mask = rasterise(dataset.boxes[index], dataset.polygons[index], (size, size), tuple(scale * factor),
-                     ((offset[0] - left) * factor, (offset[1] - top) * factor))  # fmt: skip
+    mask = rasterise(
+        dataset.boxes[index],
+        dataset.polygons[index],
+        (size, size),
+        tuple(scale * factor),
+        ((offset[0] - left) * factor, (offset[1] - top) * factor),
+    )
     return torch.from_numpy(np.ascontiguousarray(mask[:, ::-1] if flip else mask)).bool()
 
 
@@ -102,8 +110,9 @@ def test_train_py_trains_through_the_device_feed(synth_root: Path, tmp_path: Pat
 
     from .helpers import compose_config, runs, tiny
 
-    train_job(compose_config(tiny(synth_root, tmp_path, "data.feed=device", "train.epochs=2",
-                                  f"annotations={annotations}")))  # fmt: skip
+    train_job(
+        compose_config(tiny(synth_root, tmp_path, "data.feed=device", "train.epochs=2", f"annotations={annotations}"))
+    )
     [run] = runs(tmp_path)
     assert run.info.status == "FINISHED" and run.data.params["runtime.feed"] == "device"
     history = run.data.metrics

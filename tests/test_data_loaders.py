@@ -29,19 +29,20 @@ def test_epoch_batches_are_seeded_per_epoch_full_and_resumable() -> None:
 
 
 @pytest.mark.slow
-def test_workers_see_each_epoch_and_give_the_batches_of_the_training_process(synth_root: Path,
-                                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_workers_see_each_epoch_and_give_the_batches_of_the_training_process(synth_root: Path, tmp_path: Path) -> None:
     """Persistent workers hold their own copy of the dataset: the epoch must travel with each key,
     or every epoch after the first would repeat the first one's crops and flips."""
     table = load_dataset(synth_root)
     cache = cache_images(table, 74, tmp_path, source_size=None)
     dataset = BTXRDImages(table, cache, 64, train=True, crop=CropSettings(0.5, 1.0, True), seed=1)
-    streams = [iter(make_loader(dataset, 16, train=True, workers=w, device=torch.device("cpu"), seed=1))
-               for w in (0, 2)]  # fmt: skip
+    streams = [
+        iter(make_loader(dataset, 16, train=True, workers=w, device=torch.device("cpu"), seed=1)) for w in (0, 2)
+    ]
     per_epoch = len(table) // 16
     in_process, with_workers = ([next(s) for _ in range(2 * per_epoch)] for s in streams)
     for a, b in zip(in_process, with_workers, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.index, b.index)
+
     # the same image drawn in epochs 0 and 1 is cropped differently
     def drawn(batches) -> dict:
         return {int(i): img for batch in batches for i, img in zip(batch.index, batch.images, strict=True)}
@@ -54,6 +55,11 @@ def test_workers_see_each_epoch_and_give_the_batches_of_the_training_process(syn
 def test_no_mask_is_shipped_when_none_is_asked_for(synth_root: Path, tmp_path: Path) -> None:
     table = load_dataset(synth_root, read_annotations=False)
     cache = cache_images(table, 74, tmp_path, source_size=None)
-    batch = next(iter(make_loader(BTXRDImages(table, cache, 64, train=False), 8, train=False, workers=0,
-                                  device=torch.device("cpu"))))  # fmt: skip
+    batch = next(
+        iter(
+            make_loader(
+                BTXRDImages(table, cache, 64, train=False), 8, train=False, workers=0, device=torch.device("cpu")
+            )
+        )
+    )
     assert batch.images.shape == (8, 1, 64, 64) and batch.masks.shape == (8, 1, 0, 0) and not batch.has_mask.any()

@@ -17,8 +17,9 @@ from btxrd.sweep.callback import prepare_data
 from .helpers import compose_config, settings, tiny
 
 
-def test_the_sweep_prepares_its_dataset_and_the_jobs_find_it_ready(synth_root: Path, tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_the_sweep_prepares_its_dataset_and_the_jobs_find_it_ready(
+    synth_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     overrides = tiny(synth_root, tmp_path)
     config = compose_config(overrides, with_hydra=True)
     process = prepare_data(config)
@@ -34,10 +35,12 @@ def test_the_sweep_prepares_its_dataset_and_the_jobs_find_it_ready(synth_root: P
     assert len(cache.image_ids) == len(table) == 160
 
 
-@pytest.mark.parametrize("override", ["sweep.prepare_data=false", "hydra/launcher=slurm", "data.root=/no/such/data",
-                                      "data.canvas_scale=3"])  # fmt: skip
-def test_no_preparing_when_switched_off_on_slurm_or_with_data_no_job_can_read(override: str, synth_root: Path,
-                                                                           tmp_path: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "override", ["sweep.prepare_data=false", "hydra/launcher=slurm", "data.root=/no/such/data", "data.canvas_scale=3"]
+)
+def test_no_preparing_when_switched_off_on_slurm_or_with_data_no_job_can_read(
+    override: str, synth_root: Path, tmp_path: Path
+) -> None:
     config = compose_config([*tiny(synth_root, tmp_path), override], with_hydra=True)
     assert prepare_data(config) is None
     assert not (Path(config.hydra.sweep.dir) / "prepare_data.log").exists()
@@ -50,8 +53,9 @@ def test_preparing_imports_no_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_a_preparation_that_cannot_start_leaves_the_work_to_the_jobs(synth_root: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_preparation_that_cannot_start_leaves_the_work_to_the_jobs(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_process(*args: object) -> None:
         raise OSError("Resource temporarily unavailable")
 

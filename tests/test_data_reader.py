@@ -55,14 +55,18 @@ def test_masks_rasterise_at_any_size(synth_root: Path) -> None:
 
 def test_annotation_with_more_boxes_than_polygons(tmp_path: Path) -> None:
     doc = {
-        "version": "5.4.1", "flags": {}, "imagePath": "x.jpeg", "imageData": None,
-        "imageHeight": 100, "imageWidth": 100,
+        "version": "5.4.1",
+        "flags": {},
+        "imagePath": "x.jpeg",
+        "imageData": None,
+        "imageHeight": 100,
+        "imageWidth": 100,
         "shapes": [
             {"label": "osteochondroma", "points": [[10, 10], [30, 30]], "shape_type": "rectangle"},
             {"label": "osteochondroma", "points": [[60, 60], [90, 95]], "shape_type": "rectangle"},
             {"label": "osteochondroma", "points": [[12, 12], [28, 12], [20, 28]], "shape_type": "polygon"},
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "a.json"
     path.write_bytes(json.dumps(doc, indent=2).replace("\n", "\r\n").encode())
     ann = read_annotation(path)
@@ -187,8 +191,9 @@ def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_pat
     load_dataset(synth_copy, memo_dir=tmp_path)
     probed: list[int] = []
     real_probe = reader._probe_all
-    monkeypatch.setattr(reader, "_probe_all",
-                        lambda paths, *limits: probed.append(len(paths)) or real_probe(paths, *limits))  # fmt: skip
+    monkeypatch.setattr(
+        reader, "_probe_all", lambda paths, *limits: probed.append(len(paths)) or real_probe(paths, *limits)
+    )
     load_dataset(synth_copy, memo_dir=tmp_path)
     assert probed == [0]  # every image known and unchanged
     corrupt = synth_copy / "images" / "IMG000007.jpeg"
@@ -243,7 +248,9 @@ def test_duplicate_images_are_named_and_kept_in_one_group(synth_copy: Path) -> N
     inspection = inspect_dataset(synth_copy, duplicate_distance=12)
     found = inspection.table.attrs["duplicates"]
     assert sorted(zip(found["image_a"], found["image_b"], found["exact"], strict=True)) == [
-        (ids[3], ids[40], True), (ids[7], ids[90], False)]  # fmt: skip
+        (ids[3], ids[40], True),
+        (ids[7], ids[90], False),
+    ]
     assert found.loc[~found["exact"], "distance"].iloc[0] <= 6  # a few bits; unrelated images differ in dozens
     messages = " ".join(str(p) for p in inspection.problems)
     assert f"1 pair(s) of identical image files, kept in one split part: {ids[3]} = {ids[40]}" in messages
@@ -299,8 +306,11 @@ def test_check_names_images_annotations_and_centres_that_do_not_fit(synth_copy: 
     sheet.loc[5, "center"] = 4
     sheet.to_excel(synth_copy / "dataset.xlsx", index=False)
     messages = [str(p) for p in inspect_dataset(synth_copy).problems]
-    assert any(f"{tumour['image_id']} (missing; images/{renamed.stem.lower()}.JPEG differs only in letter case)" in m
-               for m in messages), messages  # fmt: skip
+    assert any(
+        f"{tumour['image_id']} (missing; images/{renamed.stem.lower()}.JPEG differs only in letter case)" in m
+        for m in messages
+    ), messages
     assert any(f"imagePath names another image than their own file name: {annotation.name}" in m for m in messages)
-    assert any(f"from centres other than the release's 1, 2, 3: {sheet.loc[5, 'image_id']} (centre 4)" in m
-               for m in messages)  # fmt: skip
+    assert any(
+        f"from centres other than the release's 1, 2, 3: {sheet.loc[5, 'image_id']} (centre 4)" in m for m in messages
+    )

@@ -44,9 +44,12 @@ def test_real_patient_proxy_groups(real_sheet: pd.DataFrame) -> None:
 
 def test_real_grouped_split_keeps_patients_together(real_sheet: pd.DataFrame) -> None:
     table = pd.DataFrame(
-        {"label": real_sheet["benign"] + 2 * real_sheet["malignant"], "center": real_sheet["center"],
-         "group": patient_groups(real_sheet)}
-    )  # fmt: skip
+        {
+            "label": real_sheet["benign"] + 2 * real_sheet["malignant"],
+            "center": real_sheet["center"],
+            "group": patient_groups(real_sheet),
+        }
+    )
     spec = StratifiedSplitConfig(name="stratified", seed=0, group_patients=True, train=0.7, val=0.15, test=0.15)
     parts = make_split(table, spec, (0, 1, 2))
     assert table.assign(part=parts).groupby("group")["part"].nunique().max() == 1

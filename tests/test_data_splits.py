@@ -11,8 +11,9 @@ from btxrd.errors import ConfigError
 from btxrd.settings import CenterSplitConfig, KFoldSplitConfig, StratifiedSplitConfig
 
 STRATIFIED = StratifiedSplitConfig(name="stratified", seed=0, group_patients=True, train=0.7, val=0.15, test=0.15)
-CENTER = CenterSplitConfig(name="center", seed=0, group_patients=True, train_centers=[1], test_centers=[2, 3],
-                           val_fraction=0.15)  # fmt: skip
+CENTER = CenterSplitConfig(
+    name="center", seed=0, group_patients=True, train_centers=[1], test_centers=[2, 3], val_fraction=0.15
+)
 KFOLD = KFoldSplitConfig(name="kfold", seed=0, group_patients=True, k=4, fold=0, test=0.15)
 ALL = (0, 1, 2)
 
@@ -24,8 +25,10 @@ def make_table(n_groups: int = 600, seed: int = 0) -> pd.DataFrame:
     for g in range(n_groups):
         label = int(rng.choice(3, p=[0.5, 0.4, 0.1]))
         center = int(rng.choice([1, 2, 3], p=[0.78, 0.15, 0.07]))
-        rows += [{"image_id": f"IMG{len(rows) + i:06d}.jpeg", "label": label, "center": center, "group": g}
-                 for i in range(int(rng.integers(1, 5)))]  # fmt: skip
+        rows += [
+            {"image_id": f"IMG{len(rows) + i:06d}.jpeg", "label": label, "center": center, "group": g}
+            for i in range(int(rng.integers(1, 5)))
+        ]
     return pd.DataFrame(rows)
 
 

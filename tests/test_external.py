@@ -27,17 +27,28 @@ def _table(folder: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    ([{"path": "images/a.png"}], r"labels.csv: missing column\(s\) label \(needs path and label\)"),
-    ([{"path": "images/a.png", "label": "benign"}, {"path": "images/b.png", "label": "tumour"}],
-     r"labels.csv, row 3: label 'tumour' is not one of normal, benign, malignant"),
-    ([{"path": "images/a.png", "label": "normal"}, {"path": "../x.png", "label": "normal"}],
-     r"labels.csv, row 3: path '../x.png' is not a file inside the table's folder"),
-    ([{"path": "images/a.png", "label": "normal"}, {"path": "images/a.png", "label": "benign"}],
-     r"labels.csv, row 3: an image listed twice"),
-    ([{"path": "images/a.png", "label": "normal", "boxes": "[[1, 2, 3]]"}],
-     r"labels.csv, row 2: boxes '\[\[1, 2, 3\]\]' cannot be read"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"path": "images/a.png"}], r"labels.csv: missing column\(s\) label \(needs path and label\)"),
+        (
+            [{"path": "images/a.png", "label": "benign"}, {"path": "images/b.png", "label": "tumour"}],
+            r"labels.csv, row 3: label 'tumour' is not one of normal, benign, malignant",
+        ),
+        (
+            [{"path": "images/a.png", "label": "normal"}, {"path": "../x.png", "label": "normal"}],
+            r"labels.csv, row 3: path '../x.png' is not a file inside the table's folder",
+        ),
+        (
+            [{"path": "images/a.png", "label": "normal"}, {"path": "images/a.png", "label": "benign"}],
+            r"labels.csv, row 3: an image listed twice",
+        ),
+        (
+            [{"path": "images/a.png", "label": "normal", "boxes": "[[1, 2, 3]]"}],
+            r"labels.csv, row 2: boxes '\[\[1, 2, 3\]\]' cannot be read",
+        ),
+    ],
+)
 def test_a_table_it_cannot_use_is_one_line_naming_the_row(tmp_path: Path, rows: list[dict], message: str) -> None:
     with pytest.raises(DataError, match=message):
         read_external(_table(tmp_path, rows), InputLimits())
@@ -52,8 +63,17 @@ def test_a_missing_file_names_its_row(tmp_path: Path) -> None:
 
 
 def test_optional_columns_become_groups_subgroups_and_boxes(tmp_path: Path) -> None:
-    rows = [{"path": f"images/{i}.png", "label": "benign", "Patient": f"p{i // 2}", "Sex": "F", "Scanner": "X1",
-             "boxes": "[[4, 4, 20, 30]]" if i == 0 else ""} for i in range(4)]  # fmt: skip
+    rows = [
+        {
+            "path": f"images/{i}.png",
+            "label": "benign",
+            "Patient": f"p{i // 2}",
+            "Sex": "F",
+            "Scanner": "X1",
+            "boxes": "[[4, 4, 20, 30]]" if i == 0 else "",
+        }
+        for i in range(4)
+    ]
     table, extra = read_external(_table(tmp_path, rows), InputLimits())
     assert table["group"].tolist() == [0, 0, 1, 1] and extra == ("scanner",)
     assert table["gender"].tolist() == ["F"] * 4 and table["boxes"][0] == ((4.0, 4.0, 20.0, 30.0),)
@@ -80,13 +100,22 @@ def test_the_runs_test_images_as_png_files_score_as_its_own_test_part(synth_root
         source = dataset.loc[image_id]
         png = f"png/{Path(image_id).stem}.png"
         Image.open(source["path"]).convert("L").save(external / png)
-        rows.append({"path": png, "label": source["label_name"], "patient": source["group"],
-                     "centre": source["center"], "age": source["age"], "sex": source["gender"],
-                     "boxes": json.dumps([list(b) for b in source["boxes"]]) if source["boxes"] else ""})  # fmt: skip
+        rows.append(
+            {
+                "path": png,
+                "label": source["label_name"],
+                "patient": source["group"],
+                "centre": source["center"],
+                "age": source["age"],
+                "sex": source["gender"],
+                "boxes": json.dumps([list(b) for b in source["boxes"]]) if source["boxes"] else "",
+            }
+        )
     table = external / "labels.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
-    metrics = evaluate_job(compose_config([f"run_id={run.info.run_id}", f"external={table}",
-                                           f"paths.root={tmp_path}"], "evaluate"))  # fmt: skip
+    metrics = evaluate_job(
+        compose_config([f"run_id={run.info.run_id}", f"external={table}", f"paths.root={tmp_path}"], "evaluate")
+    )
     own = run.data.metrics
     for name in ("accuracy", "macro_f1", "auroc_macro", "ece", "brier", "malignant_recall", "cam_pointing"):
         for suffix in ("", "_ci_low", "_ci_high"):

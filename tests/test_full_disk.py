@@ -33,8 +33,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MB filesystem of its own."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
-                                                   capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield folder
@@ -88,10 +93,12 @@ def test_an_image_cache_that_does_not_fit_is_refused_before_decoding(synth_root:
 
 
 @pytest.mark.slow
-def test_a_job_whose_checkpoints_do_not_fit_fails_in_one_line(synth_root: Path, tmp_path: Path,
-                                                              small_disk: Path) -> None:  # fmt: skip
-    cfg = compose_config(tiny(synth_root, tmp_path / "work", "model.image_size=32",
-                              f"train.checkpoint_dir={small_disk}"))  # fmt: skip
+def test_a_job_whose_checkpoints_do_not_fit_fails_in_one_line(
+    synth_root: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    cfg = compose_config(
+        tiny(synth_root, tmp_path / "work", "model.image_size=32", f"train.checkpoint_dir={small_disk}")
+    )
     with pytest.raises(StorageError, match=rf"cannot write {small_disk}/.*\.pt: No space left on device; .*MB free"):
         train_job(cfg)
     [run] = runs(tmp_path / "work")
@@ -103,8 +110,9 @@ def _store_on(disk: Path, patience: float) -> Tracker:
     return Tracker(f"sqlite:///{disk / 'mlflow.db'}", "btxrd", disk / "mlruns", outage_patience_s=patience)
 
 
-def test_a_run_whose_store_fills_up_is_closed_when_room_comes_back(small_disk: Path, tmp_path: Path,
-                                                                   monkeypatch) -> None:  # fmt: skip
+def test_a_run_whose_store_fills_up_is_closed_when_room_comes_back(
+    small_disk: Path, tmp_path: Path, monkeypatch
+) -> None:
     """The store itself is on the full disk: the job keeps its writes and waits (tracking.outage_patience_s);
     room comes back, the run closes FAILED with its error (before: RUNNING, its model PENDING)."""
     monkeypatch.setattr("btxrd.tracking.lifecycle.PROBE_INTERVAL_S", 0.5)  # asked again every 15 s otherwise
@@ -140,8 +148,10 @@ def test_a_run_whose_store_stays_full_keeps_its_reason_for_close_stale(small_dis
     assert [r.info.run_id for r in close_stale(tracker)] == [recorder.run_id]
     run = tracker.get_run(recorder.run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags["error"].startswith("the job ended FAILED but could not close its run: RuntimeError: "
-                                             "out of luck; then: the tracking store sqlite:///")  # fmt: skip
+    assert run.data.tags["error"].startswith(
+        "the job ended FAILED but could not close its run: RuntimeError: "
+        "out of luck; then: the tracking store sqlite:///"
+    )
     assert "cannot be written: no space left on device" in run.data.tags["error"]
     assert not (out / CLOSE_NOTE).exists()
 

@@ -40,8 +40,9 @@ def test_determinism_auto_is_strict_on_the_cpu_and_fast_on_a_gpu(monkeypatch) ->
 
 
 @pytest.mark.slow
-def test_the_test_part_and_the_operating_points_are_scored_in_float32(synth_root: Path, tmp_path: Path,
-                                                                      monkeypatch) -> None:  # fmt: skip
+def test_the_test_part_and_the_operating_points_are_scored_in_float32(
+    synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
     """With train.amp=true, validation during training may run in half precision; the thresholds chosen on
     the validation part, the test part and Grad-CAM run in float32, as the logged model serves."""
     from btxrd.cam import explain
@@ -50,10 +51,16 @@ def test_the_test_part_and_the_operating_points_are_scored_in_float32(synth_root
 
     asked: list[tuple[str, bool]] = []
     real_predict, real_explain = classify.predict_logits, explain.explain_loader
-    monkeypatch.setattr(classify, "predict_logits", lambda m, loader, i, amp: asked.append(("predict", amp))
-                        or real_predict(m, loader, i, amp))  # fmt: skip
-    monkeypatch.setattr(explain, "explain_loader", lambda m, loader, i, amp: asked.append(("cam", amp))
-                        or real_explain(m, loader, i, amp))  # fmt: skip
+    monkeypatch.setattr(
+        classify,
+        "predict_logits",
+        lambda m, loader, i, amp: asked.append(("predict", amp)) or real_predict(m, loader, i, amp),
+    )
+    monkeypatch.setattr(
+        explain,
+        "explain_loader",
+        lambda m, loader, i, amp: asked.append(("cam", amp)) or real_explain(m, loader, i, amp),
+    )
     train_job(compose_config(tiny(synth_root, tmp_path, "model.image_size=32", "train.amp=true")))
     # validation (may be half), then calibration, the validation part's predictions, the test part, Grad-CAM
     assert asked == [("predict", True), ("predict", False), ("predict", False), ("predict", False), ("cam", False)]

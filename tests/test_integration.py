@@ -30,8 +30,14 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     assert server.backend_store_uri.startswith("postgresql://")
     with urllib.request.urlopen(f"{server.uri}/health", timeout=5) as answer:
         assert answer.read().strip() == b"OK"
-    args = ["-m", *tiny(synth_root, tmp_path), "split=stratified,center", "annotations=on,off",
-            "hydra.launcher.n_jobs=2", f"tracking.uri={server.uri}"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path),
+        "split=stratified,center",
+        "annotations=on,off",
+        "hydra.launcher.n_jobs=2",
+        f"tracking.uri={server.uri}",
+    ]
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
@@ -40,7 +46,8 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     [(parent, children)] = sweeps_in(tmp_path, uri=server.uri)
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off"))  # fmt: skip
+        f"b0 | {s} | ann-{a}" for s in ("stratified", "center") for a in ("on", "off")
+    )
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.info.artifact_uri.startswith("mlflow-artifacts:/")  # served by the server, not a local path
@@ -60,11 +67,13 @@ def test_2x2_sweep_with_2_jobs_logs_every_run_metric_and_artifact_to_the_postgre
     # evaluate.py, as a user starts it, re-scores a child by its run id: the checkpoint comes from the
     # server's artifacts, the evaluation is a nested run there with the child's test metrics.
     child = children[0]
-    result = run_script("evaluate.py", [f"run_id={child.info.run_id}", f"paths.root={tmp_path}",
-                                        f"tracking.uri={server.uri}"], cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "evaluate.py",
+        [f"run_id={child.info.run_id}", f"paths.root={tmp_path}", f"tracking.uri={server.uri}"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    [evaluation] = client.search_runs([parent.info.experiment_id],
-                                      f"tags.mlflow.parentRunId = '{child.info.run_id}'")  # fmt: skip
+    [evaluation] = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{child.info.run_id}'")
     assert evaluation.info.status == "FINISHED"
     for key in ("test_accuracy", "test_macro_f1", "test_auroc_macro", "test_macro_f1_ci_low"):
         assert evaluation.data.metrics[key] == pytest.approx(child.data.metrics[key], abs=1e-9), key
@@ -96,8 +105,9 @@ def test_a_job_whose_server_stops_and_comes_back_trains_on_and_loses_nothing(
     client = MlflowClient(server.uri)
     assert [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")] == [1, 2, 3, 4, 5, 6]
     assert "test_macro_f1" in child.data.metrics
-    assert {"confusion_matrix_test.png", "predictions_test.csv"} <= {a.path for a in client.list_artifacts(
-        child.info.run_id)}  # fmt: skip
+    assert {"confusion_matrix_test.png", "predictions_test.csv"} <= {
+        a.path for a in client.list_artifacts(child.info.run_id)
+    }
 
 
 def wait_for(found: Callable[[], Any], seconds: float) -> Any:
@@ -152,8 +162,13 @@ def test_a_sweep_against_a_server_with_credentials_in_its_url_closes_and_keeps_t
     took 'alice:...@127.0.0.1' for a host name, waited 900 s and left the parent RUNNING."""
     password = "Srv-Pl4nted-S3cret"
     uri = server.uri.replace("http://", f"http://alice:{password}@")
-    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32"), "annotations=on,off", "hydra.launcher.n_jobs=2",
-            f"tracking.uri={uri}"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path, "model.image_size=32"),
+        "annotations=on,off",
+        "hydra.launcher.n_jobs=2",
+        f"tracking.uri={uri}",
+    ]
     result = run_script("train.py", args, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert password not in result.stdout + result.stderr

@@ -9,16 +9,27 @@ from .conftest import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "btxrd"
 # Lower layers know nothing of higher ones: data <- models <- engine <- cam / metrics <- tasks <- jobs.
 LAYERS = {
-    "errors": 0, "settings": 0, "cli": 0, "redaction": 0, "files": 0,
-    "runtime": 1, "config": 1, "data": 1,
+    "errors": 0,
+    "settings": 0,
+    "cli": 0,
+    "redaction": 0,
+    "files": 0,
+    "runtime": 1,
+    "config": 1,
+    "data": 1,
     "models": 2,
     "engine": 3,
-    "metrics": 4, "cam": 4,
-    "tasks": 5, "tracking": 5,
+    "metrics": 4,
+    "cam": 4,
+    "tasks": 5,
+    "tracking": 5,
     "jobs": 6,
-    "report": 7, "sweep": 7,
-    "entry": 8, "bench": 8, "predict": 8,
-}  # fmt: skip
+    "report": 7,
+    "sweep": 7,
+    "entry": 8,
+    "bench": 8,
+    "predict": 8,
+}
 # no Hydra, no MLflow
 PLAIN = ("settings", "errors", "redaction", "files", "runtime", "data", "models", "engine", "metrics", "cam")
 
@@ -44,14 +55,20 @@ def test_every_package_has_a_layer() -> None:
 
 def test_imports_run_one_way() -> None:
     """No package imports one of a higher layer (same-layer imports are checked for cycles below)."""
-    upward = [f"{package} -> {name}" for package, names in _imports().items() for name in names
-              if name.startswith("btxrd.") and LAYERS[name.split(".")[1]] > LAYERS[package]]  # fmt: skip
+    upward = [
+        f"{package} -> {name}"
+        for package, names in _imports().items()
+        for name in names
+        if name.startswith("btxrd.") and LAYERS[name.split(".")[1]] > LAYERS[package]
+    ]
     assert upward == []
 
 
 def test_no_cycle_between_packages() -> None:
-    graph = {package: {n.split(".")[1] for n in names if n.startswith("btxrd.") and n.split(".")[1] != package}
-             for package, names in _imports().items()}  # fmt: skip
+    graph = {
+        package: {n.split(".")[1] for n in names if n.startswith("btxrd.") and n.split(".")[1] != package}
+        for package, names in _imports().items()
+    }
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in graph[start])

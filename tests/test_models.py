@@ -23,8 +23,9 @@ def test_registry_lists_entries_with_wildcards() -> None:
     assert list_models("b*") == ["b0", "b3"]
 
 
-@pytest.mark.parametrize(("name", "target_type"), [("b0", "BatchNormAct2d"), ("b3", "BatchNormAct2d"),
-                                                   ("resnet50_cbam", "Bottleneck")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "target_type"), [("b0", "BatchNormAct2d"), ("b3", "BatchNormAct2d"), ("resnet50_cbam", "Bottleneck")]
+)
 def test_classifiers_shapes_and_cam_targets(name: str, target_type: str) -> None:
     model = build_model(config(name)).eval()
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3)

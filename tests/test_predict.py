@@ -64,11 +64,13 @@ def test_the_logged_model_scores_in_a_new_process_as_the_run_scored_its_test_par
     predictions = pd.read_csv(tracker.download_artifact(run.info.run_id, "predictions_test.csv", work / "dl"))
     files = [next(synth_root.glob(f"images/{image_id}")) for image_id in predictions["image_id"][:12]]
     # ... against the logged model, loaded by MLflow in a fresh process from the decoded files.
-    code = (f"import mlflow, numpy as np; from PIL import Image; mlflow.set_tracking_uri({tracker.uri!r}); "
-            f"model = mlflow.pyfunc.load_model('models:/{model_id}'); "
-            f"out = [model.predict(np.asarray(Image.open(p).convert('L'))[None])"
-            f"[['p_normal', 'p_benign', 'p_malignant']].to_numpy()[0] for p in {[str(f) for f in files]!r}]; "
-            f"np.save({str(work / 'served.npy')!r}, np.stack(out))")  # fmt: skip
+    code = (
+        f"import mlflow, numpy as np; from PIL import Image; mlflow.set_tracking_uri({tracker.uri!r}); "
+        f"model = mlflow.pyfunc.load_model('models:/{model_id}'); "
+        f"out = [model.predict(np.asarray(Image.open(p).convert('L'))[None])"
+        f"[['p_normal', 'p_benign', 'p_malignant']].to_numpy()[0] for p in {[str(f) for f in files]!r}]; "
+        f"np.save({str(work / 'served.npy')!r}, np.stack(out))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=work)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "type hints" not in done.stderr  # predict's hints give MLflow no schema of its own, and no warning
@@ -106,8 +108,19 @@ def test_predict_scores_jpeg_png_and_dicom_and_draws_grad_cam(sweep, synth_root:
     write_dicom(folder / "c.dcm", twelve_bit, "MONOCHROME2", **rescale)
     write_dicom(folder / "d.dcm", 4095 - twelve_bit, "MONOCHROME1", **rescale)  # inverted: shows the same picture
     out = tmp_path / "predictions.csv"
-    command = [sys.executable, "-m", "btxrd.predict", f"models:/{model_id}", str(folder), "--out", str(out),
-               "--gradcam", str(tmp_path / "cams"), "--tracking-uri", tracker.uri]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "btxrd.predict",
+        f"models:/{model_id}",
+        str(folder),
+        "--out",
+        str(out),
+        "--gradcam",
+        str(tmp_path / "cams"),
+        "--tracking-uri",
+        tracker.uri,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"scored 4 image(s) with models:/{model_id}" in done.stdout
@@ -127,8 +140,9 @@ def test_predict_scores_jpeg_png_and_dicom_and_draws_grad_cam(sweep, synth_root:
     # (in process: the command line turns the DataError into its one line and exit 2).
     (folder / "e.png").write_bytes(b"not an image")
     Image.fromarray(gray[:20, :20]).save(folder / "f.png")
-    classifier = Classifier(tracker.download_artifact(_child(tracker, parent, "on").info.run_id,
-                                                      "checkpoints/best.pt", tmp_path / "ck"))  # fmt: skip
+    classifier = Classifier(
+        tracker.download_artifact(_child(tracker, parent, "on").info.run_id, "checkpoints/best.pt", tmp_path / "ck")
+    )
     with pytest.raises(DataError, match=f"^{folder / 'e.png'}: not an image Pillow or pydicom can read"):
         predict_files(classifier, image_files([folder]))
     result = predict_files(classifier, image_files([folder]), skip_unreadable=True)
@@ -138,8 +152,15 @@ def test_predict_scores_jpeg_png_and_dicom_and_draws_grad_cam(sweep, synth_root:
     assert errors["f.png"] == f"{folder / 'f.png'}: 20 x 20 px is no radiograph (at least 32 px a side)"
     np.testing.assert_allclose(result.table.loc[errors.isna().to_numpy(), list(CLASSES)], probs, atol=1e-4)
     # A model that does not exist: one line.
-    missing = [sys.executable, "-m", "btxrd.predict", "models:/no-such-model/1", str(folder), "--tracking-uri",
-               tracker.uri]  # fmt: skip
+    missing = [
+        sys.executable,
+        "-m",
+        "btxrd.predict",
+        "models:/no-such-model/1",
+        str(folder),
+        "--tracking-uri",
+        tracker.uri,
+    ]
     done = subprocess.run(missing, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: models:/no-such-model/1: ")
 
@@ -155,8 +176,9 @@ class _Payload:
 def test_a_crafted_pickle_in_a_model_folder_is_refused(sweep, tmp_path: Path) -> None:
     tracker, parent, work = sweep
     model_id = _child(tracker, parent, "off").data.tags["logged_model_id"]
-    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path),
-                                                      tracking_uri=tracker.uri))  # fmt: skip
+    folder = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path), tracking_uri=tracker.uri)
+    )
     [checkpoint] = (folder / "artifacts").rglob("*.pt")
     marker = tmp_path / "code_ran"
     checkpoint.write_bytes(pickle.dumps({"model": _Payload(marker)}))
@@ -179,8 +201,11 @@ def test_the_best_run_by_validation_is_registered_and_evaluated_by_its_uri(sweep
     assert version.tags["test_macro_f1"] == f"{best.data.metrics['test_macro_f1']:.4f} [{low:.4f}, {high:.4f}]"
     assert register_best(tracker, parent, "btxrd-test")[1] == "2"  # a second sweep's best: the next version
 
-    metrics = evaluate_job(compose_config(["model_uri=models:/btxrd-test/1", f"paths.root={work}",
-                                           f"tracking.uri={tracker.uri}"], "evaluate"))  # fmt: skip
+    metrics = evaluate_job(
+        compose_config(
+            ["model_uri=models:/btxrd-test/1", f"paths.root={work}", f"tracking.uri={tracker.uri}"], "evaluate"
+        )
+    )
     for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "test_macro_f1_ci_low"):
         assert metrics[key] == pytest.approx(best.data.metrics[key], abs=1e-6), key
     assert [r for r in runs(work) if r.data.tags.get("evaluation") == "true"]

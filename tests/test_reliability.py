@@ -49,6 +49,7 @@ def _reference_and_interrupted_projects(tmp_path: Path, store: Path) -> None:
         (tmp_path / folder).mkdir()
         shutil.copyfile(store, tmp_path / folder / "mlflow.db")
 
+
 pytestmark = pytest.mark.slow
 
 
@@ -84,14 +85,24 @@ def test_non_finite_loss_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     run = settings(["debug=tiny", "train.epochs=2"])
     model = Exploding()
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at epoch 1, step 3"):
-        fit(model, loader, loader, make_task(run).objective(model), run.train, monitor="val_macro_f1", seed=0,
-            device=torch.device("cpu"), out_dir=tmp_path)  # fmt: skip
+        fit(
+            model,
+            loader,
+            loader,
+            make_task(run).objective(model),
+            run.train,
+            monitor="val_macro_f1",
+            seed=0,
+            device=torch.device("cpu"),
+            out_dir=tmp_path,
+        )
     assert not list(tmp_path.glob("*.pt"))
 
 
 @pytest.mark.integration  # a real process killed: make test-integration (in-process resume: below)
-def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Path, tmp_path: Path,
-                                                                _migrated_store: Path) -> None:  # fmt: skip
+def test_resume_after_sigkill_continues_the_same_run_and_matches(
+    synth_root: Path, tmp_path: Path, _migrated_store: Path
+) -> None:
     small = ["train.epochs=4", *RESUMABLE]
     _reference_and_interrupted_projects(tmp_path, _migrated_store)
     args = tiny(synth_root, tmp_path / "b", *small)
@@ -132,7 +143,8 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(synth_root: Pat
 
 
 def test_a_job_stopped_by_sigterm_ends_killed_and_the_same_command_resumes_it_to_the_same_numbers(
-        synth_root: Path, tmp_path: Path, _migrated_store: Path, monkeypatch) -> None:  # fmt: skip
+    synth_root: Path, tmp_path: Path, _migrated_store: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(runtime, "_stop_signals_received", [])  # this process's record of stop signals
     small = ["train.epochs=2", *RESUMABLE]
     _reference_and_interrupted_projects(tmp_path, _migrated_store)
@@ -259,8 +271,12 @@ def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tm
     folder = Path(cfg.train.checkpoint_dir) / config_hash(to_dict(cfg))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
     interrupted = tracker.start_run("demo | b0 | stratified | ann-off")
-    stale = {"model": {"stale.weight": torch.zeros(1)}, "epoch": 1, "mlflow_run_id": interrupted,
-             "code_version": "0123abc"}  # fmt: skip
+    stale = {
+        "model": {"stale.weight": torch.zeros(1)},
+        "epoch": 1,
+        "mlflow_run_id": interrupted,
+        "code_version": "0123abc",
+    }
     save_checkpoint(stale, folder / "last.pt")
     point = find_resume(folder, None, code_version())
     assert point.epoch == 1 and point.not_resumed.startswith("its last checkpoint was written by code version 0123abc")
@@ -289,8 +305,9 @@ def test_a_resumed_job_moves_under_the_sweep_that_finishes_it(tmp_path: Path) ->
     tracker.set_tags(interrupted, {"error": "the sweep was stopped by SIGTERM"})
     tracker.end_run(interrupted, "KILLED")
     tags = {"job_num": "1", "sweep_dir": str(tmp_path / "sweep2"), "resumed_from_epoch": "2", "model": "b0"}
-    with job_run(tracker, "b0 | stratified | ann-on", tags, output_dir=tmp_path, parent_id=new_parent,
-                 earlier_run_id=interrupted) as recorder:  # fmt: skip
+    with job_run(
+        tracker, "b0 | stratified | ann-on", tags, output_dir=tmp_path, parent_id=new_parent, earlier_run_id=interrupted
+    ) as recorder:
         assert recorder.run_id == interrupted
         run = tracker.get_run(interrupted)
         assert run.info.status == "RUNNING" and run.data.tags["mlflow.parentRunId"] == new_parent
@@ -316,11 +333,16 @@ def test_a_failing_job_closes_its_run_even_when_its_folder_is_not_writable(tmp_p
     assert (run.info.status, run.data.tags["error"]) == ("FAILED", "ValueError: boom")
 
 
-@pytest.mark.parametrize(("overrides", "reason"), [
-    ([], "interrupted; not resumed: its last checkpoint cannot be read (cannot read checkpoint"),
-    (["train.resume=false"], "interrupted; not resumed: train.resume=false")])  # fmt: skip
-def test_an_interrupted_run_that_is_not_continued_is_closed_with_the_reason(synth_root: Path, tmp_path: Path,
-                                                                            overrides, reason) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ([], "interrupted; not resumed: its last checkpoint cannot be read (cannot read checkpoint"),
+        (["train.resume=false"], "interrupted; not resumed: train.resume=false"),
+    ],
+)
+def test_an_interrupted_run_that_is_not_continued_is_closed_with_the_reason(
+    synth_root: Path, tmp_path: Path, overrides, reason
+) -> None:
     """A last checkpoint torn by a kill mid-write (no atomic rename on some filesystems), or train.resume=false:
     the job starts afresh, and the run it does not continue ends KILLED instead of RUNNING for ever."""
     from btxrd.config import config_hash, to_dict

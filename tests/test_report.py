@@ -20,9 +20,16 @@ from .helpers import settings
 def predictions(rng: np.random.Generator, labels: np.ndarray, groups: np.ndarray, strength: float) -> pd.DataFrame:
     logits = rng.normal(size=(len(labels), 3)) + strength * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    return pd.DataFrame({"image_id": [f"IMG{i:06d}.jpeg" for i in range(len(labels))], "center": 1, "group": groups,
-                         "label": labels, "predicted": probs.argmax(1),
-                         **{f"p_{n}": probs[:, i] for i, n in enumerate(CLASS_NAMES)}})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": [f"IMG{i:06d}.jpeg" for i in range(len(labels))],
+            "center": 1,
+            "group": groups,
+            "label": labels,
+            "predicted": probs.argmax(1),
+            **{f"p_{n}": probs[:, i] for i, n in enumerate(CLASS_NAMES)},
+        }
+    )
 
 
 @pytest.fixture
@@ -43,12 +50,20 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
             if job == 0:  # finished in a rerun with sweep.skip_finished=true: the same configuration
                 choices["sweep.skip_finished"] = "True"
             commit = "a" * 40 if job else "b" * 40  # job 0 ran an older commit, with changes
-            made_by = {"mlflow.source.git.commit": commit, "code_version": commit + ("" if job else "+0123456789"),
-                       "machine.cpu": "AMD EPYC 7B13", "machine.cores": "2", "machine.accelerator": "none",
-                       "machine.torch": "2.14.1", "machine.cuda": "none"}  # fmt: skip
-            run = tracker.start_run(f"{model} | ann-{ann}", {"task": "classify", "job_num": str(job),
-                                    "choices": json.dumps(choices), "seed": seed, **made_by},
-                                    parent_id=parent)  # fmt: skip
+            made_by = {
+                "mlflow.source.git.commit": commit,
+                "code_version": commit + ("" if job else "+0123456789"),
+                "machine.cpu": "AMD EPYC 7B13",
+                "machine.cores": "2",
+                "machine.accelerator": "none",
+                "machine.torch": "2.14.1",
+                "machine.cuda": "none",
+            }
+            run = tracker.start_run(
+                f"{model} | ann-{ann}",
+                {"task": "classify", "job_num": str(job), "choices": json.dumps(choices), "seed": seed, **made_by},
+                parent_id=parent,
+            )
             accuracy = float((table["predicted"] == table["label"]).mean())
             tracker.log_metrics(run, {"test_accuracy": accuracy, "test_macro_f1": accuracy, "epochs_run": 3})
             path = tmp_path / f"predictions_{job}" / "predictions_test.csv"
@@ -57,9 +72,16 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
             tracker.log_artifact(run, path)
             tracker.end_run(run)
             job += 1
-    failed = tracker.start_run("b3 | ann-off", {"task": "classify", "job_num": str(job), "error": "ValueError: x",
-                               "choices": json.dumps({"model": "b3", "annotations": "off", "seed": "0"})},
-                               parent_id=parent)  # fmt: skip
+    failed = tracker.start_run(
+        "b3 | ann-off",
+        {
+            "task": "classify",
+            "job_num": str(job),
+            "error": "ValueError: x",
+            "choices": json.dumps({"model": "b3", "annotations": "off", "seed": "0"}),
+        },
+        parent_id=parent,
+    )
     tracker.end_run(failed, "FAILED")
     return tracker, parent, tmp_path / "report"
 
@@ -88,8 +110,7 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
     assert "## Configurations (seeds aggregated)" in markdown and "± " in markdown
     # How to make the numbers again, and on what they were made
     assert "- command: `python train.py -m model=b0,b3 annotations=on,off seed=0,1,2`" in markdown
-    assert (f"- code: commit {'b' * 12} with uncommitted changes (0123456789) (1 job), {'a' * 12} (8 jobs)"
-            in markdown)  # fmt: skip
+    assert f"- code: commit {'b' * 12} with uncommitted changes (0123456789) (1 job), {'a' * 12} (8 jobs)" in markdown
     assert "- machine: AMD EPYC 7B13, 2 cores, no GPU; torch 2.14.1\n" in markdown
     assert re.search(r"- runs: 20\d\d-\d\d-\d\d \d\d:\d\d UTC to 20\d\d-\d\d-\d\d \d\d:\d\d UTC", markdown)
     labels = pd.read_csv(out.parent / "predictions_0" / "predictions_test.csv")["label"]
@@ -105,8 +126,11 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
     subgroups = pd.read_csv(out / "sweep_subgroups.csv")
     assert sorted(subgroups["job"].unique()) == list(range(9)) and set(subgroups["attribute"]) == {"centre"}
     whole = subgroups[(subgroups["metric"] == "accuracy")].set_index("job")["estimate"]
-    finished = {int(r.data.tags["job_num"]): r.data.metrics["test_accuracy"] for r in tracker.children(parent)
-                if r.info.status == "FINISHED"}  # fmt: skip
+    finished = {
+        int(r.data.tags["job_num"]): r.data.metrics["test_accuracy"]
+        for r in tracker.children(parent)
+        if r.info.status == "FINISHED"
+    }
     assert whole.to_dict() == pytest.approx(finished)  # one centre: the whole part
     assert "## Subgroups\n" in markdown and f"| centre: 1 | {len(labels)} | 0.9" in markdown
     assert "| job 0 (b0, ann-on) |" in markdown
@@ -118,14 +142,22 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     rng = np.random.default_rng(1)
     labels = np.repeat(rng.choice(3, 150, p=[0.5, 0.35, 0.15]), 2)
     groups = np.repeat(np.arange(150), 2)
-    runs = [("stratified", "on", predictions(rng, labels, groups, 2.0)),
-            ("stratified", "off", predictions(rng, labels, groups, 2.0)),
-            ("center", "on", predictions(rng, labels[:200], groups[:200], 2.0))]  # fmt: skip
+    runs = [
+        ("stratified", "on", predictions(rng, labels, groups, 2.0)),
+        ("stratified", "off", predictions(rng, labels, groups, 2.0)),
+        ("center", "on", predictions(rng, labels[:200], groups[:200], 2.0)),
+    ]
     for job, (split, ann, table) in enumerate(runs):
-        run = tracker.start_run(f"{split} {ann}", {"task": "classify", "job_num": str(job),
-                                "choices": json.dumps({"split": split, "annotations": ann}),
-                                "mlflow.source.git.commit": "c" * 40},  # runs of a version that named no machine
-                                parent_id=parent)  # fmt: skip
+        run = tracker.start_run(
+            f"{split} {ann}",
+            {
+                "task": "classify",
+                "job_num": str(job),
+                "choices": json.dumps({"split": split, "annotations": ann}),
+                "mlflow.source.git.commit": "c" * 40,
+            },  # runs of a version that named no machine
+            parent_id=parent,
+        )
         path = tmp_path / str(job) / "predictions_test.csv"
         path.parent.mkdir()
         table.to_csv(path, index=False)
@@ -142,8 +174,9 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     assert "- machine: not recorded (runs made before runs named their machine)\n" in markdown
 
 
-def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_rest(sweep, tmp_path: Path,
-                                                                                    capsys) -> None:  # fmt: skip
+def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_rest(
+    sweep, tmp_path: Path, capsys
+) -> None:
     from btxrd.report.evidence import main
 
     tracker, parent, out = sweep
@@ -158,12 +191,16 @@ def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_res
     assert text.endswith("<!-- /evidence annotations-demo -->" + after) and "old table" not in text
     configurations = pd.read_csv(out / "sweep_configurations.csv").set_index("configuration")
     on = configurations.loc["model=b0 annotations=on"]
-    assert (f"| model=b0 annotations=on | 3 | {on['test_macro_f1_mean']:.3f} ± {on['test_macro_f1_sd']:.3f} "
-            f"[{on['test_macro_f1_ci_low']:.3f}, {on['test_macro_f1_ci_high']:.3f}] |") in text  # fmt: skip
+    assert (
+        f"| model=b0 annotations=on | 3 | {on['test_macro_f1_mean']:.3f} ± {on['test_macro_f1_sd']:.3f} "
+        f"[{on['test_macro_f1_ci_low']:.3f}, {on['test_macro_f1_ci_high']:.3f}] |"
+    ) in text
     tested = pd.read_csv(out / "sweep_comparisons.csv")
     row = tested[(tested["choice"] == "annotations") & (tested["metric"] == "macro-F1")].iloc[0]
-    assert (f"| annotations on vs off | model=b0 | macro-F1 | {row['delta']:+.3f} [{row['ci_low']:+.3f}, "
-            f"{row['ci_high']:+.3f}] | {row['p']:.2g} | {row['p_holm']:.2g} | **yes** |") in text  # fmt: skip
+    assert (
+        f"| annotations on vs off | model=b0 | macro-F1 | {row['delta']:+.3f} [{row['ci_low']:+.3f}, "
+        f"{row['ci_high']:+.3f}] | {row['p']:.2g} | {row['p_holm']:.2g} | **yes** |"
+    ) in text
     assert "Holm-adjusted over the sweep report's 6 tests" in text
     assert "- machine: AMD EPYC 7B13, 2 cores, no GPU; torch 2.14.1\n" in text and "\n- runs: 20" in text
     assert text == readme.read_text() and capsys.readouterr().out.startswith("<!-- evidence annotations-demo -->")
@@ -197,14 +234,30 @@ def test_evidence_refuses_a_readme_without_the_block_and_every_block_names_a_sec
 def test_a_metric_a_configuration_does_not_have_is_a_blank_cell_not_nan() -> None:
     from btxrd.report.render import seeds_markdown
 
-    summary = pd.DataFrame([
-        {"configuration": "model=ae_residual", "n_seeds": 3, "test_psnr_mean": 27.66, "test_psnr_sd": 0.72,
-         "test_psnr_ci_low": 26.96, "test_psnr_ci_high": 28.41, "val_channel_gates_mean_mean": np.nan,
-         "val_channel_gates_mean_sd": np.nan},
-        {"configuration": "model=ae_attention", "n_seeds": 3, "test_psnr_mean": 23.84, "test_psnr_sd": 1.64,
-         "test_psnr_ci_low": 22.0, "test_psnr_ci_high": 25.11, "val_channel_gates_mean_mean": 0.51,
-         "val_channel_gates_mean_sd": 0.004},
-    ])  # fmt: skip
+    summary = pd.DataFrame(
+        [
+            {
+                "configuration": "model=ae_residual",
+                "n_seeds": 3,
+                "test_psnr_mean": 27.66,
+                "test_psnr_sd": 0.72,
+                "test_psnr_ci_low": 26.96,
+                "test_psnr_ci_high": 28.41,
+                "val_channel_gates_mean_mean": np.nan,
+                "val_channel_gates_mean_sd": np.nan,
+            },
+            {
+                "configuration": "model=ae_attention",
+                "n_seeds": 3,
+                "test_psnr_mean": 23.84,
+                "test_psnr_sd": 1.64,
+                "test_psnr_ci_low": 22.0,
+                "test_psnr_ci_high": 25.11,
+                "val_channel_gates_mean_mean": 0.51,
+                "val_channel_gates_mean_sd": 0.004,
+            },
+        ]
+    )
     table = seeds_markdown(summary, {"test_psnr": "PSNR (dB)", "val_channel_gates_mean": "channel gates"})
     assert "| model=ae_residual | 3 | 27.660 ± 0.720 [26.960, 28.410] |  |" in table  # B has no gates
     assert "| model=ae_attention | 3 | 23.840 ± 1.640 [22.000, 25.110] | 0.510 ± 0.004 |" in table

@@ -32,33 +32,49 @@ from .helpers import compose_config, free_port, run_script, runs, tiny
 PLANTED = "Pl4nted-S3cret"  # grepped for in everything a sweep leaves behind
 
 
-@pytest.mark.parametrize(("text", "shown"), [
-    ("http://alice:pw@host:5000/x", "http://***@host:5000/x"),
-    ("postgresql+psycopg://bob:p%40ss@db.example:5432/mlflow", "postgresql+psycopg://***@db.example:5432/mlflow"),
-    ("https://TOKEN@host", "https://***@host"),
-    ("postgresql://db/mlflow?user=bob&password=hunter2&sslmode=require",
-     "postgresql://db/mlflow?user=bob&password=***&sslmode=require"),
-    ("s3://bucket/key?X-Amz-Signature=abc123&X-Amz-Credential=xyz", "s3://bucket/key?X-Amz-Signature=***&X-Amz-Credential=***"),
-    ("tracking.uri=http://u:p@h db.password=hunter2", "tracking.uri=http://***@h db.password=***"),
-    ("sqlite:////abs/mlflow.db and http://127.0.0.1:5000", "sqlite:////abs/mlflow.db and http://127.0.0.1:5000"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://alice:pw@host:5000/x", "http://***@host:5000/x"),
+        ("postgresql+psycopg://bob:p%40ss@db.example:5432/mlflow", "postgresql+psycopg://***@db.example:5432/mlflow"),
+        ("https://TOKEN@host", "https://***@host"),
+        (
+            "postgresql://db/mlflow?user=bob&password=hunter2&sslmode=require",
+            "postgresql://db/mlflow?user=bob&password=***&sslmode=require",
+        ),
+        (
+            "s3://bucket/key?X-Amz-Signature=abc123&X-Amz-Credential=xyz",
+            "s3://bucket/key?X-Amz-Signature=***&X-Amz-Credential=***",
+        ),
+        ("tracking.uri=http://u:p@h db.password=hunter2", "tracking.uri=http://***@h db.password=***"),
+        ("sqlite:////abs/mlflow.db and http://127.0.0.1:5000", "sqlite:////abs/mlflow.db and http://127.0.0.1:5000"),
+    ],
+)
 def test_secrets_in_text_are_hidden_and_nothing_else(text: str, shown: str) -> None:
     assert redact_text(text) == shown
 
 
 def test_a_config_keeps_its_shape_and_says_which_keys_it_hid() -> None:
-    config = {"tracking": {"uri": "http://al:pw@h", "ui_url": "http://h:5000"},
-              "model": {"kwargs": {"api_token": "abc", "depth": 3}}, "data": {"root": "/data"}}  # fmt: skip
+    config = {
+        "tracking": {"uri": "http://al:pw@h", "ui_url": "http://h:5000"},
+        "model": {"kwargs": {"api_token": "abc", "depth": 3}},
+        "data": {"root": "/data"},
+    }
     shown, hidden = redact_config(config)
-    assert shown == {"tracking": {"uri": "http://***@h", "ui_url": "http://h:5000"},
-                     "model": {"kwargs": {"api_token": "***", "depth": 3}}, "data": {"root": "/data"}}  # fmt: skip
+    assert shown == {
+        "tracking": {"uri": "http://***@h", "ui_url": "http://h:5000"},
+        "model": {"kwargs": {"api_token": "***", "depth": 3}},
+        "data": {"root": "/data"},
+    }
     assert hidden == ["tracking.uri", "model.kwargs.api_token"]
     assert config["tracking"]["uri"] == "http://al:pw@h"  # the original is untouched
 
 
 def test_credentials_move_to_the_variables_their_client_reads() -> None:
-    assert move_credentials("https://al:p%40ss@h:5000/") == ("https://h:5000/",
-                                                             {USERNAME_ENV: "al", PASSWORD_ENV: "p@ss"})  # fmt: skip
+    assert move_credentials("https://al:p%40ss@h:5000/") == (
+        "https://h:5000/",
+        {USERNAME_ENV: "al", PASSWORD_ENV: "p@ss"},
+    )
     assert move_credentials("postgresql://bob:pw@db/mlflow") == ("postgresql://bob@db/mlflow", {PGPASSWORD_ENV: "pw"})
     assert move_credentials("mysql://bob:pw@db/mlflow") == ("mysql://bob:pw@db/mlflow", {})  # no variable: kept
     assert move_credentials("sqlite:////a/b.db") == ("sqlite:////a/b.db", {})
@@ -67,8 +83,13 @@ def test_credentials_move_to_the_variables_their_client_reads() -> None:
 def test_the_command_line_loses_its_credentials_before_hydra_reads_it(monkeypatch, capsys) -> None:
     for name in (USERNAME_ENV, PASSWORD_ENV):
         monkeypatch.delenv(name, raising=False)
-    argv = ["train.py", "-m", f"tracking.uri='http://alice:{PLANTED}@127.0.0.1:5000'",
-            f"tracking.ui_url=http://alice:{PLANTED}@h", "model=b0"]  # fmt: skip
+    argv = [
+        "train.py",
+        "-m",
+        f"tracking.uri='http://alice:{PLANTED}@127.0.0.1:5000'",
+        f"tracking.ui_url=http://alice:{PLANTED}@h",
+        "model=b0",
+    ]
     credentials_out_of_command_line(argv)
     assert argv == ["train.py", "-m", "tracking.uri='http://127.0.0.1:5000'", "tracking.ui_url=http://h", "model=b0"]
     assert (os.environ[USERNAME_ENV], os.environ[PASSWORD_ENV]) == ("alice", PLANTED)
@@ -76,8 +97,9 @@ def test_the_command_line_loses_its_credentials_before_hydra_reads_it(monkeypatc
 
 
 def test_log_records_are_redacted_by_the_filter() -> None:
-    record = logging.LogRecord("hydra", logging.INFO, __file__, 1, "#%d : %s", (0, f"tracking.uri=http://a:{PLANTED}@h"),
-                               None)  # fmt: skip
+    record = logging.LogRecord(
+        "hydra", logging.INFO, __file__, 1, "#%d : %s", (0, f"tracking.uri=http://a:{PLANTED}@h"), None
+    )
     assert RedactingFilter().filter(record) and record.getMessage() == "#0 : tracking.uri=http://***@h"
 
 
@@ -114,8 +136,9 @@ def test_the_health_check_sends_credentials_given_in_the_url_and_shows_none(auth
 def test_a_run_stores_no_secret_of_its_config(synth_root: Path, tmp_path: Path) -> None:
     """A secret that reaches the config other than on the command line (a YAML file, an interpolated
     variable): params, tags, config.json and the checkpoint hold *** instead, and the run says so."""
-    cfg = compose_config(tiny(synth_root, tmp_path, "model.image_size=32",
-                              f"tracking.ui_url=http://alice:{PLANTED}@127.0.0.1:5000"))  # fmt: skip
+    cfg = compose_config(
+        tiny(synth_root, tmp_path, "model.image_size=32", f"tracking.ui_url=http://alice:{PLANTED}@127.0.0.1:5000")
+    )
     train_job(cfg)
     [run] = runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -133,8 +156,13 @@ def test_a_run_stores_no_secret_of_its_config(synth_root: Path, tmp_path: Path) 
 def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: Path, tmp_path: Path) -> None:
     """A password in a URL setting and one in a setting named so: the store, the artifacts (checkpoints,
     logged models), the sweep folder (Hydra's files, logs, the report) and the terminal hold neither."""
-    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "tracking.log_model=true"), "annotations=on,off",
-            f"tracking.ui_url=http://alice:{PLANTED}@127.0.0.1:5000", f"+db.password={PLANTED}"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path, "model.image_size=32", "tracking.log_model=true"),
+        "annotations=on,off",
+        f"tracking.ui_url=http://alice:{PLANTED}@127.0.0.1:5000",
+        f"+db.password={PLANTED}",
+    ]
     result = run_script("train.py", args, cwd=tmp_path)
     said = result.stdout + result.stderr
     assert result.returncode == 0, said[-3000:]
@@ -150,16 +178,22 @@ def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: P
 
 @pytest.mark.integration  # four entry-point processes waiting out their budget: make test-integration
 @pytest.mark.slow
-@pytest.mark.parametrize("uri", ["postgresql://alice:{pw}@127.0.0.1:{port}/mlflow", "http://alice:{pw}@127.0.0.1:{port}"])
-def test_a_store_that_cannot_be_reached_fails_in_seconds_in_one_line(synth_root: Path, tmp_path: Path,
-                                                                     uri: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "uri", ["postgresql://alice:{pw}@127.0.0.1:{port}/mlflow", "http://alice:{pw}@127.0.0.1:{port}"]
+)
+def test_a_store_that_cannot_be_reached_fails_in_seconds_in_one_line(
+    synth_root: Path, tmp_path: Path, uri: str
+) -> None:
     """Before: PostgreSQL ~110 s of retries then a 200-line traceback echoing the password; now one line
     naming the store, its secret hidden, within tracking.connect_timeout_s; single run and sweep alike."""
     uri = uri.format(pw=PLANTED, port=free_port())
     for multirun in ([], ["-m"]):
         started = time.monotonic()
-        result = run_script("train.py", [*multirun, *tiny(synth_root, tmp_path), f"tracking.uri={uri}",
-                                         "tracking.connect_timeout_s=2"], cwd=tmp_path)  # fmt: skip
+        result = run_script(
+            "train.py",
+            [*multirun, *tiny(synth_root, tmp_path), f"tracking.uri={uri}", "tracking.connect_timeout_s=2"],
+            cwd=tmp_path,
+        )
         seconds = time.monotonic() - started
         errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
         assert result.returncode == 2, result.stderr[-2000:]
@@ -191,12 +225,17 @@ def test_hydra_files_stay_yaml_with_their_secrets_hidden(tmp_path: Path) -> None
     from btxrd.sweep.secrets import redact_yaml_file
 
     path = tmp_path / "config.yaml"
-    path.write_text(f"db:\n  password: '123456'\n  user: bob\ntracking:\n  uri: http://al:{PLANTED}@h\n"
-                    "callbacks:\n  hidden_secrets:\n    _target_: x.Y\nmax_tokens: 5\n")  # fmt: skip
+    path.write_text(
+        f"db:\n  password: '123456'\n  user: bob\ntracking:\n  uri: http://al:{PLANTED}@h\n"
+        "callbacks:\n  hidden_secrets:\n    _target_: x.Y\nmax_tokens: 5\n"
+    )
     assert redact_yaml_file(path)
     assert OmegaConf.to_container(OmegaConf.load(path)) == {
-        "db": {"password": "***", "user": "bob"}, "tracking": {"uri": "http://***@h"},
-        "callbacks": {"hidden_secrets": {"_target_": "x.Y"}}, "max_tokens": 5}  # fmt: skip
+        "db": {"password": "***", "user": "bob"},
+        "tracking": {"uri": "http://***@h"},
+        "callbacks": {"hidden_secrets": {"_target_": "x.Y"}},
+        "max_tokens": 5,
+    }
     assert not redact_yaml_file(path)  # nothing left to hide: not rewritten
 
 
@@ -208,9 +247,14 @@ def test_redaction_stays_linear_on_hostile_text() -> None:
     assert time.monotonic() - started < 30  # a hang guard, not a speed claim: milliseconds here
 
 
-@pytest.mark.parametrize(("text", "shown"), [("http://bob:pa/ss@host/x", "http://***@host/x"),
-                                             ("http://bob:p@ss@host", "http://***@host"),
-                                             ("http://bob:it's@host", "http://***@host")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://bob:pa/ss@host/x", "http://***@host/x"),
+        ("http://bob:p@ss@host", "http://***@host"),
+        ("http://bob:it's@host", "http://***@host"),
+    ],
+)
 def test_passwords_with_reserved_characters_are_hidden_whole(text: str, shown: str) -> None:
     assert redact_text(text) == shown
 
@@ -227,8 +271,12 @@ def test_what_a_server_that_does_not_answer_is_called_holds_no_token() -> None:
 
     from btxrd.tracking.mlflow_store import unreachable
 
-    said = unreachable(MlflowException(f"API request to https://{PLANTED}@mlflow.example/api/2.0/mlflow/runs/get "
-                                       "failed with exception [Errno 111] Connection refused"))  # fmt: skip
+    said = unreachable(
+        MlflowException(
+            f"API request to https://{PLANTED}@mlflow.example/api/2.0/mlflow/runs/get "
+            "failed with exception [Errno 111] Connection refused"
+        )
+    )
     assert str(said) == "the tracking server https://mlflow.example does not answer (Connection refused)"
 
 

@@ -28,8 +28,13 @@ from .helpers import compose_config, run_script, runs, start_script, sweeps_in, 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # The slurm preset as a user points it at a small cluster: no GPUs, one CPU and 2 GB per job.
-ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=30"]  # fmt: skip
+ON_SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=30",
+]
 # Long enough to act on a job while it trains; one thread in every process, so that results are
 # equal to the bit between a Slurm job and the in-process reference (a CPU guarantee).
 SLOW = ["train.epochs=8", "model.image_size=32", "train.device=cpu", "train.num_threads=1"]
@@ -74,8 +79,15 @@ def _trained_checkpoints(work: Path, at_least: int) -> list[Path]:
 def test_a_2x2_grid_runs_as_one_job_array_into_the_shared_server(
     slurm: LocalSlurm, server: MlflowServer, synth_root: Path, tmp_path: Path
 ) -> None:
-    args = ["-m", *tiny(synth_root, tmp_path, *ON_SLURM), "split=stratified,center", "annotations=on,off",
-            f"tracking.uri={server.uri}", "sweep.register_best=true", "tracking.log_model=true"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path, *ON_SLURM),
+        "split=stratified,center",
+        "annotations=on,off",
+        f"tracking.uri={server.uri}",
+        "sweep.register_best=true",
+        "tracking.log_model=true",
+    ]
     result = run_script("train.py", args, cwd=tmp_path, timeout=900, env=slurm.env)
     assert result.returncode == 0, result.stderr[-3000:]
     [(parent, children)] = sweeps_in(tmp_path, uri=server.uri)
@@ -117,8 +129,9 @@ def test_a_requeued_job_resumes_its_run_and_ends_as_if_never_interrupted(
     work = tmp_path / "slurm"
     work.mkdir()
     args = ["-m", *tiny(synth_root, work, *ON_SLURM, *SLOW)]
-    sweep = start_script("train.py", args, cwd=work, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)  # fmt: skip
+    sweep = start_script(
+        "train.py", args, cwd=work, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     [checkpoint] = _wait_for("finished epoch", lambda: _trained_checkpoints(work, 1))
     [job] = slurm.jobs()
     # What a preemption does: Slurm stops the job and queues it again.
@@ -147,8 +160,9 @@ def test_a_cancelled_job_ends_killed_and_the_rerun_completes_only_it(
     slurm: LocalSlurm, synth_root: Path, tmp_path: Path
 ) -> None:
     args = ["-m", *tiny(synth_root, tmp_path, *ON_SLURM, *SLOW), "annotations=on,off"]
-    sweep = start_script("train.py", args, cwd=tmp_path, env=slurm.env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    sweep = start_script(
+        "train.py", args, cwd=tmp_path, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _wait_for("two jobs training", lambda: _trained_checkpoints(tmp_path, 2))
     [cancelled] = [job for job in slurm.jobs() if job.endswith("_1")]  # job 1: annotations=off
     _slurm(slurm, "scancel", cancelled)

@@ -35,8 +35,7 @@ from btxrd.metrics.uncertainty import (
 CLASSES = ("normal", "benign", "malignant")
 
 
-def simulated_part(seed: int, n_groups: int = 250, strength: float = 1.5, ties: bool = True,
-                   second_model: float = 0.0):  # fmt: skip
+def simulated_part(seed: int, n_groups: int = 250, strength: float = 1.5, ties: bool = True, second_model: float = 0.0):
     """A test part of patient groups (1-3 views, one class each) and a model's probabilities
     (with ``second_model`` > 0, a second model's too, of that strength, on the same images)."""
     rng = np.random.default_rng(seed)
@@ -65,18 +64,24 @@ def test_weighted_metrics_equal_scikit_learn_with_unit_and_bootstrap_weights() -
     for row, w in enumerate(weights):
         assert replicates["accuracy"][row] == pytest.approx(accuracy_score(labels, predicted, sample_weight=w))
         assert replicates["balanced_accuracy"][row] == pytest.approx(
-            balanced_accuracy_score(labels, predicted, sample_weight=w))  # fmt: skip
-        assert replicates["macro_f1"][row] == pytest.approx(f1_score(labels, predicted, average="macro",
-                                                                     sample_weight=w))  # fmt: skip
-        precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, sample_weight=w,
-                                                                   zero_division=0)  # fmt: skip
+            balanced_accuracy_score(labels, predicted, sample_weight=w)
+        )
+        assert replicates["macro_f1"][row] == pytest.approx(
+            f1_score(labels, predicted, average="macro", sample_weight=w)
+        )
+        precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, sample_weight=w, zero_division=0)
         for i, name in enumerate(CLASSES):
-            assert (replicates[f"precision_{name}"][row], replicates[f"recall_{name}"][row],
-                    replicates[f"f1_{name}"][row]) == pytest.approx((precision[i], recall[i], f1[i]))  # fmt: skip
+            assert (
+                replicates[f"precision_{name}"][row],
+                replicates[f"recall_{name}"][row],
+                replicates[f"f1_{name}"][row],
+            ) == pytest.approx((precision[i], recall[i], f1[i]))
             assert replicates[f"auroc_{name}"][row] == pytest.approx(
-                roc_auc_score(labels == i, probs[:, i], sample_weight=w), abs=1e-12)  # ties counted half, as sklearn
+                roc_auc_score(labels == i, probs[:, i], sample_weight=w), abs=1e-12
+            )  # ties counted half, as sklearn
         assert replicates["auroc_macro"][row] == pytest.approx(
-            roc_auc_score(labels, probs, multi_class="ovr", sample_weight=w), abs=1e-12)  # fmt: skip
+            roc_auc_score(labels, probs, multi_class="ovr", sample_weight=w), abs=1e-12
+        )
     assert replicates["ece"][0] == pytest.approx(expected_calibration_error(labels, probs))
 
 
@@ -138,10 +143,14 @@ def test_a_planted_difference_is_found_and_identical_runs_differ_by_nothing() ->
     ones = np.ones((1, len(labels)), dtype=np.float32)
 
     def difference(a: np.ndarray, b: np.ndarray, metric: str):
-        point = classification_replicates(labels, a, ones, CLASSES)[metric][0] - \
-            classification_replicates(labels, b, ones, CLASSES)[metric][0]  # fmt: skip
-        replicates = classification_replicates(labels, a, weights, CLASSES)[metric] - \
-            classification_replicates(labels, b, weights, CLASSES)[metric]  # fmt: skip
+        point = (
+            classification_replicates(labels, a, ones, CLASSES)[metric][0]
+            - classification_replicates(labels, b, ones, CLASSES)[metric][0]
+        )
+        replicates = (
+            classification_replicates(labels, a, weights, CLASSES)[metric]
+            - classification_replicates(labels, b, weights, CLASSES)[metric]
+        )
         return bootstrap_difference(point, replicates, 0.95)
 
     for metric in ("macro_f1", "auroc_macro", "recall_malignant"):
@@ -171,16 +180,21 @@ def test_delong_agrees_with_an_independent_implementation() -> None:
     pairs = np.greater.outer(a[positive], a[~positive]) + 0.5 * np.equal.outer(a[positive], a[~positive])
     assert delong_covariance(positive, a[None])[0][0] == pytest.approx(pairs.mean(), abs=1e-12)
     # Every image its own patient: the clustered variance is DeLong's.
-    np.testing.assert_allclose(delong_covariance(positive, np.stack([a, b]), np.arange(400))[1],
-                               delong_covariance(positive, np.stack([a, b]))[1], rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        delong_covariance(positive, np.stack([a, b]), np.arange(400))[1],
+        delong_covariance(positive, np.stack([a, b]))[1],
+        rtol=1e-12,
+    )
 
 
 def test_macro_delong_agrees_with_the_paired_group_bootstrap() -> None:
     groups, labels, probs_a, probs_b = simulated_part(5, n_groups=300, ties=False, second_model=1.0)
     delta, z, _ = delong_macro_test(labels, probs_a, probs_b, groups)
     weights = group_bootstrap(groups, labels, 4000, seed=0)
-    replicates = (classification_replicates(labels, probs_a, weights, CLASSES)["auroc_macro"]
-                  - classification_replicates(labels, probs_b, weights, CLASSES)["auroc_macro"])  # fmt: skip
+    replicates = (
+        classification_replicates(labels, probs_a, weights, CLASSES)["auroc_macro"]
+        - classification_replicates(labels, probs_b, weights, CLASSES)["auroc_macro"]
+    )
     assert delta / z == pytest.approx(replicates.std(), rel=0.1)  # the two standard errors agree
 
 

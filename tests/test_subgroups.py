@@ -15,8 +15,9 @@ from btxrd.settings import EvalConfig
 from btxrd.tasks import resample
 from btxrd.tasks.classify import SUBGROUP_METRICS, ClassifyTask
 
-EVALUATION = EvalConfig(ci_level=0.95, n_bootstrap=300, bootstrap_seed=0, specificities=[0.9], calibrate=True,
-                        age_bands=[18, 40, 65])  # fmt: skip
+EVALUATION = EvalConfig(
+    ci_level=0.95, n_bootstrap=300, bootstrap_seed=0, specificities=[0.9], calibrate=True, age_bands=[18, 40, 65]
+)
 
 
 def _per_image(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -26,17 +27,33 @@ def _per_image(n: int = 400, seed: int = 0) -> pd.DataFrame:
     probs /= probs.sum(axis=1, keepdims=True)
     centre = np.where(rng.random(n) < 0.9, 1, 2)
     centre[:6] = 3  # a centre of 3 patients: too small for an interval
-    return pd.DataFrame({"image_id": [f"IMG{i:06d}" for i in range(n)], "center": centre, "group": np.arange(n) // 2,
-                         "label": labels, "predicted": probs.argmax(1), "p_normal": probs[:, 0],
-                         "p_benign": probs[:, 1], "p_malignant": probs[:, 2],
-                         "age": rng.integers(3, 90, n), "gender": rng.choice(["M", "F"], n),
-                         "region": rng.choice(["upper limb", "lower limb", ""], n),
-                         "site": rng.choice(["femur", "femur;knee-joint", "humerus", ""], n)})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": [f"IMG{i:06d}" for i in range(n)],
+            "center": centre,
+            "group": np.arange(n) // 2,
+            "label": labels,
+            "predicted": probs.argmax(1),
+            "p_normal": probs[:, 0],
+            "p_benign": probs[:, 1],
+            "p_malignant": probs[:, 2],
+            "age": rng.integers(3, 90, n),
+            "gender": rng.choice(["M", "F"], n),
+            "region": rng.choice(["upper limb", "lower limb", ""], n),
+            "site": rng.choice(["femur", "femur;knee-joint", "humerus", ""], n),
+        }
+    )
 
 
 def _table(per_image: pd.DataFrame) -> pd.DataFrame:
-    return subgroup_table(per_image, SUBGROUP_METRICS, EVALUATION.age_bands, EVALUATION.ci_level,
-                          ClassifyTask.replicates, lambda t: resample(t, EVALUATION))  # fmt: skip
+    return subgroup_table(
+        per_image,
+        SUBGROUP_METRICS,
+        EVALUATION.age_bands,
+        EVALUATION.ci_level,
+        ClassifyTask.replicates,
+        lambda t: resample(t, EVALUATION),
+    )
 
 
 def test_each_subgroups_estimate_is_its_images_metric() -> None:
@@ -83,8 +100,20 @@ def test_every_run_writes_its_subgroups(synth_root: Path, tmp_path: Path) -> Non
     [csv] = (tmp_path / "outputs").rglob("subgroups_test.csv")
     table = pd.read_csv(csv)
     assert {"centre", "sex", "age band", "region", "site"} <= set(table["attribute"])
-    assert list(table.columns)[:8] == ["attribute", "value", "n_images", "n_groups", "metric", "estimate", "ci_low",
-                                       "ci_high"]  # fmt: skip
-    logged = {a.path for a in __import__("mlflow").tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-              .list_artifacts(run.info.run_id)}  # fmt: skip
+    assert list(table.columns)[:8] == [
+        "attribute",
+        "value",
+        "n_images",
+        "n_groups",
+        "metric",
+        "estimate",
+        "ci_low",
+        "ci_high",
+    ]
+    logged = {
+        a.path
+        for a in __import__("mlflow")
+        .tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        .list_artifacts(run.info.run_id)
+    }
     assert {"subgroups_test.csv", "subgroups_test.png"} <= logged

@@ -79,8 +79,13 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
     # on vs off on the same test images: paired, 5 bootstrap + DeLong + McNemar (unpaired: test_report)
     assert list(tested["choice"]) == ["annotations"] * 7 and tested["paired"].all()
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id, "report")} == {
-        "report/sweep_report.csv", "report/sweep_report.md", "report/sweep_report.png",
-        "report/sweep_configurations.csv", "report/sweep_comparisons.csv", "report/sweep_subgroups.csv"}  # fmt: skip
+        "report/sweep_report.csv",
+        "report/sweep_report.md",
+        "report/sweep_report.png",
+        "report/sweep_configurations.csv",
+        "report/sweep_comparisons.csv",
+        "report/sweep_subgroups.csv",
+    }
 
     # What the MLflow UI's runs page asks its server for: the experiment in model-training mode, the
     # sweep's runs with their datasets (train / val / test) and source.
@@ -93,14 +98,16 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         query = {"experiment_ids": [experiment_id], "filter": f"tags.sweep_dir = '{sweep_dir}'", "max_results": 50}
         shown = ui.post("/ajax-api/2.0/mlflow/runs/search", json=query).get_json()["runs"]
+
     def run_tags(run: dict) -> dict:
         return {t["key"]: t["value"] for t in run["data"]["tags"]}
 
     shown = [r for r in shown if run_tags(r).get("sweep") != "parent"]  # the parent run shows too, above them
     assert len(shown) == 2
     for run in shown:
-        contexts = {t["value"] for d in run["inputs"]["dataset_inputs"] for t in d["tags"]
-                    if t["key"] == "mlflow.data.context"}  # fmt: skip
+        contexts = {
+            t["value"] for d in run["inputs"]["dataset_inputs"] for t in d["tags"] if t["key"] == "mlflow.data.context"
+        }
         assert contexts == {"train", "val", "test"}
         assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"BTXRD"}
         assert run_tags(run)["mlflow.source.name"] == "train.py" and run_tags(run)["mlflow.user"]
@@ -122,8 +129,7 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
 
 @pytest.mark.integration  # end-to-end fault injection: make test-integration (CI runs it)
 def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path) -> None:
-    args = ["-m", *tiny(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt",
-            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    args = ["-m", *tiny(synth_root, tmp_path), "model.weights=null,/no/such/weights.pt", "hydra.launcher.n_jobs=2"]
     result = run_script("train.py", args, cwd=tmp_path)
     assert result.returncode != 0
     _, parents, children = runs_by_role(tmp_path)
@@ -158,8 +164,12 @@ def test_a_failing_job_does_not_sink_the_sweep(synth_root: Path, tmp_path: Path)
 def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tmp_path: Path) -> None:
     # SIGTERM to the launching process only (kill PID, a scheduler's cancel): joblib then kills its
     # workers outright, so the jobs' runs are closed by the launcher's exit hook.
-    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"), "annotations=on,off",
-            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"),
+        "annotations=on,off",
+        "hydra.launcher.n_jobs=2",
+    ]
     with (tmp_path / "stderr.txt").open("w") as stderr:
         sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + 180
@@ -206,8 +216,12 @@ def test_a_killed_launcher_leaves_no_worker_and_no_run_running(synth_root: Path,
     is closed by close-stale (or the next sweep on the store)."""
     import sys
 
-    args = ["-m", *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"), "annotations=on,off",
-            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path, "model.image_size=32", "train.epochs=50"),
+        "annotations=on,off",
+        "hydra.launcher.n_jobs=2",
+    ]
     sweep = start_script("train.py", args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Deadlines are generous and waited on conditions, never on a time: a loaded machine (the whole
     # integration suite beside other work) takes minutes where an idle one takes seconds.
@@ -228,8 +242,12 @@ def test_a_killed_launcher_leaves_no_worker_and_no_run_running(synth_root: Path,
     assert all(c.data.tags["error"].startswith("stopped: the sweep's launcher is gone") for c in children)
     assert parents[0].info.status == "RUNNING"  # killed: nobody closed it
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    closed = subprocess.run([sys.executable, "-m", "btxrd.tracking", "close-stale", "--tracking-uri", store],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    closed = subprocess.run(
+        [sys.executable, "-m", "btxrd.tracking", "close-stale", "--tracking-uri", store],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"closed KILLED: {parents[0].info.run_id}" in closed.stdout
     assert sweep_runs(tmp_path)[0][0].info.status == "KILLED"
 

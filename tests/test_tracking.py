@@ -120,8 +120,10 @@ def test_the_experiment_opens_in_model_training_mode_and_runs_record_their_datas
     assert Tracker(tracker.uri, "made-before").experiment_id == older
     assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
     url = tracker.runs_url("http://127.0.0.1:5000", "/work/multirun/x")
-    assert url == (f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
-                   "&searchFilter=tags.sweep_dir%20%3D%20%27%2Fwork%2Fmultirun%2Fx%27")  # fmt: skip
+    assert url == (
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.sweep_dir%20%3D%20%27%2Fwork%2Fmultirun%2Fx%27"
+    )
     assert ui_base("http://host:5001", "http://127.0.0.1:5000") == "http://host:5001"  # a server shows its runs
     run_id = tracker.start_run("job")
     tracker.log_dataset(run_id, "demo", "0123abcd", "/data/demo", "train", {"images": 10}, {"split": "center"})
@@ -130,11 +132,14 @@ def test_the_experiment_opens_in_model_training_mode_and_runs_record_their_datas
     assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "train", "split": "center"}
 
 
-@pytest.mark.parametrize("store_error", [
-    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
-    'BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
-    "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1-BTXRD-9d5a' for key 'datasets.PRIMARY'\")",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "store_error",
+    [
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+        'BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+        "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1-BTXRD-9d5a' for key 'datasets.PRIMARY'\")",
+    ],
+)
 def test_two_jobs_logging_one_dataset_at_once_both_record_it(tmp_path: Path, store_error: str) -> None:
     # The second job's insert loses the race on the datasets table's key (a 2x2 sweep on a PostgreSQL
     # server failed a job this way); tried again, it links the row the first job made.
@@ -184,10 +189,12 @@ def test_the_sql_store_is_imported_before_the_store_lock_is_taken(tmp_path: Path
     from .helpers import run_python_at_once
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spy = ("import sys; from btxrd.tracking import mlflow_store as m; Lock = m.FileLock;"
-           "m.FileLock = type('Spy', (Lock,), {'acquire': lambda self, *a, **k: print('imported at the lock:', "
-           "'mlflow.store.tracking.sqlalchemy_store' in sys.modules) or Lock.acquire(self, *a, **k)});"
-           f"m.Tracker({uri!r}, 'btxrd').client; print('opened')")  # fmt: skip
+    spy = (
+        "import sys; from btxrd.tracking import mlflow_store as m; Lock = m.FileLock;"
+        "m.FileLock = type('Spy', (Lock,), {'acquire': lambda self, *a, **k: print('imported at the lock:', "
+        "'mlflow.store.tracking.sqlalchemy_store' in sys.modules) or Lock.acquire(self, *a, **k)});"
+        f"m.Tracker({uri!r}, 'btxrd').client; print('opened')"
+    )
     (output,) = run_python_at_once(spy, n=1)
     assert "imported at the lock: True" in output and output.strip().endswith("opened"), output
 
@@ -200,16 +207,19 @@ def test_processes_opening_a_new_store_at_once_create_it_once(tmp_path: Path) ->
 
     for trial in range(3):
         uri = f"sqlite:///{tmp_path / f'store{trial}' / 'mlflow.db'}"
-        outputs = run_python_at_once("from btxrd.tracking import Tracker;"
-                                     f"t = Tracker({uri!r}, 'btxrd'); t.end_run(t.start_run('sweep')); print('ok')",
-                                     n=4)  # fmt: skip
+        outputs = run_python_at_once(
+            "from btxrd.tracking import Tracker;"
+            f"t = Tracker({uri!r}, 'btxrd'); t.end_run(t.start_run('sweep')); print('ok')",
+            n=4,
+        )
         assert all(out.strip().endswith("ok") for out in outputs), outputs
         client = MlflowClient(uri)
         assert len(client.search_runs([client.get_experiment_by_name("btxrd").experiment_id])) == 4
 
 
-def test_a_sweep_without_its_parent_run_or_with_a_launcher_that_cannot_work_stops_at_once(tmp_path: Path,
-                                                                                          capsys) -> None:  # fmt: skip
+def test_a_sweep_without_its_parent_run_or_with_a_launcher_that_cannot_work_stops_at_once(
+    tmp_path: Path, capsys
+) -> None:
     from omegaconf import open_dict
 
     from btxrd.sweep.callback import MLflowSweepCallback
@@ -217,8 +227,10 @@ def test_a_sweep_without_its_parent_run_or_with_a_launcher_that_cannot_work_stop
     from .helpers import compose_config
 
     (tmp_path / "file").write_text("a file where the store's folder should be")
-    for override, message in ((f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}", "error: sweep: "),
-                              ("hydra.launcher.n_jobs=0", "error: sweep: hydra.launcher.n_jobs=0: give the jobs")):
+    for override, message in (
+        (f"tracking.uri=sqlite:///{tmp_path / 'file' / 'mlflow.db'}", "error: sweep: "),
+        ("hydra.launcher.n_jobs=0", "error: sweep: hydra.launcher.n_jobs=0: give the jobs"),
+    ):
         config = compose_config([override, f"paths.root={tmp_path}"], with_hydra=True)
         with open_dict(config):
             config.hydra.sweep.dir = str(tmp_path / "multirun")
@@ -331,8 +343,11 @@ def test_a_job_cut_off_from_its_server_goes_on_and_sends_what_it_kept_in_order(
     assert sorted(m.timestamp for m in history) == [m.timestamp for m in history]  # measured, not sent, times
     assert tracker.artifact_paths(run.info.run_id) == ["history.csv"] and run.data.tags["code_version"] == "x"
     # The seconds are measured (well under 1 here, but this machine is shared): any whole number
-    assert re.fullmatch(r"cut off from the tracking server 1 time\(s\), \d+ s in all; 6 write\(s\) were kept and "
-                        r"sent once it answered again", run.data.tags["tracking_outage"])  # fmt: skip
+    assert re.fullmatch(
+        r"cut off from the tracking server 1 time\(s\), \d+ s in all; 6 write\(s\) were kept and "
+        r"sent once it answered again",
+        run.data.tags["tracking_outage"],
+    )
 
 
 def test_a_job_whose_server_stays_away_waits_its_patience_then_says_so_in_one_line(
@@ -341,8 +356,7 @@ def test_a_job_whose_server_stays_away_waits_its_patience_then_says_so_in_one_li
     from btxrd.tracking import lifecycle
 
     monkeypatch.setattr(lifecycle, "PROBE_INTERVAL_S", 0.05)
-    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns",
-                            outage_patience_s=0.3)  # fmt: skip
+    tracker = CutOffTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns", outage_patience_s=0.3)
     started = time.monotonic()
     with pytest.raises(TrackingUnreachable) as lost:
         with job_run(tracker, "job", {}, output_dir=tmp_path) as recorder:

@@ -44,9 +44,18 @@ def trained(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_outputs_of_a_run(trained) -> None:
     out, info = trained
     metrics = json.loads((out / "metrics_test.json").read_text())
-    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_precision_benign",
-                "test_recall_malignant", "test_f1_normal", "test_auroc_macro", "test_malignant_recall",
-                "test_ece", "test_cam_energy"):  # fmt: skip
+    for key in (
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "test_macro_f1",
+        "test_precision_benign",
+        "test_recall_malignant",
+        "test_f1_normal",
+        "test_auroc_macro",
+        "test_malignant_recall",
+        "test_ece",
+        "test_cam_energy",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["best_val_macro_f1"] == pytest.approx(info["best"])
     history = pd.read_csv(out / "history.csv")
@@ -81,8 +90,9 @@ def test_checkpoint_is_safe_to_load_and_reproduces_predictions(trained, synth_ro
     split = pd.read_csv(out / "split.csv")
     test_rows = table[split["part"].to_numpy() == "test"].reset_index(drop=True)
     cache = cache_for(table, 64, run.data)
-    loader = make_loader(BTXRDImages(test_rows, cache, 64, train=False), 16, train=False, workers=0,
-                         device=torch.device("cpu"))  # fmt: skip
+    loader = make_loader(
+        BTXRDImages(test_rows, cache, 64, train=False), 16, train=False, workers=0, device=torch.device("cpu")
+    )
     inputs = InputPipeline(torch.device("cpu"), make_task(run).input_spec())
     probs, labels, _ = predict(model, loader, inputs, amp=False, temperature=state["temperature"])
     saved = pd.read_csv(out / "predictions_test.csv")
@@ -103,8 +113,10 @@ def test_training_is_deterministic_on_cpu(synth_root: Path, tmp_path: Path, trai
 def test_evaluate_reproduces_the_run_through_the_same_scoring(trained, tmp_path: Path) -> None:
     """(In process; by MLflow run id: test_sweep; evaluate.py as a process: test_integration.)"""
     out, info = trained
-    cfg = compose_config([f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu",
-                          f"paths.root={tmp_path}"], config_name="evaluate")  # fmt: skip
+    cfg = compose_config(
+        [f"checkpoint={info['checkpoint']}", "tracking.enabled=false", "device=cpu", f"paths.root={tmp_path}"],
+        config_name="evaluate",
+    )
     evaluated = evaluate_job(cfg)
     trained_metrics = json.loads((out / "metrics_test.json").read_text())
     job_only = {"startup_seconds", "process_startup_seconds", "best_epoch", "epochs_run", "best_val_macro_f1"}

@@ -34,8 +34,9 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit gray
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -131,17 +132,24 @@ def test_a_point_that_is_not_a_finite_number_drops_its_shape_and_check_names_it(
     _annotation_with(synth_copy, [[10, 10], [20, math.inf], [30, 30]])
     assert read_annotation(path).n_dropped_shapes == 2
     problems = _problems(synth_copy)  # before: "no problems found", then a crash mid-epoch naming no file
-    assert f"dropped the lesion shapes whose coordinates are not finite numbers (NaN, Infinity) in 1 annotation " \
-           f"file(s): {path.name} (2)" in problems
+    assert (
+        f"dropped the lesion shapes whose coordinates are not finite numbers (NaN, Infinity) in 1 annotation "
+        f"file(s): {path.name} (2)" in problems
+    )
     table = load_dataset(synth_copy)
     row = table[table["annotation_path"] == str(path)].iloc[0]
     assert all(math.isfinite(v) for polygon in row["polygons"] for point in polygon for v in point)
     assert rasterise(row["boxes"], row["polygons"], (64, 64), (0.1, 0.1)).any()
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"imageWidth": 0}, "image size 0 x"), ({"imageHeight": math.inf}, "OverflowError"),
-    ({"shapes": [{"points": [["a", 1], [2, 3]], "shape_type": "rectangle"}]}, "ValueError")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"imageWidth": 0}, "image size 0 x"),
+        ({"imageHeight": math.inf}, "OverflowError"),
+        ({"shapes": [{"points": [["a", 1], [2, 3]], "shape_type": "rectangle"}]}, "ValueError"),
+    ],
+)
 def test_absurd_annotation_files_are_malformed_and_named(synth_copy: Path, change: dict, message: str) -> None:
     path = sorted((synth_copy / "Annotations").glob("*.json"))[1]
     path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
@@ -166,15 +174,21 @@ def test_check_lists_hostile_files_without_a_hang_or_a_traceback_and_survives_a_
     fifo.unlink()
     os.mkfifo(fifo)
     _annotation_with(synth_copy, [[10, 10], [math.nan, 20], [30, 30]])
-    done = subprocess.run([sys.executable, "-m", "btxrd.data", "check", str(synth_copy)], capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "btxrd.data", "check", str(synth_copy)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "error: 2 image(s) missing or unreadable" in done.stdout and "a FIFO" in done.stdout
     assert "declares 900,000,000 pixels" in done.stdout and "not finite numbers" in done.stdout
     assert "usable: NO" in done.stdout
     # `check ... | head`: the reader stops early; before, a BrokenPipeError traceback
-    piped = subprocess.run(f"{sys.executable} -m btxrd.data check --json {synth_copy} | head -1", shell=True,
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    piped = subprocess.run(
+        f"{sys.executable} -m btxrd.data check --json {synth_copy} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert piped.stdout == "{\n" and piped.stderr == "", piped.stderr
 
 
@@ -187,8 +201,11 @@ def test_training_with_annotations_on_skips_and_drops_what_it_cannot_trust(synth
     fifo.unlink()
     os.mkfifo(fifo)
     _annotation_with(synth_copy, [[10, 10], [math.nan, 20], [30, 30]])
-    train_job(compose_config(tiny(synth_copy, tmp_path / "work", "annotations=on", "data.on_bad_image=skip",
-                                  "model.image_size=32")))  # fmt: skip
+    train_job(
+        compose_config(
+            tiny(synth_copy, tmp_path / "work", "annotations=on", "data.on_bad_image=skip", "model.image_size=32")
+        )
+    )
     [run] = runs(tmp_path / "work")
     assert run.info.status == "FINISHED"
     n = sum(int(run.data.params[f"data.n_{part}"]) for part in ("train", "val", "test"))
@@ -210,30 +227,47 @@ def _checkpoint(path: Path, synth_root: Path, *overrides: str, weights_of: str |
     return save_checkpoint({"model": build_model(trained.model).state_dict(), "config": to_dict(cfg)}, path)
 
 
-def test_a_checkpoint_that_would_not_fit_in_memory_is_refused_before_the_cache(synth_root: Path,
-                                                                                tmp_path: Path) -> None:  # fmt: skip
+def test_a_checkpoint_that_would_not_fit_in_memory_is_refused_before_the_cache(
+    synth_root: Path, tmp_path: Path
+) -> None:
     """Before: a config saying image_size=4096 built a 2.7 GB cache, grew to 24 GB until the OOM killer
     ended it, and left its run RUNNING."""
     from btxrd.jobs.evaluate import evaluate_job
 
-    checkpoint = _checkpoint(tmp_path / "best.pt", synth_root, "model=resnet50_cbam", "model.image_size=4096",
-                             "data.cache_dir=" + str(tmp_path / "cache"))  # fmt: skip
+    checkpoint = _checkpoint(
+        tmp_path / "best.pt",
+        synth_root,
+        "model=resnet50_cbam",
+        "model.image_size=4096",
+        "data.cache_dir=" + str(tmp_path / "cache"),
+    )
     cfg = compose_config([f"checkpoint={checkpoint}", f"paths.root={tmp_path}"], "evaluate")
-    with pytest.raises(ConfigError, match=r"^scoring batches of 64 images at model.image_size=4096 needs about "
-                                          r"[\d.]+ GiB of memory on cpu \(estimated\), [\d.]+ GiB are available: "
-                                          r"not even one image fits"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^scoring batches of 64 images at model.image_size=4096 needs about "
+        r"[\d.]+ GiB of memory on cpu \(estimated\), [\d.]+ GiB are available: "
+        r"not even one image fits",
+    ):
         evaluate_job(cfg)
     assert not (tmp_path / "cache").exists()
     [run] = runs(tmp_path)
     assert run.info.status == "FAILED" and "needs about" in run.data.tags["error"]
 
 
-@pytest.mark.parametrize(("overrides", "weights_of", "message"), [
-    (["model=resnet50_cbam"], "b0", r"443 missing, 355 unexpected, 4 of another shape, e.g. bn1.weight: \(32,\) "),
-    (["model.num_classes=5"], None, r"0 missing, 0 unexpected, 2 of another shape, e.g. classifier.weight: \(3, 1280"),
-])  # fmt: skip
-def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(synth_root: Path, tmp_path: Path, overrides,
-                                                                      weights_of, message) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "weights_of", "message"),
+    [
+        (["model=resnet50_cbam"], "b0", r"443 missing, 355 unexpected, 4 of another shape, e.g. bn1.weight: \(32,\) "),
+        (
+            ["model.num_classes=5"],
+            None,
+            r"0 missing, 0 unexpected, 2 of another shape, e.g. classifier.weight: \(3, 1280",
+        ),
+    ],
+)
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(
+    synth_root: Path, tmp_path: Path, overrides, weights_of, message
+) -> None:
     from btxrd.jobs.evaluate import evaluate_job
 
     checkpoint = _checkpoint(tmp_path / "best.pt", synth_root, *overrides, weights_of=weights_of)
@@ -242,23 +276,29 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(synth_root
         state["model"] = torch.load(_checkpoint(tmp_path / "b0.pt", synth_root), weights_only=True)["model"]
         torch.save(state, checkpoint)
     cfg = compose_config([f"checkpoint={checkpoint}", "tracking.enabled=false", f"paths.root={tmp_path}"], "evaluate")
-    with pytest.raises(DataError, match=rf"best.pt \(model.name=\w+\): its weights do not fit the model its config "
-                                        rf"names \({message}"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=rf"best.pt \(model.name=\w+\): its weights do not fit the model its config "
+        rf"names \({message}",
+    ):
         evaluate_job(cfg)
 
 
-@pytest.mark.parametrize(("content", "name"), [("[" * 200_000, "RecursionError"),
-                                               ('{"imageWidth": ' + "9" * 5000 + "}", "ValueError")])  # fmt: skip
-def test_an_annotation_file_nested_too_deep_or_with_a_huge_number_is_malformed(tmp_path: Path, content: str,
-                                                                                name: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "name"), [("[" * 200_000, "RecursionError"), ('{"imageWidth": ' + "9" * 5000 + "}", "ValueError")]
+)
+def test_an_annotation_file_nested_too_deep_or_with_a_huge_number_is_malformed(
+    tmp_path: Path, content: str, name: str
+) -> None:
     path = tmp_path / "a.json"
     path.write_text(content)
     with pytest.raises(DataError, match=rf"^malformed annotation file .*a.json: {name}"):
         read_annotation(path)
 
 
-def test_a_dicom_of_many_frames_is_refused_before_decoding_and_absurd_tags_are_named(tmp_path: Path,
-                                                                                      monkeypatch) -> None:  # fmt: skip
+def test_a_dicom_of_many_frames_is_refused_before_decoding_and_absurd_tags_are_named(
+    tmp_path: Path, monkeypatch
+) -> None:
     import pydicom
 
     from btxrd.data.dicom import open_radiograph

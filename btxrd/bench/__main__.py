@@ -23,10 +23,15 @@ from btxrd.errors import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m btxrd.bench", description=cpu.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--only", choices=("cpu", "sizes", "gpu", "allocator", "startup"), default=None,
-                        help="one section (default: cpu, sizes and gpu)")
+    parser = argparse.ArgumentParser(
+        prog="python -m btxrd.bench", description=cpu.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        choices=("cpu", "sizes", "gpu", "allocator", "startup"),
+        default=None,
+        help="one section (default: cpu, sizes and gpu)",
+    )
     parser.add_argument("--n", type=int, default=160, help="generated images (real sizes)")
     parser.add_argument("--model", default="b0")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
@@ -36,11 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-rounds", type=int, default=3, help="image cache builds (~35 s each)")
     parser.add_argument("--startup-rounds", type=int, default=3, help="cold + warm 2-job sweeps")
     parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
-    parser.add_argument("--readme", type=Path, default=Path(project_root()) / "README.md",
-                        help="the file whose blocks the tables are written into")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=Path(project_root()) / "README.md",
+        help="the file whose blocks the tables are written into",
+    )
     parser.add_argument("--no-readme", action="store_true", help="print the tables, write no README block")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="measure nothing: write the README blocks of a saved results file")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="measure nothing: write the README blocks of a saved results file"
+    )
     args = parser.parse_args(argv)
     if args.results is not None:
         try:
@@ -57,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": ("bench.json", lambda: cpu.cpu_section(args)),
         "sizes": ("bench_sizes.json", cpu.autoencoder_sizes),
         "gpu": ("bench_gpu.json", lambda: _gpu_section(work)),
-    }  # fmt: skip
+    }
     code = readme.code_measured()
     for section in [args.only] if args.only else ["cpu", "sizes", "gpu"]:
         if section == "gpu" and not torch.cuda.is_available():
@@ -86,8 +96,11 @@ def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> 
     is physically impossible."""
     flagged = cpu.implausible(results) if section == "cpu" else []
     if flagged:  # never a table
-        print(f"error: physically impossible figures (end-to-end faster than model-only in every round): "
-              f"{', '.join(flagged)}; the measurement is wrong, not the loader", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: physically impossible figures (end-to-end faster than model-only in every round): "
+            f"{', '.join(flagged)}; the measurement is wrong, not the loader",
+            file=sys.stderr,
+        )
         return False
     for text in readme.blocks(section, results).values():
         print(f"\n{text}")

@@ -27,8 +27,12 @@ from btxrd.tasks import make_task
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
     """A figure measured in several rounds: its median, min, max and every round's value."""
-    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values)),
-            "rounds": [float(v) for v in values]}  # fmt: skip
+    return {
+        "median": float(np.median(values)),
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "rounds": [float(v) for v in values],
+    }
 
 
 def shown(figure: dict[str, Any], digits: int = 1) -> str:
@@ -73,11 +77,16 @@ def bench_table(data_root: Path) -> pd.DataFrame:
 def uint8_batches(batch: int, size: int, device: torch.device, n: int = 4) -> list[Batch]:
     """``n`` batches of random uint8 images (and labels) already on ``device``: the model-only input."""
     generator = torch.Generator().manual_seed(0)
-    return [Batch(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=generator).to(device),
-                  torch.randint(0, 3, (batch,), generator=generator).to(device),
-                  torch.zeros(batch, 1, size, size, dtype=torch.uint8, device=device),
-                  torch.zeros(batch, dtype=torch.bool, device=device), torch.arange(batch, device=device))
-            for _ in range(n)]  # fmt: skip
+    return [
+        Batch(
+            torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=generator).to(device),
+            torch.randint(0, 3, (batch,), generator=generator).to(device),
+            torch.zeros(batch, 1, size, size, dtype=torch.uint8, device=device),
+            torch.zeros(batch, dtype=torch.bool, device=device),
+            torch.arange(batch, device=device),
+        )
+        for _ in range(n)
+    ]
 
 
 class Trainer:
@@ -90,15 +99,25 @@ class Trainer:
         self.model = build_model(self.run.model)
         self.objective = make_task(self.run).objective(self.model)
         self.training, self.inputs, self.scaler, self.stepper = set_up_training(
-            self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10)  # fmt: skip
+            self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10
+        )
         self.epoch = 0
 
     def run_epoch(self, batches: Iterable[Batch]) -> EpochStats:
-        stats = train_one_epoch(self.stepper, batches, self.objective, self.training.optimizer,
-                                self.training.scheduler, self.scaler, self.inputs, epoch=self.epoch,
-                                generator=torch.Generator(self.inputs.device).manual_seed(self.epoch),
-                                amp=self.run.train.amp,
-                                grad_clip=0.0, sync_every=self.run.train.sync_every)  # fmt: skip
+        stats = train_one_epoch(
+            self.stepper,
+            batches,
+            self.objective,
+            self.training.optimizer,
+            self.training.scheduler,
+            self.scaler,
+            self.inputs,
+            epoch=self.epoch,
+            generator=torch.Generator(self.inputs.device).manual_seed(self.epoch),
+            amp=self.run.train.amp,
+            grad_clip=0.0,
+            sync_every=self.run.train.sync_every,
+        )
         self.epoch += 1
         return stats
 
@@ -107,8 +126,9 @@ class Trainer:
         return stats.images / stats.seconds
 
 
-def training_dataset(table: pd.DataFrame, size: int, annotations: bool = False,
-                     cache_dir: Path | None = None) -> BTXRDImages:  # fmt: skip
+def training_dataset(
+    table: pd.DataFrame, size: int, annotations: bool = False, cache_dir: Path | None = None
+) -> BTXRDImages:
     """The product's training dataset (image cache, crops; lesion crops and masks with ``annotations``);
     the cache in ``cache_dir`` (default: ``data.cache_dir``), built there first if missing."""
     run = compose_run([f"model.image_size={size}"])
@@ -117,14 +137,27 @@ def training_dataset(table: pd.DataFrame, size: int, annotations: bool = False,
     return BTXRDImages(table, cache, size, train=True, crop=crop, lesion_crops=annotations, with_masks=annotations)
 
 
-def training_loader(table: pd.DataFrame, size: int, batch: int, device: torch.device, workers: int,
-                    annotations: bool = False, cache_dir: Path | None = None) -> DataLoader:  # fmt: skip
+def training_loader(
+    table: pd.DataFrame,
+    size: int,
+    batch: int,
+    device: torch.device,
+    workers: int,
+    annotations: bool = False,
+    cache_dir: Path | None = None,
+) -> DataLoader:
     """The product's training loader over ``training_dataset``."""
     dataset = training_dataset(table, size, annotations, cache_dir)
     return make_loader(dataset, batch, train=True, workers=workers, device=device, seed=0)
 
 
-def training_feed(table: pd.DataFrame, size: int, batch: int, device: torch.device, annotations: bool = False,
-                  cache_dir: Path | None = None) -> DeviceFeed:  # fmt: skip
+def training_feed(
+    table: pd.DataFrame,
+    size: int,
+    batch: int,
+    device: torch.device,
+    annotations: bool = False,
+    cache_dir: Path | None = None,
+) -> DeviceFeed:
     """The product's device feed (``data.feed=device``) over ``training_dataset``."""
     return DeviceFeed(training_dataset(table, size, annotations, cache_dir), batch, device, seed=0)

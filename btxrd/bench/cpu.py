@@ -89,17 +89,25 @@ def throughput(data_root: Path, work: Path, args: argparse.Namespace) -> dict[st
     for index in range(args.rounds):  # interleaved: every size in every round
         for size in args.sizes:
             print(f"throughput at {size} px, round {index + 1} of {args.rounds} ...", flush=True)
-            params = {"overrides": [f"model={args.model}", f"model.image_size={size}"], "size": size,
-                      "batch": args.batch, "steps": args.steps, "round": index, "data_root": str(data_root),
-                      "cache_dir": str(work / "cache"), "gradcam": True}  # fmt: skip
+            params = {
+                "overrides": [f"model={args.model}", f"model.image_size={size}"],
+                "size": size,
+                "batch": args.batch,
+                "steps": args.steps,
+                "round": index,
+                "data_root": str(data_root),
+                "cache_dir": str(work / "cache"),
+                "gradcam": True,
+            }
             rounds[size].append(fresh_round("throughput", params))
     out: dict[str, Any] = {}
     for size, measured in rounds.items():
         figures: dict[str, Any] = summarised(measured)
         figures["efficiency"] = efficiency_finding([r["end_to_end_ips"] / r["model_only_ips"] for r in measured])
         figures["naive_efficiency"] = efficiency_finding([r["naive_ips"] / r["model_only_ips"] for r in measured])
-        figures["device_feed_efficiency"] = efficiency_finding([r["device_feed_ips"] / r["model_only_ips"]
-                                                                for r in measured])  # fmt: skip
+        figures["device_feed_efficiency"] = efficiency_finding(
+            [r["device_feed_ips"] / r["model_only_ips"] for r in measured]
+        )
         out[f"{size}px"] = figures
     return out
 
@@ -109,14 +117,19 @@ def cache_build(data_root: Path, work: Path, args: argparse.Namespace) -> dict[s
     measured = []
     for index in range(args.cache_rounds):
         print(f"image cache build, round {index + 1} of {args.cache_rounds} ...", flush=True)
-        measured.append(fresh_round("cache_build", {"data_root": str(data_root), "cache_dir": str(work / "cache_build"),
-                                                    "size": max(args.sizes)}))  # fmt: skip
+        measured.append(
+            fresh_round(
+                "cache_build",
+                {"data_root": str(data_root), "cache_dir": str(work / "cache_build"), "size": max(args.sizes)},
+            )
+        )
     out: dict[str, Any] = summarised(measured)
     cores = os.cpu_count() or 1
     out["parallel_threads"] = cores  # the rounds' parallel build (btxrd.bench.rounds), named in the tables
     for name, threads in (("1_thread", 1), ("parallel", cores)):  # per round: the build over the naive decode
-        out[f"cache_vs_naive_{name}"] = spread([r[f"cache_build_ips_{threads}_threads"] / r["naive_decode_ips_1_thread"]
-                                                for r in measured])  # fmt: skip
+        out[f"cache_vs_naive_{name}"] = spread(
+            [r[f"cache_build_ips_{threads}_threads"] / r["naive_decode_ips_1_thread"] for r in measured]
+        )
     return out
 
 
@@ -153,10 +166,19 @@ def bootstrap_cost(n_images: int = 600, resamples: int = 2000, rounds: int = 5) 
 def startup_round(data_root: Path, work: Path, phase: str, prepare_data: bool = True) -> dict[str, float]:
     """One 2-job multirun, as a user starts it: the seconds of each phase of the job that starts training
     last, from the command's start to its first training step (the phases add up to the total)."""
-    args = [sys.executable, str(Path(project_root()) / "train.py"), "-m", "experiment=demo",
-            f"data.root={data_root}", f"paths.root={work}", "train.epochs=1", "annotations=on,off",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={work}/multirun/{phase}",
-            f"sweep.prepare_data={str(prepare_data).lower()}"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(Path(project_root()) / "train.py"),
+        "-m",
+        "experiment=demo",
+        f"data.root={data_root}",
+        f"paths.root={work}",
+        "train.epochs=1",
+        "annotations=on,off",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={work}/multirun/{phase}",
+        f"sweep.prepare_data={str(prepare_data).lower()}",
+    ]
     command_start = time.time()
     result = subprocess.run(args, capture_output=True, text=True, cwd=work)
     if result.returncode != 0:
@@ -183,8 +205,7 @@ def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
     folder again), ``rounds`` times, with the sweep's data preparation (the default) and without it
     (sweep.prepare_data=false), the two arms interleaved (which goes first alternates); the difference
     of the arms taken round by round; and the import floor, alone."""
-    measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "cold_unprepared": [],
-                                                   "warm_unprepared": []}  # fmt: skip
+    measured: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "cold_unprepared": [], "warm_unprepared": []}
     floor = []
     for index in range(rounds):
         for prepare_data in (True, False) if index % 2 == 0 else (False, True):
@@ -197,20 +218,38 @@ def startup(data_root: Path, work: Path, rounds: int) -> dict[str, Any]:
                 measured[arm].append(startup_round(data_root, folder, phase, prepare_data))
             shutil.rmtree(folder, ignore_errors=True)  # its sweeps' checkpoints and models: about 250 MB
         floor.append(import_floor())
-    gain = {phase: {figure: spread([a[figure] - b[figure] for a, b in
-                                    zip(measured[phase], measured[f"{phase}_unprepared"], strict=True)])
-                    for figure in ("job_process", "total")} for phase in ("cold", "warm")}  # fmt: skip
-    return {**{arm: summarised(values) for arm, values in measured.items()}, "prepare_data_difference": gain,
-            "import_floor": spread(floor)}  # fmt: skip
+    gain = {
+        phase: {
+            figure: spread(
+                [a[figure] - b[figure] for a, b in zip(measured[phase], measured[f"{phase}_unprepared"], strict=True)]
+            )
+            for figure in ("job_process", "total")
+        }
+        for phase in ("cold", "warm")
+    }
+    return {
+        **{arm: summarised(values) for arm, values in measured.items()},
+        "prepare_data_difference": gain,
+        "import_floor": spread(floor),
+    }
 
 
 def allocator_ab(args: argparse.Namespace) -> dict[str, Any]:
     """Model-only steps with and without ``GLIBC_TUNABLES`` (glibc reads them only at start-up, so each
     arm is its own process), alternating which arm goes first; speed-up taken pair by pair."""
-    configurations = {f"{args.model} {size} px": ([f"model={args.model}", f"model.image_size={size}"], size)
-                      for size in args.sizes}  # fmt: skip
-    configurations["ae_attention 128 px"] = (["task=reconstruct", "model=ae_attention", "model.image_size=128",
-                                              "model.base_channels=16", "model.latent_channels=4"], 128)  # fmt: skip
+    configurations = {
+        f"{args.model} {size} px": ([f"model={args.model}", f"model.image_size={size}"], size) for size in args.sizes
+    }
+    configurations["ae_attention 128 px"] = (
+        [
+            "task=reconstruct",
+            "model=ae_attention",
+            "model.image_size=128",
+            "model.base_channels=16",
+            "model.latent_channels=4",
+        ],
+        128,
+    )
     out: dict[str, Any] = {"tunables": GLIBC_TUNABLES}
     plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     arms = {"default": plain, "tunables": {**plain, "GLIBC_TUNABLES": GLIBC_TUNABLES}}
@@ -220,12 +259,14 @@ def allocator_ab(args: argparse.Namespace) -> dict[str, Any]:
             print(f"allocator A/B, {name}, round {index + 1} of {args.rounds} ...", flush=True)
             order = list(arms) if index % 2 == 0 else list(reversed(arms))
             for arm in order:
-                params = {"overrides": overrides, "size": size, "batch": args.batch, "steps": args.steps,
-                          "round": 0}  # fmt: skip
+                params = {"overrides": overrides, "size": size, "batch": args.batch, "steps": args.steps, "round": 0}
                 measured[arm].append(fresh_round("throughput", params, env=arms[arm])["model_only_ips"])
         ratios = [t / d for d, t in zip(measured["default"], measured["tunables"], strict=True)]
-        out[name] = {**{f"{arm}_ips": spread(v) for arm, v in measured.items()}, "speedup": spread(ratios),
-                     "speedup_geometric_mean_ci95": geometric_mean_interval(ratios)}  # fmt: skip
+        out[name] = {
+            **{f"{arm}_ips": spread(v) for arm, v in measured.items()},
+            "speedup": spread(ratios),
+            "speedup_geometric_mean_ci95": geometric_mean_interval(ratios),
+        }
     return out
 
 
@@ -252,11 +293,17 @@ def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.workdir)
     data_root = bench_data(args)
     table = bench_table(data_root)
-    results: dict[str, Any] = {"model": args.model, "threads": torch.get_num_threads(), "batch": args.batch,
-                               "steps": args.steps, "rounds": args.rounds, "cache_rounds": args.cache_rounds,
-                               "n_images": len(table),
-                               "median_width": float(table["width"].median()),
-                               "median_height": float(table["height"].median())}  # fmt: skip
+    results: dict[str, Any] = {
+        "model": args.model,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "cache_rounds": args.cache_rounds,
+        "n_images": len(table),
+        "median_width": float(table["width"].median()),
+        "median_height": float(table["height"].median()),
+    }
     results["cache"] = cache_build(data_root, work, args)
     results["throughput"] = throughput(data_root, work, args)
     results["bootstrap"] = bootstrap_cost()
@@ -266,12 +313,18 @@ def cpu_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def implausible(results: dict[str, Any]) -> list[str]:
     """The figures flagged as physically impossible (not results)."""
-    return [f"{size} {name}" for size, r in results.get("throughput", {}).items()
-            for name in ("efficiency", "naive_efficiency") if r[name]["verdict"] == "implausible"]  # fmt: skip
+    return [
+        f"{size} {name}"
+        for size, r in results.get("throughput", {}).items()
+        for name in ("efficiency", "naive_efficiency")
+        if r[name]["verdict"] == "implausible"
+    ]
 
 
-def autoencoder_sizes(models: tuple[str, ...] = ("ae_residual", "ae_attention", "ae_attention_residual"),
-                      batches: tuple[int, ...] = (16, 32)) -> dict[str, Any]:  # fmt: skip
+def autoencoder_sizes(
+    models: tuple[str, ...] = ("ae_residual", "ae_attention", "ae_attention_residual"),
+    batches: tuple[int, ...] = (16, 32),
+) -> dict[str, Any]:
     """Each autoencoder at its configured size (the plan's: 256 px, base 64): parameters and the activation
     memory of one float32 training step (btxrd.models.memory: counted, not timed, so one round)."""
     from btxrd.config import compose_run
@@ -286,8 +339,12 @@ def autoencoder_sizes(models: tuple[str, ...] = ("ae_residual", "ae_attention", 
         model = build_model(settings)
         per_image, fixed = activation_bytes(model, settings.image_size)
         parameters = sum(p.numel() for p in model.parameters())
-        out[name] = {"image_size": settings.image_size, "base_channels": settings.base_channels,
-                     "parameters": parameters, "activation_bytes_per_image": per_image,
-                     **{f"activation_bytes_batch{b}": fixed + per_image * b for b in batches},
-                     "weights_grads_adamw_bytes": 4 * parameters * 4}  # fmt: skip
+        out[name] = {
+            "image_size": settings.image_size,
+            "base_channels": settings.base_channels,
+            "parameters": parameters,
+            "activation_bytes_per_image": per_image,
+            **{f"activation_bytes_batch{b}": fixed + per_image * b for b in batches},
+            "weights_grads_adamw_bytes": 4 * parameters * 4,
+        }
     return out

@@ -35,12 +35,21 @@ from btxrd.runtime.environment import seed_everything
 ROUNDS = 3
 # (model, input size, batch): the plan's sizes, at batches as large as timm's own training benchmark uses and
 # at the product's own (conf/model/).
-MODELS = (("b0", 224, 256), ("b3", 300, 128), ("resnet50_cbam", 224, 256),
-          ("b0", 224, 32), ("b3", 300, 16), ("resnet50_cbam", 224, 16))  # fmt: skip
+MODELS = (
+    ("b0", 224, 256),
+    ("b3", 300, 128),
+    ("resnet50_cbam", 224, 256),
+    ("b0", 224, 32),
+    ("b3", 300, 16),
+    ("resnet50_cbam", 224, 16),
+)
 # timm's published training throughput (results/benchmark-train-amp-nhwc-pt112-cu113-rtx3090.csv: AMP,
 # channels_last, RTX 3090): RGB input, 1000 classes; resnet50 there has no CBAM.
-TIMM_RTX3090 = {"b0": ("efficientnet_b0 @ 224", 1752), "b3": ("efficientnet_b3 @ 288", 572),
-                "resnet50_cbam": ("resnet50 @ 224 (no CBAM)", 1218)}  # fmt: skip
+TIMM_RTX3090 = {
+    "b0": ("efficientnet_b0 @ 224", 1752),
+    "b3": ("efficientnet_b3 @ 288", 572),
+    "resnet50_cbam": ("resnet50 @ 224 (no CBAM)", 1218),
+}
 
 
 def _epochs(trainer: Trainer, next_epoch: Callable[[], Iterable], epochs: int) -> float:
@@ -62,8 +71,9 @@ def _peak_memory_gib(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
-def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4,
-               models: tuple[tuple[str, int, int], ...] = MODELS) -> dict[str, Any]:  # fmt: skip
+def throughput(
+    table, device: torch.device, steps: int = 30, epochs: int = 4, models: tuple[tuple[str, int, int], ...] = MODELS
+) -> dict[str, Any]:
     """Per model and batch: model-only, end-to-end through loader workers and through the device feed
     (``data.feed=device``), their efficiencies, peak GPU memory; cuDNN autotuned, as the product runs.
     (On the CPU too, smaller: ``make gpu-check``'s rehearsal.)"""
@@ -75,8 +85,10 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4,
         seed_everything(0, None, device)  # train.deterministic=auto on a GPU: cuDNN autotuning
         trainer = Trainer([f"model={name}", f"model.image_size={size}"], device, labels)
         on_gpu = uint8_batches(batch, size, device)
-        streams = {"workers": epoch_stream(training_loader(table, size, batch, device, workers), 0),
-                   "device": epoch_stream(training_feed(table, size, batch, device), 0)}  # fmt: skip
+        streams = {
+            "workers": epoch_stream(training_loader(table, size, batch, device, workers), 0),
+            "device": epoch_stream(training_feed(table, size, batch, device), 0),
+        }
         trainer.images_per_second([on_gpu[i % 4] for i in range(5)])  # warm-up (cuDNN autotuning)
         for stream in streams.values():
             _epochs(trainer, stream, 1)  # workers started, caches warm
@@ -89,11 +101,17 @@ def throughput(table, device: torch.device, steps: int = 30, epochs: int = 4,
                 measured[feed].append(_epochs(trainer, stream, epochs))
         model_only = measured["model_only"]
         out[f"{name}@{batch}"] = {
-            "model": name, "size": size, "batch": batch, "model_only_ips": spread(model_only),
-            "end_to_end_ips": spread(measured["workers"]), "device_feed_ips": spread(measured["device"]),
+            "model": name,
+            "size": size,
+            "batch": batch,
+            "model_only_ips": spread(model_only),
+            "end_to_end_ips": spread(measured["workers"]),
+            "device_feed_ips": spread(measured["device"]),
             "efficiency": spread([e / m for e, m in zip(measured["workers"], model_only, strict=True)]),
             "device_feed_efficiency": spread([e / m for e, m in zip(measured["device"], model_only, strict=True)]),
-            "peak_memory_gib": _peak_memory_gib(device), "timm_rtx3090": TIMM_RTX3090[name]}
+            "peak_memory_gib": _peak_memory_gib(device),
+            "timm_rtx3090": TIMM_RTX3090[name],
+        }
         del trainer, streams
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -134,8 +152,10 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
     labels = table["label"].to_numpy()
     on_gpu = uint8_batches(256, 224, device)
     b0 = ["model=b0", "model.image_size=224"]
-    trainers = {"sync_every_1": Trainer(b0, device, labels, sync_every=1),
-                "sync_every_25": Trainer(b0, device, labels, sync_every=25)}  # fmt: skip
+    trainers = {
+        "sync_every_1": Trainer(b0, device, labels, sync_every=1),
+        "sync_every_25": Trainer(b0, device, labels, sync_every=25),
+    }
     start = time.perf_counter()
     trainers["compiled"] = Trainer(b0, device, labels, compile=True)
     trainers["compiled"].images_per_second([on_gpu[i % 4] for i in range(3)])
@@ -147,10 +167,12 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
         for key, trainer in trainers.items():
             measured[key].append(trainer.images_per_second([on_gpu[i % 4] for i in range(steps)]))
     out: dict[str, Any] = {k: spread(v) for k, v in measured.items()}
-    out["per_step_sync_cost"] = spread([b / a for a, b in zip(measured["sync_every_1"], measured["sync_every_25"],
-                                                                strict=True)])  # fmt: skip
-    out["compile_speedup"] = spread([c / e for c, e in zip(measured["compiled"], measured["sync_every_25"],
-                                                             strict=True)])  # fmt: skip
+    out["per_step_sync_cost"] = spread(
+        [b / a for a, b in zip(measured["sync_every_1"], measured["sync_every_25"], strict=True)]
+    )
+    out["compile_speedup"] = spread(
+        [c / e for c, e in zip(measured["compiled"], measured["sync_every_25"], strict=True)]
+    )
     out["compile_seconds"] = compile_seconds
     return out
 
@@ -158,9 +180,11 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
 def autoencoder_memory(device: torch.device) -> dict[str, Any]:
     """Peak GPU memory of training steps at the plan's size (256 px, base 64), float32 and bf16."""
     out: dict[str, Any] = {}
-    variants = {"ae_residual": ["model=ae_residual"],
-                "ae_attention": ["model=ae_attention", "model.cbam_placement=after"],
-                "ae_attention_on_branch": ["model=ae_attention", "model.cbam_placement=residual"]}  # fmt: skip
+    variants = {
+        "ae_residual": ["model=ae_residual"],
+        "ae_attention": ["model=ae_attention", "model.cbam_placement=after"],
+        "ae_attention_on_branch": ["model=ae_attention", "model.cbam_placement=residual"],
+    }
     for name, overrides in variants.items():
         for batch in (16, 32):
             for amp in (False, True):
@@ -172,7 +196,9 @@ def autoencoder_memory(device: torch.device) -> dict[str, Any]:
                 trainer.images_per_second(batches * 2)
                 ips = trainer.images_per_second(batches * 5)
                 out[f"{name}_batch{batch}_{'bf16' if amp else 'fp32'}"] = {
-                    "peak_gib": (torch.cuda.max_memory_allocated(device) - before) / 2**30, "images_per_s": ips}
+                    "peak_gib": (torch.cuda.max_memory_allocated(device) - before) / 2**30,
+                    "images_per_s": ips,
+                }
                 del trainer, batches
     return out
 
@@ -186,12 +212,20 @@ def gpu_section(work: Path, n_images: int = 1024) -> dict[str, Any]:
     run = compose_run([])
     table = load_dataset(data_root, read_annotations=True, duplicate_distance=run.data.duplicate_distance)
     props = torch.cuda.get_device_properties(device)
-    results: dict[str, Any] = {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
-                               "torch": torch.__version__, "cuda": torch.version.cuda,
-                               "cpu_threads": torch.get_num_threads(), "n_images": len(table)}  # fmt: skip
-    sections = {"throughput": lambda: throughput(table, device), "loader": lambda: loader_ceiling(table, device),
-                "autoencoders": lambda: autoencoder_memory(device),
-                "sync_and_compile": lambda: sync_and_compile(table, device)}  # fmt: skip
+    results: dict[str, Any] = {
+        "gpu": props.name,
+        "gpu_memory_gib": props.total_memory / 2**30,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+        "n_images": len(table),
+    }
+    sections = {
+        "throughput": lambda: throughput(table, device),
+        "loader": lambda: loader_ceiling(table, device),
+        "autoencoders": lambda: autoencoder_memory(device),
+        "sync_and_compile": lambda: sync_and_compile(table, device),
+    }
     for name, measure in sections.items():  # each section kept as soon as it is measured
         results[name] = measure()
         (work / "bench_gpu.partial.json").write_text(json.dumps(results, indent=2))

@@ -42,17 +42,55 @@ from btxrd.errors import ConfigError
 # scipy, scikit-learn, matplotlib, statsmodels, Pillow, OpenCV, filelock, tqdm, requests, PyYAML are there),
 # at the versions this project is tested with here.
 GPU_MACHINE_LACKS = (
-    "hydra-core", "omegaconf", "antlr4-python3-runtime", "hydra-joblib-launcher", "mlflow-skinny", "sqlalchemy",
-    "alembic", "mako", "openpyxl", "et-xmlfile", "imagehash", "pywavelets", "pydicom", "cachetools",
-    "databricks-sdk", "google-auth", "pyasn1", "pyasn1-modules", "gitpython", "gitdb", "smmap",
-    "opentelemetry-api", "opentelemetry-sdk", "opentelemetry-proto", "opentelemetry-semantic-conventions",
-    "sqlparse", "python-dotenv", "importlib-metadata", "cryptography", "cffi", "pycparser", "fastapi",
-    "starlette", "uvicorn", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "annotated-doc",
+    "hydra-core",
+    "omegaconf",
+    "antlr4-python3-runtime",
+    "hydra-joblib-launcher",
+    "mlflow-skinny",
+    "sqlalchemy",
+    "alembic",
+    "mako",
+    "openpyxl",
+    "et-xmlfile",
+    "imagehash",
+    "pywavelets",
+    "pydicom",
+    "cachetools",
+    "databricks-sdk",
+    "google-auth",
+    "pyasn1",
+    "pyasn1-modules",
+    "gitpython",
+    "gitdb",
+    "smmap",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-proto",
+    "opentelemetry-semantic-conventions",
+    "sqlparse",
+    "python-dotenv",
+    "importlib-metadata",
+    "cryptography",
+    "cffi",
+    "pycparser",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "annotated-doc",
     "greenlet",
-)  # fmt: skip
+)
 GPU_PYTHON = "3.12"  # the GPU machines' python3
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")  # fmt: skip
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 CARRY_LIMIT_MB = 60  # what travels with the working tree is at most 64 MiB
 GRID = ["model=b0,b3,resnet50_cbam", "split=stratified,center", "annotations=on,off"]
 RELEASE_IMAGES = 3746
@@ -71,8 +109,21 @@ def wheels(dest: Path) -> list[Path]:
             command = [*pip, "wheel", "--no-deps", "-q", "-w", str(dest), pinned]
         else:
             platforms = [flag for p in PLATFORMS for flag in ("--platform", p)]
-            command = [*pip, "download", "--no-deps", "-q", "--only-binary=:all:", "--python-version", GPU_PYTHON,
-                       "--implementation", "cp", *platforms, "-d", str(dest), pinned]  # fmt: skip
+            command = [
+                *pip,
+                "download",
+                "--no-deps",
+                "-q",
+                "--only-binary=:all:",
+                "--python-version",
+                GPU_PYTHON,
+                "--implementation",
+                "cp",
+                *platforms,
+                "-d",
+                str(dest),
+                pinned,
+            ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(f"gpu-wheels: {pinned} could not be fetched: {done.stderr.strip().splitlines()[-1:]}")
@@ -99,8 +150,9 @@ def _timed(command: list[str], timeout: float, log: Path, env: dict[str, str]) -
     start = time.monotonic()
     with open(log, "w") as output:
         try:
-            code: int | None = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, timeout=timeout,
-                                              env=env, cwd=project_root()).returncode  # fmt: skip
+            code: int | None = subprocess.run(
+                command, stdout=output, stderr=subprocess.STDOUT, timeout=timeout, env=env, cwd=project_root()
+            ).returncode
         except subprocess.TimeoutExpired:
             code = None
     return code, time.monotonic() - start
@@ -127,16 +179,26 @@ def _suite(dry_run: bool, timeout: float, work: Path, env: dict[str, str]) -> di
 def _bench(dry_run: bool, timeout: float, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """The GPU benchmark's results (``--dry-run``: its throughput figures of one small model, on the CPU)."""
     if dry_run:
-        code = ("import json, sys, torch; from pathlib import Path; from btxrd.bench import gpu; "
-                "from btxrd.bench.common import bench_table; from btxrd.data.synth import generate; "
-                "w = Path(sys.argv[1]); generate(w / 'data', n=64, seed=0, size=128); "
-                "t = gpu.throughput(bench_table(w / 'data'), torch.device('cpu'), steps=2, epochs=1, "
-                "models=(('b0', 64, 16),)); "
-                "json.dump({'throughput': t, 'n_images': 64}, open(w / 'bench_gpu.json', 'w'))")
+        code = (
+            "import json, sys, torch; from pathlib import Path; from btxrd.bench import gpu; "
+            "from btxrd.bench.common import bench_table; from btxrd.data.synth import generate; "
+            "w = Path(sys.argv[1]); generate(w / 'data', n=64, seed=0, size=128); "
+            "t = gpu.throughput(bench_table(w / 'data'), torch.device('cpu'), steps=2, epochs=1, "
+            "models=(('b0', 64, 16),)); "
+            "json.dump({'throughput': t, 'n_images': 64}, open(w / 'bench_gpu.json', 'w'))"
+        )
         command = [sys.executable, "-c", code, str(work / "bench")]
     else:
-        command = [sys.executable, "-m", "btxrd.bench", "--only", "gpu", "--no-readme", "--workdir",
-                   str(work / "bench")]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "btxrd.bench",
+            "--only",
+            "gpu",
+            "--no-readme",
+            "--workdir",
+            str(work / "bench"),
+        ]
     (work / "bench").mkdir(parents=True, exist_ok=True)
     exit_code, seconds = _timed(command, timeout, work / "bench.log", env)
     measured = work / "bench" / ("bench_gpu.json" if exit_code == 0 else "bench_gpu.partial.json")
@@ -150,31 +212,58 @@ def _start_generating(dry_run: bool, work: Path, env: dict[str, str]) -> tuple[s
     """The grid's dataset, generated in a process of its own while the suite runs."""
     data_root = work / "grid_data"
     n = 160 if dry_run else RELEASE_IMAGES
-    code = ("import os, sys; from btxrd.bench.cpu import real_sizes; from btxrd.data.synth import generate; "
-            "n = int(sys.argv[2]); small = sys.argv[3] == '1'; "
-            "generate(sys.argv[1], n=n, seed=0, size=160, image_sizes=None if small else real_sizes(n), "
-            "workers=max(1, (os.cpu_count() or 2) // 2))")
+    code = (
+        "import os, sys; from btxrd.bench.cpu import real_sizes; from btxrd.data.synth import generate; "
+        "n = int(sys.argv[2]); small = sys.argv[3] == '1'; "
+        "generate(sys.argv[1], n=n, seed=0, size=160, image_sizes=None if small else real_sizes(n), "
+        "workers=max(1, (os.cpu_count() or 2) // 2))"
+    )
     with open(work / "generate.log", "w") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen([sys.executable, "-c", code, str(data_root), str(n), "1" if dry_run else "0"],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=project_root())  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, str(data_root), str(n), "1" if dry_run else "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=project_root(),
+        )
     return process, data_root
 
 
 def _grid(dry_run: bool, timeout: float, work: Path, data_root: Path, env: dict[str, str]) -> dict[str, Any]:
     """The 12-run grid, timed from the command's start to its end; each job's figures from its run."""
     jobs = 2 if dry_run else 4
-    sized = ["debug=tiny", "model.image_size=32", "train.epochs=1"] if dry_run else ["model.pretrained=false",
-                                                                                   "train.epochs=3"]  # fmt: skip
+    sized = (
+        ["debug=tiny", "model.image_size=32", "train.epochs=1"]
+        if dry_run
+        else ["model.pretrained=false", "train.epochs=3"]
+    )
     grid = ["model=b0", "split=stratified", "annotations=on,off"] if dry_run else GRID
-    command = [sys.executable, str(Path(project_root()) / "train.py"), "-m", *grid, *sized,
-               f"data.root={data_root}", f"paths.root={work / 'grid'}", f"hydra.launcher.n_jobs={jobs}",
-               f"train.jobs_per_gpu={jobs}", "tracking.log_model=false", "sweep.prepare_data=true"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(Path(project_root()) / "train.py"),
+        "-m",
+        *grid,
+        *sized,
+        f"data.root={data_root}",
+        f"paths.root={work / 'grid'}",
+        f"hydra.launcher.n_jobs={jobs}",
+        f"train.jobs_per_gpu={jobs}",
+        "tracking.log_model=false",
+        "sweep.prepare_data=true",
+    ]
     code, seconds = _timed(command, timeout, work / "grid.log", env)
-    return {"command": " ".join(["python train.py -m", *grid, *sized, f"hydra.launcher.n_jobs={jobs}",
-                                 f"train.jobs_per_gpu={jobs}"]),
-            "exit": code, "cut_off": code is None, "wall_seconds": seconds, "n_jobs_at_once": jobs,
-            "n_images": RELEASE_IMAGES if not dry_run else 160, "real_sizes": not dry_run,
-            "jobs": _grid_jobs(work / "grid")}  # fmt: skip
+    return {
+        "command": " ".join(
+            ["python train.py -m", *grid, *sized, f"hydra.launcher.n_jobs={jobs}", f"train.jobs_per_gpu={jobs}"]
+        ),
+        "exit": code,
+        "cut_off": code is None,
+        "wall_seconds": seconds,
+        "n_jobs_at_once": jobs,
+        "n_images": RELEASE_IMAGES if not dry_run else 160,
+        "real_sizes": not dry_run,
+        "jobs": _grid_jobs(work / "grid"),
+    }
 
 
 def _grid_jobs(paths_root: Path) -> list[dict[str, Any]]:
@@ -193,12 +282,17 @@ def _grid_jobs(paths_root: Path) -> list[dict[str, Any]]:
             continue
         metrics = run.data.metrics
         history = client.get_metric_history(run.info.run_id, "epoch_seconds")
-        out.append({"name": run.info.run_name, "status": run.info.status,
-                    "epochs": int(metrics.get("epochs_run", 0)),
-                    "train_images_per_second": metrics.get("train_images_per_second", float("nan")),
-                    "mean_epoch_seconds": (sum(m.value for m in history) / len(history)) if history else float("nan"),
-                    "startup_seconds": metrics.get("startup_seconds", float("nan")),
-                    "test_macro_f1": metrics.get("test_macro_f1", float("nan"))})  # fmt: skip
+        out.append(
+            {
+                "name": run.info.run_name,
+                "status": run.info.status,
+                "epochs": int(metrics.get("epochs_run", 0)),
+                "train_images_per_second": metrics.get("train_images_per_second", float("nan")),
+                "mean_epoch_seconds": (sum(m.value for m in history) / len(history)) if history else float("nan"),
+                "startup_seconds": metrics.get("startup_seconds", float("nan")),
+                "test_macro_f1": metrics.get("test_macro_f1", float("nan")),
+            }
+        )
     return sorted(out, key=lambda job: job["name"])
 
 
@@ -240,8 +334,9 @@ def check(out: Path, dry_run: bool, budget_s: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m btxrd.bench.gpucheck", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m btxrd.bench.gpucheck", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     carry = sub.add_parser("wheels", help="download what the GPU machine lacks, as wheels")
     carry.add_argument("dest", type=Path)
@@ -256,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = check(args.out, args.dry_run, args.budget_s)
     suite, grid = results["suite"], results["grid"]
-    print(f"suite: {suite['tests']} tests, {suite['failures']} failed, {suite['errors']} errors "
-          f"({suite['seconds']:.0f} s); grid: {len(grid['jobs'])} jobs in {grid['wall_seconds']:.0f} s "
-          f"(exit {grid['exit']})")  # fmt: skip
+    print(
+        f"suite: {suite['tests']} tests, {suite['failures']} failed, {suite['errors']} errors "
+        f"({suite['seconds']:.0f} s); grid: {len(grid['jobs'])} jobs in {grid['wall_seconds']:.0f} s "
+        f"(exit {grid['exit']})"
+    )
     return 0 if suite["exit"] == 0 and grid["exit"] == 0 else 1
 
 

@@ -80,12 +80,21 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
     feeds: dict[str, Iterator[Batch]] = {"model_only": memory}
     if table is not None:
         workers = loader_workers(None, device, torch.get_num_threads())  # what a training run uses here
-        feeds["end_to_end"] = endless(training_loader(table, size, batch, device, workers,
-                                                      cache_dir=Path(params["cache_dir"])))  # fmt: skip
+        feeds["end_to_end"] = endless(
+            training_loader(table, size, batch, device, workers, cache_dir=Path(params["cache_dir"]))
+        )
         feeds["device_feed"] = iter(training_feed(table, size, batch, device, cache_dir=Path(params["cache_dir"])))
         naive_images = NaiveImages(table, size, trainer.run.data.canvas_scale)
-        feeds["naive"] = endless(DataLoader(naive_images, batch_size=batch, shuffle=True, drop_last=True,
-                                            num_workers=workers, collate_fn=collate_batch))  # fmt: skip
+        feeds["naive"] = endless(
+            DataLoader(
+                naive_images,
+                batch_size=batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=workers,
+                collate_fn=collate_batch,
+            )
+        )
     names = list(feeds)
     for name in names:  # warm-up: first calls, allocations, the loaders' first items
         trainer.run_epoch(itertools.islice(feeds[name], 1))

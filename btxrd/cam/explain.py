@@ -79,9 +79,17 @@ def explain_rows(
     grids = []
     for k, name in enumerate(CLASS_NAMES):
         path = save_cam_grid(
-            explanation.images, explanation.cams, ordered_boxes, explanation.labels, explanation.preds,
-            explanation.probs, CLASS_NAMES, k, out_dir / f"gradcam_{name}.png", title=f"{title}: true {name}",
-        )  # fmt: skip
+            explanation.images,
+            explanation.cams,
+            ordered_boxes,
+            explanation.labels,
+            explanation.preds,
+            explanation.probs,
+            CLASS_NAMES,
+            k,
+            out_dir / f"gradcam_{name}.png",
+            title=f"{title}: true {name}",
+        )
         if path is not None:
             grids.append(path)
     return per_image.sort_index(), grids

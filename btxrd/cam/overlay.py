@@ -75,8 +75,9 @@ def save_cam_grid(
         top = r * (label_room + step) + label_room
         for c, i in enumerate(chosen):
             mosaic[top : top + side, c * step : c * step + side] = cam_tile(images[i], cams[i], boxes[i])
-            captions.append((c * step + side / 2, top - 2,
-                             f"{kind}: pred {class_names[preds[i]]}\np={probs[i, preds[i]]:.2f}"))  # fmt: skip
+            captions.append(
+                (c * step + side / 2, top - 2, f"{kind}: pred {class_names[preds[i]]}\np={probs[i, preds[i]]:.2f}")
+            )
         if not len(chosen):
             captions.append((per_row * step / 2, top + side / 2, f"no {kind} prediction"))
     fig, ax = plt.subplots(figsize=(2.4 * per_row, 5.4), dpi=110)

@@ -19,9 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("root", help="dataset root holding dataset.xlsx, images/ and Annotations/")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
-    check.add_argument("--duplicate-distance", type=int, default=None,
-                       help="near-duplicate threshold in perceptual-hash bits (default: data.duplicate_distance "
-                            "in conf/data/btxrd.yaml); -1: identical files only")  # fmt: skip
+    check.add_argument(
+        "--duplicate-distance",
+        type=int,
+        default=None,
+        help="near-duplicate threshold in perceptual-hash bits (default: data.duplicate_distance "
+        "in conf/data/btxrd.yaml); -1: identical files only",
+    )
     synth = sub.add_parser("synth", help="generate a synthetic dataset in the release's format")
     synth.add_argument("out", help="output folder (created)")
     synth.add_argument("--n", type=int, required=True, help="number of images")
@@ -34,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
         data = compose_run().data
         distance = data.duplicate_distance if args.duplicate_distance is None else args.duplicate_distance
-        summary = summarise(args.root, on_bad_image=args.on_bad_image,
-                            duplicate_distance=None if distance is not None and distance < 0 else distance,
-                            limits=InputLimits.of(data))  # fmt: skip
+        summary = summarise(
+            args.root,
+            on_bad_image=args.on_bad_image,
+            duplicate_distance=None if distance is not None and distance < 0 else distance,
+            limits=InputLimits.of(data),
+        )
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0 if summary["usable"] else 1
     sheet = generate(args.out, n=args.n, seed=args.seed, size=args.size)

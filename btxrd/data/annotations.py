@@ -71,8 +71,9 @@ def _clip(points: list[Point], width: int, height: int) -> tuple[list[Point], in
     return clipped, n_out
 
 
-def read_annotation(path: str | Path, limits: InputLimits = DEFAULT_LIMITS,
-                    root: str | Path | None = None) -> Annotation:  # fmt: skip
+def read_annotation(
+    path: str | Path, limits: InputLimits = DEFAULT_LIMITS, root: str | Path | None = None
+) -> Annotation:
     """Parse one LabelMe file (a regular file inside ``root``, within ``limits``); a malformed file raises
     DataError naming it. A shape with a coordinate that is not a finite number is dropped and counted."""
     path = Path(path)

@@ -116,16 +116,18 @@ def _placed(image: np.ndarray, size: int, original: tuple[float, float]) -> Geom
 NO_PREPROCESS = Preprocess("none")
 
 
-def letterbox(path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS,
-              limits: InputLimits = DEFAULT_LIMITS) -> Geometry:  # fmt: skip
+def letterbox(
+    path: str | Path, size: int, preprocess: Preprocess = NO_PREPROCESS, limits: InputLimits = DEFAULT_LIMITS
+) -> Geometry:
     """Decode one image (any format Pillow reads, or DICOM) to grayscale and fit it, aspect kept, centred
     on a ``size`` square."""
     with open_radiograph(path, limits) as img:
         return letterbox_image(img, size, preprocess, str(path))
 
 
-def letterbox_image(img: Image.Image, size: int, preprocess: Preprocess = NO_PREPROCESS,
-                    name: str = "image") -> Geometry:  # fmt: skip
+def letterbox_image(
+    img: Image.Image, size: int, preprocess: Preprocess = NO_PREPROCESS, name: str = "image"
+) -> Geometry:
     """``letterbox`` of an opened (or decoded) image."""
     width, height = upright_size(img)  # annotations are drawn on the upright picture
     new_w, new_h = _fitted(width, height, size)
@@ -136,8 +138,16 @@ def letterbox_image(img: Image.Image, size: int, preprocess: Preprocess = NO_PRE
     return _placed(preprocess(np.asarray(resized)), size, (width, height))  # CLAHE on the image, not the padding
 
 
-def _build(n: int, size: int, make: Callable[[int], Geometry], data_path: Path, meta_path: Path, workers: int,
-           image_ids: list[str], describe: Callable[[int], str]) -> None:  # fmt: skip
+def _build(
+    n: int,
+    size: int,
+    make: Callable[[int], Geometry],
+    data_path: Path,
+    meta_path: Path,
+    workers: int,
+    image_ids: list[str],
+    describe: Callable[[int], str],
+) -> None:
     tmp_data = data_path.with_suffix(".u8.tmp")
     try:
         pixels = _allocated_memmap(tmp_data, (n, size, size))
@@ -159,8 +169,13 @@ def _build(n: int, size: int, make: Callable[[int], Geometry], data_path: Path, 
     except BaseException:
         tmp_data.unlink(missing_ok=True)
         raise
-    meta = {"image_ids": image_ids, "scale": scale.tolist(), "offset": offset.tolist(), "extent": extent.tolist(),
-            "size": size}  # fmt: skip
+    meta = {
+        "image_ids": image_ids,
+        "scale": scale.tolist(),
+        "offset": offset.tolist(),
+        "extent": extent.tolist(),
+        "size": size,
+    }
     write_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))  # the metadata marks the cache complete
 
 
@@ -174,9 +189,11 @@ def _allocated_memmap(path: Path, shape: tuple[int, int, int]) -> np.memmap:
     except OSError as exc:
         del pixels
         need = int(np.prod(shape)) / MB
-        raise StorageError(f"cannot build the image cache {path.parent}: it needs {need:.0f} MB "
-                           f"({exc.strerror or exc}; {room_left(path.parent)}); set data.cache_dir elsewhere or "
-                           "make room") from None  # fmt: skip
+        raise StorageError(
+            f"cannot build the image cache {path.parent}: it needs {need:.0f} MB "
+            f"({exc.strerror or exc}; {room_left(path.parent)}); set data.cache_dir elsewhere or "
+            "make room"
+        ) from None
     return pixels
 
 
@@ -234,8 +251,16 @@ def cache_images(
         def build(data_path: Path, meta_path: Path) -> None:
             log.info("building image cache %s (%d images, %d px, decoding)", data_path, len(table), at)
             paths = table["path"].tolist()
-            _build(len(table), at, lambda i: letterbox(paths[i], at, preprocess, limits), data_path, meta_path,
-                   workers, image_ids, lambda i: str(paths[i]))  # fmt: skip
+            _build(
+                len(table),
+                at,
+                lambda i: letterbox(paths[i], at, preprocess, limits),
+                data_path,
+                meta_path,
+                workers,
+                image_ids,
+                lambda i: str(paths[i]),
+            )
 
         return _cached(cache_dir, f"{prefix}{at}_{preprocess.key}", image_ids, build)
 
@@ -245,8 +270,16 @@ def cache_images(
 
     def build(data_path: Path, meta_path: Path) -> None:
         log.info("building image cache %s (%d px, resized from %s)", data_path, size, source.path.name)
-        _build(len(table), size, lambda i: _resized(source, i, size), data_path, meta_path, workers, image_ids,
-               lambda i: f"{source.path}[{i}]")  # fmt: skip
+        _build(
+            len(table),
+            size,
+            lambda i: _resized(source, i, size),
+            data_path,
+            meta_path,
+            workers,
+            image_ids,
+            lambda i: f"{source.path}[{i}]",
+        )
 
     return _cached(cache_dir, f"{prefix}{size}_{preprocess.key}_from{source_size}", image_ids, build)
 
@@ -255,13 +288,25 @@ def _preprocess(data: DataConfig) -> Preprocess:
     return Preprocess(data.preprocess, data.clahe.clip_limit, data.clahe.tiles)
 
 
-def cache_for(table: pd.DataFrame, image_size: int, data: DataConfig, cache_dir: str | Path | None = None,
-              workers: int | None = None) -> ImageCache:  # fmt: skip
+def cache_for(
+    table: pd.DataFrame,
+    image_size: int,
+    data: DataConfig,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> ImageCache:
     """The cache a run's ``data`` settings ask for, for model input ``image_size`` (in ``cache_dir``,
     default ``data.cache_dir``)."""
     canvas = canvas_size(image_size, data.canvas_scale)
-    return cache_images(table, canvas, cache_dir or data.cache_dir, _preprocess(data), workers,
-                        source_size=data.cache_source_size, limits=InputLimits.of(data))
+    return cache_images(
+        table,
+        canvas,
+        cache_dir or data.cache_dir,
+        _preprocess(data),
+        workers,
+        source_size=data.cache_source_size,
+        limits=InputLimits.of(data),
+    )
 
 
 def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str = "image") -> np.ndarray:
@@ -276,8 +321,9 @@ def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str
     source = data.cache_source_size
     if source and canvas < source:
         pixels, scale, offset, extent = letterbox_image(image, source, preprocess, name)
-        one = ImageCache(pixels[None], (name,), np.asarray([scale]), np.asarray([offset]), np.asarray([extent]),
-                         source, Path(name))  # fmt: skip
+        one = ImageCache(
+            pixels[None], (name,), np.asarray([scale]), np.asarray([offset]), np.asarray([extent]), source, Path(name)
+        )
         pixels = _resized(one, 0, canvas)[0]
     else:
         pixels = letterbox_image(image, canvas, preprocess, name)[0]

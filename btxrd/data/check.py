@@ -10,12 +10,15 @@ from btxrd.data.reader import inspect_dataset
 from btxrd.data.schema import CENTERS, CLASS_NAMES
 
 
-def summarise(root: str | Path, on_bad_image: str = "error", duplicate_distance: int | None = None,
-              limits: InputLimits = DEFAULT_LIMITS) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    root: str | Path,
+    on_bad_image: str = "error",
+    duplicate_distance: int | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     """Counts, sizes, duplicates and every problem of the dataset at ``root``; ``usable`` says if it can
     be trained on."""
-    inspection = inspect_dataset(root, on_bad_image=on_bad_image, duplicate_distance=duplicate_distance,
-                                 limits=limits)  # fmt: skip
+    inspection = inspect_dataset(root, on_bad_image=on_bad_image, duplicate_distance=duplicate_distance, limits=limits)
     table = inspection.table
     summary: dict[str, Any] = {
         "root": str(Path(root).expanduser().resolve()) if str(root).strip() else "",
@@ -63,8 +66,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"{'all':>8}" + "".join(f"{by_class[n]:>11}" for n in CLASS_NAMES) + f"{summary['n_images']:>9}")
     lines.append("")
     lines.append(f"annotated images: {summary['n_annotated']}, lesions: {summary['n_lesions']}")
-    lines.append(f"patient-proxy groups: {summary['n_patient_groups']}; with duplicate images joined: "
-                 f"{summary['n_groups']} groups ({len(summary['duplicates'])} duplicate pair(s))")
+    lines.append(
+        f"patient-proxy groups: {summary['n_patient_groups']}; with duplicate images joined: "
+        f"{summary['n_groups']} groups ({len(summary['duplicates'])} duplicate pair(s))"
+    )
     if summary["width_range"]:
         (w0, w1), (h0, h1) = summary["width_range"], summary["height_range"]
         lines.append(f"image width {w0}-{w1} px, height {h0}-{h1} px")

@@ -44,8 +44,9 @@ def read_dicom(path: str | Path, limits: InputLimits = DEFAULT_LIMITS, data: byt
         photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
         if frames != 1 or samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):  # before decoding
             shape = (frames, rows, columns, samples) if frames != 1 else (rows, columns, samples)
-            raise DataError(f"{path}: a {photometric} DICOM image of shape {shape}; "
-                            "a radiograph is one grayscale frame")  # fmt: skip
+            raise DataError(
+                f"{path}: a {photometric} DICOM image of shape {shape}; a radiograph is one grayscale frame"
+            )
         limits.check_pixels(columns, rows, str(path))
         pixels = dataset.pixel_array
         if pixels.ndim != 2:

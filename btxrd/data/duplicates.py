@@ -46,9 +46,7 @@ def duplicate_pairs(image_ids: list[str], phashes: list[str], sha1s: list[str], 
         distance = np.bitwise_count(block[:, None, :] ^ words[None, :, :]).sum(axis=2)
         rows, cols = np.nonzero(distance <= max_distance)
         pairs += [(i + start, j, int(distance[i, j])) for i, j in zip(rows, cols, strict=True) if i + start < j]
-    return pd.DataFrame(
-        [(image_ids[i], image_ids[j], d, sha1s[i] == sha1s[j]) for i, j, d in pairs], columns=columns
-    )
+    return pd.DataFrame([(image_ids[i], image_ids[j], d, sha1s[i] == sha1s[j]) for i, j, d in pairs], columns=columns)
 
 
 def merge_groups(groups: np.ndarray, image_ids: list[str], pairs: pd.DataFrame) -> np.ndarray:

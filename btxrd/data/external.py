@@ -61,19 +61,35 @@ def read_external(table_path: str | Path, limits: InputLimits) -> tuple[pd.DataF
         if name not in CLASS_NAMES:
             raise DataError(f"{table_path}, row {i}: label {label!r} is not one of {', '.join(CLASS_NAMES)}")
         file = folder / path.strip()
-        if not path.strip() or Path(path.strip()).is_absolute() or not inside(file, folder) and \
-                not limits.allow_links_outside_root:  # fmt: skip
+        if (
+            not path.strip()
+            or Path(path.strip()).is_absolute()
+            or not inside(file, folder)
+            and not limits.allow_links_outside_root
+        ):
             raise DataError(f"{table_path}, row {i}: path {path!r} is not a file inside the table's folder {folder}")
         labels.append(CLASS_NAMES.index(name))
         paths.append(str(file))
     duplicated = pd.Series(paths).duplicated()
     if duplicated.any():
         raise DataError(f"{table_path}, row {int(np.flatnonzero(duplicated)[0]) + 2}: an image listed twice")
-    table = pd.DataFrame({"image_id": raw["path"].str.strip(), "stem": raw["path"].str.strip(), "path": paths,
-                          "label": labels, "label_name": [CLASS_NAMES[i] for i in labels]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "image_id": raw["path"].str.strip(),
+            "stem": raw["path"].str.strip(),
+            "path": paths,
+            "label": labels,
+            "label_name": [CLASS_NAMES[i] for i in labels],
+        }
+    )
     table["group"] = _groups(raw, table_path)
-    for column, source in (("center", ("center", "centre")), ("age", ("age",)), ("gender", ("sex", "gender")),
-                           ("site", ("site",)), ("region", ("region",))):  # fmt: skip
+    for column, source in (
+        ("center", ("center", "centre")),
+        ("age", ("age",)),
+        ("gender", ("sex", "gender")),
+        ("site", ("site",)),
+        ("region", ("region",)),
+    ):
         found = next((s for s in source if s in raw), None)
         if found is not None:
             table[column] = pd.to_numeric(raw[found], errors="coerce") if column == "age" else raw[found].str.strip()
@@ -93,8 +109,11 @@ def read_external(table_path: str | Path, limits: InputLimits) -> tuple[pd.DataF
 def _groups(raw: pd.DataFrame, table_path: Path) -> np.ndarray:
     column = next((c for c in GROUP_COLUMNS if c in raw), None)
     if column is None:
-        log.warning("%s: no group or patient column: each image is its own group in the bootstrap (intervals "
-                    "assume no patient has two images)", table_path)  # fmt: skip
+        log.warning(
+            "%s: no group or patient column: each image is its own group in the bootstrap (intervals "
+            "assume no patient has two images)",
+            table_path,
+        )
         return np.arange(len(raw))
     return pd.factorize(raw[column].str.strip())[0]
 
@@ -106,8 +125,7 @@ def _boxes(text: str, table_path: Path, row: int) -> tuple:
     try:
         boxes = json.loads(text)
         parsed = tuple(tuple(float(v) for v in box) for box in boxes)
-        if not all(len(b) == 4 and all(math.isfinite(v) for v in b) and b[0] <= b[2] and b[1] <= b[3]
-                   for b in parsed):  # fmt: skip
+        if not all(len(b) == 4 and all(math.isfinite(v) for v in b) and b[0] <= b[2] and b[1] <= b[3] for b in parsed):
             raise ValueError("each box is [x0, y0, x1, y1] of finite numbers, x0 <= x1 and y0 <= y1")
     except (ValueError, TypeError, RecursionError) as exc:
         raise DataError(f"{table_path}, row {row}: boxes {str(text)[:60]!r} cannot be read ({exc})") from None

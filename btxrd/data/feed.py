@@ -48,8 +48,11 @@ class DeviceFeed:
         self.canvases = torch.from_numpy(pixels).to(device)[:, None]  # (N, 1, C, C) uint8, uploaded once
         self.labels = torch.tensor(dataset.labels, device=device)
         self.masks = self._masks() if dataset.with_masks else None
-        self.has_mask = (self.masks.flatten(1).amax(1) > 0 if self.masks is not None
-                         else torch.zeros(len(dataset), dtype=torch.bool, device=device))  # fmt: skip
+        self.has_mask = (
+            self.masks.flatten(1).amax(1) > 0
+            if self.masks is not None
+            else torch.zeros(len(dataset), dtype=torch.bool, device=device)
+        )
         self.pin = device.type == "cuda"
 
     def _masks(self) -> torch.Tensor:
@@ -59,8 +62,9 @@ class DeviceFeed:
         for i, row in enumerate(dataset.cache_rows):
             if dataset.boxes[i] or dataset.polygons[i]:
                 scale, offset = dataset.cache.scale[row], dataset.cache.offset[row]
-                masks[i] = rasterise(dataset.boxes[i], dataset.polygons[i], (canvas, canvas), tuple(scale),
-                                     tuple(offset))  # fmt: skip
+                masks[i] = rasterise(
+                    dataset.boxes[i], dataset.polygons[i], (canvas, canvas), tuple(scale), tuple(offset)
+                )
         return torch.from_numpy(masks).to(self.device)[:, None]
 
     def __len__(self) -> int:
@@ -101,4 +105,3 @@ class DeviceFeed:
             theta[b, 0, 2] = (2 * left + side) / canvas - 1
             theta[b, 1, 2] = (2 * top + side) / canvas - 1
         return theta
-

@@ -44,8 +44,7 @@ class InputLimits:
         """DataError naming ``path`` unless it is a regular file within the size limit, inside ``root``
         (links resolved) or links out of it are allowed; reads nothing (FileNotFoundError if missing)."""
         if root is not None and not self.allow_links_outside_root and not inside(path, root):
-            raise DataError(f"{path}: a link to a file outside {root} (data.allow_links_outside_root=true "
-                            "reads it)")  # fmt: skip
+            raise DataError(f"{path}: a link to a file outside {root} (data.allow_links_outside_root=true reads it)")
         check_regular(os.stat(path), path, self.max_bytes)
 
     def read(self, path: str | Path, root: str | Path | None = None) -> bytes:
@@ -58,8 +57,10 @@ class InputLimits:
             self._refuse_size(f"{width} x {height} px", name)
 
     def _refuse_size(self, size: str, name: str) -> None:
-        raise DataError(f"{name}: declares {size}, over the limit of {self.max_image_pixels:,} pixels "
-                        "(data.max_image_pixels); a decompression bomb, or no radiograph")
+        raise DataError(
+            f"{name}: declares {size}, over the limit of {self.max_image_pixels:,} pixels "
+            "(data.max_image_pixels); a decompression bomb, or no radiograph"
+        )
 
 
 DEFAULT_LIMITS = InputLimits()

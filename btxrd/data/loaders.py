@@ -68,12 +68,16 @@ def loader_workers(setting: int | None, device: torch.device, threads: int) -> i
     return max(0, setting)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int, device: torch.device,
-                seed: int = 0) -> DataLoader:  # fmt: skip
+def make_loader(
+    dataset: Dataset, batch_size: int, *, train: bool, workers: int, device: torch.device, seed: int = 0
+) -> DataLoader:
     """Training: every epoch's seeded shuffle as one stream of batches (``EpochBatches``; iterate it
     once). Evaluation: in order, all items."""
-    batching: dict = {"batch_sampler": EpochBatches(len(dataset), batch_size, seed)} if train else {
-        "batch_size": batch_size, "shuffle": False}  # fmt: skip
+    batching: dict = (
+        {"batch_sampler": EpochBatches(len(dataset), batch_size, seed)}
+        if train
+        else {"batch_size": batch_size, "shuffle": False}
+    )
     return DataLoader(
         dataset,
         **batching,

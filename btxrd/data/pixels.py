@@ -68,5 +68,7 @@ def to_gray8(image: Image.Image, name: str = "image") -> Image.Image:
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    raise DataError(f"{name}: image mode {mode!r} is not supported (8- or 16-bit gray, colour, palette, or "
-                    "with alpha): convert it first")  # fmt: skip
+    raise DataError(
+        f"{name}: image mode {mode!r} is not supported (8- or 16-bit gray, colour, palette, or "
+        "with alpha): convert it first"
+    )

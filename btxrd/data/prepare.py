@@ -34,9 +34,14 @@ log = logging.getLogger(__name__)
 def prepare(data: DataConfig, image_size: int) -> ImageCache:
     """Probe ``data``'s dataset (memo in ``data.cache_dir``) and build the image cache a job with
     input size ``image_size`` reads (and the source canvases every smaller size is resized from)."""
-    table = load_dataset(data.root, on_bad_image=data.on_bad_image, read_annotations=False,
-                         memo_dir=data.cache_dir, duplicate_distance=data.duplicate_distance,
-                         limits=InputLimits.of(data))  # fmt: skip
+    table = load_dataset(
+        data.root,
+        on_bad_image=data.on_bad_image,
+        read_annotations=False,
+        memo_dir=data.cache_dir,
+        duplicate_distance=data.duplicate_distance,
+        limits=InputLimits.of(data),
+    )
     return cache_for(table, image_size, data)
 
 
@@ -44,8 +49,9 @@ def start_preparing(data: DataConfig, image_size: int, log_path: Path) -> subpro
     """``prepare`` in a new process, its output in ``log_path``; reaped by a thread when it ends."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "btxrd.data.prepare"], stdin=subprocess.PIPE,
-                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "btxrd.data.prepare"], stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT
+        )
     assert process.stdin is not None
     process.stdin.write(pickle.dumps((data, image_size)))
     process.stdin.close()

@@ -128,8 +128,10 @@ def _check_expansion(path: Path, limits: InputLimits) -> None:
     except (zipfile.BadZipFile, OSError):
         return  # not a workbook: openpyxl says so in its own words
     if expanded > limits.max_bytes:
-        raise DataError(f"{path}: expands to {expanded / 2**20:.0f} MB, over the limit of "
-                        f"{limits.max_file_mb:g} MB (data.max_file_mb)")  # fmt: skip
+        raise DataError(
+            f"{path}: expands to {expanded / 2**20:.0f} MB, over the limit of "
+            f"{limits.max_file_mb:g} MB (data.max_file_mb)"
+        )
 
 
 def _file_name(image_id: str) -> bool:
@@ -140,13 +142,16 @@ def _file_name(image_id: str) -> bool:
 def _sheet_header(cells: list, path: Path) -> list[str]:
     """Column names as the sheet's first row gives them, spaces trimmed and runs of spaces made one;
     a name that appears twice is an error naming both columns (which one holds the labels?)."""
-    names = [" ".join(str(c).split()) if c is not None and not (isinstance(c, float) and np.isnan(c)) else ""
-             for c in cells]  # fmt: skip
+    names = [
+        " ".join(str(c).split()) if c is not None and not (isinstance(c, float) and np.isnan(c)) else "" for c in cells
+    ]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name and name in seen:
-            raise DataError(f"{path}: column {name!r} appears twice (columns {_column_letter(seen[name])} and "
-                            f"{_column_letter(i)}); keep one")  # fmt: skip
+            raise DataError(
+                f"{path}: column {name!r} appears twice (columns {_column_letter(seen[name])} and "
+                f"{_column_letter(i)}); keep one"
+            )
         seen[name] = i
     return [name or f"unnamed {_column_letter(i)}" for i, name in enumerate(names)]
 
@@ -297,8 +302,9 @@ def _probe_with_memo(paths: list[str], memo_path: Path, limits: InputLimits, roo
     todo = [i for i, key in enumerate(keys) if len(memo.get(key, ())) != len(PROBED)]  # also older memos
     if todo:
         log.info("probing %d images (decodability, size, fingerprints; memo %s)", len(todo), memo_path)
-    results: list[Probe | str] = [_remembered(paths[i], memo[k], limits, root) if k in memo else ""
-                                  for i, k in enumerate(keys)]  # fmt: skip
+    results: list[Probe | str] = [
+        _remembered(paths[i], memo[k], limits, root) if k in memo else "" for i, k in enumerate(keys)
+    ]
     for i, result in zip(todo, _probe_all([paths[i] for i in todo], limits, root), strict=True):
         results[i] = result
         if not isinstance(result, str) and keys[i]:
@@ -390,17 +396,32 @@ def inspect_dataset(
     bad = _name_case_mismatches(bad, images_dir)
     wide = table.loc[table["mode"].map(is_wide), "image_id"].tolist()
     if wide:
-        problems.append(Problem("warning", f"{len(wide)} image(s) with more than 8 bits per pixel, rescaled to 8 "
-                                           f"bits from each image's own value range: {_names(wide)}"))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(wide)} image(s) with more than 8 bits per pixel, rescaled to 8 "
+                f"bits from each image's own value range: {_names(wide)}",
+            )
+        )
     turned = table.loc[table["orientation"] != 1, "image_id"].tolist()
     if turned:
-        problems.append(Problem("warning", f"{len(turned)} image(s) stored rotated or mirrored (EXIF orientation), "
-                                           f"read upright as LabelMe shows them: {_names(turned)}"))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(turned)} image(s) stored rotated or mirrored (EXIF orientation), "
+                f"read upright as LabelMe shows them: {_names(turned)}",
+            )
+        )
     unknown = table.loc[~table["center"].isin(CENTERS), ["image_id", "center"]]
     if len(unknown):
         listed = [f"{i} (centre {c})" for i, c in zip(unknown["image_id"], unknown["center"], strict=True)]
-        problems.append(Problem("warning", f"{len(unknown)} image(s) from centres other than the release's "
-                                           f"{', '.join(map(str, CENTERS))}: {_names(listed)}"))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(unknown)} image(s) from centres other than the release's "
+                f"{', '.join(map(str, CENTERS))}: {_names(listed)}",
+            )
+        )
     if bad:
         if on_bad_image == "error":
             problems.append(
@@ -434,8 +455,11 @@ def _name_case_mismatches(bad: list[str], images_dir: Path) -> list[str]:
     for entry in bad:
         name = Path(entry.removesuffix(" (missing)")).name
         other = by_lower.get(name.lower())
-        out.append(f"{entry[: -len('(missing)')]}(missing; {IMAGES_DIR}/{other} differs only in letter case)"
-                   if entry.endswith("(missing)") and other and other != name else entry)  # fmt: skip
+        out.append(
+            f"{entry[: -len('(missing)')]}(missing; {IMAGES_DIR}/{other} differs only in letter case)"
+            if entry.endswith("(missing)") and other and other != name
+            else entry
+        )
     return out
 
 
@@ -443,8 +467,12 @@ def _join_duplicates(table: pd.DataFrame, max_distance: int | None, problems: li
     """``table.attrs['duplicates']``: the duplicate pairs; ``group``: patient groups joined through them."""
     table["patient_group"] = table["group"]
     readable = table["phash"] != ""
-    pairs = duplicate_pairs(table.loc[readable, "image_id"].tolist(), table.loc[readable, "phash"].tolist(),
-                            table.loc[readable, "sha1"].tolist(), max_distance or 0)  # fmt: skip
+    pairs = duplicate_pairs(
+        table.loc[readable, "image_id"].tolist(),
+        table.loc[readable, "phash"].tolist(),
+        table.loc[readable, "sha1"].tolist(),
+        max_distance or 0,
+    )
     if max_distance is None:  # identical files only
         pairs = pairs[pairs["exact"]].reset_index(drop=True)
     table.attrs["duplicates"] = pairs
@@ -454,17 +482,28 @@ def _join_duplicates(table: pd.DataFrame, max_distance: int | None, problems: li
     exact, near = pairs[pairs["exact"]], pairs[~pairs["exact"]]
     if len(exact):
         listed = [f"{a} = {b}" for a, b in zip(exact["image_a"], exact["image_b"], strict=True)]
-        problems.append(Problem("warning", f"{len(exact)} pair(s) of identical image files, kept in one split "
-                                           f"part: {_names(listed, 10)}"))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(exact)} pair(s) of identical image files, kept in one split part: {_names(listed, 10)}",
+            )
+        )
     if len(near):
-        listed = [f"{a} ~ {b} ({d} bits)" for a, b, d in zip(near["image_a"], near["image_b"], near["distance"],
-                                                              strict=True)]  # fmt: skip
-        problems.append(Problem("warning", f"{len(near)} pair(s) of near-duplicate images (perceptual hash within "
-                                           f"{max_distance} bits), kept in one split part: {_names(listed, 10)}"))
+        listed = [
+            f"{a} ~ {b} ({d} bits)" for a, b, d in zip(near["image_a"], near["image_b"], near["distance"], strict=True)
+        ]
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(near)} pair(s) of near-duplicate images (perceptual hash within "
+                f"{max_distance} bits), kept in one split part: {_names(listed, 10)}",
+            )
+        )
 
 
-def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Problem],
-                        limits: InputLimits = DEFAULT_LIMITS) -> None:  # fmt: skip
+def _attach_annotations(
+    table: pd.DataFrame, ann_dir: Path, problems: list[Problem], limits: InputLimits = DEFAULT_LIMITS
+) -> None:
     by_stem = {p.stem: p for p in ann_dir.glob("*.json")} if ann_dir.is_dir() else {}
     if not ann_dir.is_dir() and (table["label"] > 0).any():
         problems.append(Problem("warning", f"annotations folder not found: {ann_dir}"))
@@ -521,15 +560,17 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
     if n_clipped:
         problems.append(Problem("warning", f"clipped {n_clipped} annotation point(s) lying outside their image"))
     if dropped:
-        problems.append(Problem("warning", f"dropped the lesion shapes whose coordinates are not finite numbers "
-                                           f"(NaN, Infinity) in {len(dropped)} annotation file(s): "
-                                           f"{_names(dropped)}"))  # fmt: skip
-    if unannotated:
         problems.append(
             Problem(
                 "warning",
-                f"{len(unannotated)} tumour image(s) without annotation file: {_names(unannotated)}",
+                f"dropped the lesion shapes whose coordinates are not finite numbers "
+                f"(NaN, Infinity) in {len(dropped)} annotation file(s): "
+                f"{_names(dropped)}",
             )
+        )
+    if unannotated:
+        problems.append(
+            Problem("warning", f"{len(unannotated)} tumour image(s) without annotation file: {_names(unannotated)}")
         )
     if resized:
         problems.append(
@@ -544,8 +585,13 @@ def _attach_annotations(table: pd.DataFrame, ann_dir: Path, problems: list[Probl
             Problem("warning", f"{len(on_normal)} annotation file(s) for normal images: {_names(on_normal)}")
         )
     if other_image:
-        problems.append(Problem("warning", f"{len(other_image)} annotation file(s) whose imagePath names another "
-                                           f"image than their own file name: {_names(other_image)}"))  # fmt: skip
+        problems.append(
+            Problem(
+                "warning",
+                f"{len(other_image)} annotation file(s) whose imagePath names another "
+                f"image than their own file name: {_names(other_image)}",
+            )
+        )
     table["annotation_path"] = ann_paths
     table["boxes"] = boxes
     table["polygons"] = polygons
@@ -576,8 +622,14 @@ def load_dataset(
     ``memo_dir``: where to remember which image files (by size and mtime) decoded fine, and their
     fingerprints. ``duplicate_distance``, ``limits``: see ``inspect_dataset``.
     """
-    inspection = inspect_dataset(root, on_bad_image=on_bad_image, read_annotations=read_annotations,
-                                 memo_dir=memo_dir, duplicate_distance=duplicate_distance, limits=limits)  # fmt: skip
+    inspection = inspect_dataset(
+        root,
+        on_bad_image=on_bad_image,
+        read_annotations=read_annotations,
+        memo_dir=memo_dir,
+        duplicate_distance=duplicate_distance,
+        limits=limits,
+    )
     if inspection.errors:
         raise DataError(inspection.errors[0].message)
     if inspection.table is None or len(inspection.table) == 0:

@@ -6,13 +6,31 @@ CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
 CENTERS: tuple[int, ...] = (1, 2, 3)
 
 ANATOMY_COLUMNS: tuple[str, ...] = (
-    "hand", "ulna", "radius", "humerus", "foot", "tibia", "fibula", "femur", "hip bone",
-    "ankle-joint", "knee-joint", "hip-joint", "wrist-joint", "elbow-joint", "shoulder-joint",
-)  # fmt: skip
+    "hand",
+    "ulna",
+    "radius",
+    "humerus",
+    "foot",
+    "tibia",
+    "fibula",
+    "femur",
+    "hip bone",
+    "ankle-joint",
+    "knee-joint",
+    "hip-joint",
+    "wrist-joint",
+    "elbow-joint",
+    "shoulder-joint",
+)
 BENIGN_SUBTYPES: tuple[str, ...] = (
-    "osteochondroma", "multiple osteochondromas", "simple bone cyst", "giant cell tumor",
-    "osteofibroma", "synovial osteochondroma", "other bt",
-)  # fmt: skip
+    "osteochondroma",
+    "multiple osteochondromas",
+    "simple bone cyst",
+    "giant cell tumor",
+    "osteofibroma",
+    "synovial osteochondroma",
+    "other bt",
+)
 MALIGNANT_SUBTYPES: tuple[str, ...] = ("osteosarcoma", "other mt")
 SUBTYPE_COLUMNS: tuple[str, ...] = BENIGN_SUBTYPES + MALIGNANT_SUBTYPES
 REGION_COLUMNS: tuple[str, ...] = ("upper limb", "lower limb", "pelvis")

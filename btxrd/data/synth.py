@@ -38,17 +38,22 @@ from btxrd.data.schema import (
 # Class x centre counts of the real release (normal, benign, malignant per centre).
 RELEASE_COUNTS: dict[int, tuple[int, int, int]] = {1: (1593, 1110, 235), 2: (259, 214, 76), 3: (27, 201, 31)}
 SUBTYPE_WEIGHTS: dict[str, int] = {
-    "osteochondroma": 754, "multiple osteochondromas": 263, "simple bone cyst": 206,
-    "giant cell tumor": 93, "osteofibroma": 44, "synovial osteochondroma": 51, "other bt": 115,
-    "osteosarcoma": 297, "other mt": 45,
-}  # fmt: skip
+    "osteochondroma": 754,
+    "multiple osteochondromas": 263,
+    "simple bone cyst": 206,
+    "giant cell tumor": 93,
+    "osteofibroma": 44,
+    "synovial osteochondroma": 51,
+    "other bt": 115,
+    "osteosarcoma": 297,
+    "other mt": 45,
+}
 # Anatomical sites by region, with the release's rough frequencies for tumour images.
 SITES: dict[str, dict[str, int]] = {
-    "upper limb": {"hand": 97, "ulna": 62, "radius": 73, "humerus": 235,
-                   "elbow-joint": 5, "shoulder-joint": 12},
+    "upper limb": {"hand": 97, "ulna": 62, "radius": 73, "humerus": 235, "elbow-joint": 5, "shoulder-joint": 12},
     "lower limb": {"foot": 93, "tibia": 630, "fibula": 259, "femur": 592, "knee-joint": 37, "ankle-joint": 4},
     "pelvis": {"hip bone": 69, "hip-joint": 3},
-}  # fmt: skip
+}
 REGION_WEIGHTS = {"upper limb": 0.27, "lower limb": 0.65, "pelvis": 0.08}
 VIEW_WEIGHTS = {"frontal": 0.58, "lateral": 0.34, "oblique": 0.08}
 
@@ -117,9 +122,17 @@ def _patients(rng: np.random.Generator, center: int, label: int, n_images: int) 
         order = [first] + [v for v in views if v != first]
         for view in order[:n_views]:
             rows.append(
-                dict(center=center, label=label, region=region, site=site, subtype=subtype,
-                     age=age, gender=gender, view=view)
-            )  # fmt: skip
+                dict(
+                    center=center,
+                    label=label,
+                    region=region,
+                    site=site,
+                    subtype=subtype,
+                    age=age,
+                    gender=gender,
+                    view=view,
+                )
+            )
     return rows[:n_images]
 
 
@@ -200,10 +213,13 @@ def render_radiograph(
                 for a in np.linspace(0, 2 * np.pi, 18, endpoint=False) + rng.uniform(0, 0.3):
                     r0, r1 = 0.9, rng.uniform(1.25, 1.6)
                     draw.line(
-                        [(lx + r0 * rx * math.cos(a), ly + r0 * ry * math.sin(a)),
-                         (lx + r1 * rx * math.cos(a), ly + r1 * ry * math.sin(a))],
-                        fill=0.35, width=max(1, int(short / 160)),
-                    )  # fmt: skip
+                        [
+                            (lx + r0 * rx * math.cos(a), ly + r0 * ry * math.sin(a)),
+                            (lx + r1 * rx * math.cos(a), ly + r1 * ry * math.sin(a)),
+                        ],
+                        fill=0.35,
+                        width=max(1, int(short / 160)),
+                    )
         img = img + np.asarray(overlay, dtype=np.float32)
 
     # Acquisition: contrast curve, gain/offset, blur, noise.
@@ -220,14 +236,31 @@ def _labelme(image_name: str, width: int, height: int, subtype: str, polygons: l
     for poly in polygons:
         xs, ys = zip(*poly, strict=True)
         corners = [[max(0.0, min(xs)), max(0.0, min(ys))], [min(width, max(xs)), min(height, max(ys))]]
-        shapes.append(dict(label=subtype, points=corners, group_id=None, description="",
-                           shape_type="rectangle", flags={}, mask=None))  # fmt: skip
+        shapes.append(
+            dict(
+                label=subtype,
+                points=corners,
+                group_id=None,
+                description="",
+                shape_type="rectangle",
+                flags={},
+                mask=None,
+            )
+        )
     for poly in polygons:  # the release lists all rectangles, then all polygons
         points = [[min(max(x, 0.0), width), min(max(y, 0.0), height)] for x, y in poly]
-        shapes.append(dict(label=subtype, points=points, group_id=None, description="",
-                           shape_type="polygon", flags={}, mask=None))  # fmt: skip
-    doc = dict(version="5.4.1", flags={}, shapes=shapes, imagePath=f"..\\images\\{image_name}",
-               imageData=None, imageHeight=height, imageWidth=width)  # fmt: skip
+        shapes.append(
+            dict(label=subtype, points=points, group_id=None, description="", shape_type="polygon", flags={}, mask=None)
+        )
+    doc = dict(
+        version="5.4.1",
+        flags={},
+        shapes=shapes,
+        imagePath=f"..\\images\\{image_name}",
+        imageData=None,
+        imageHeight=height,
+        imageWidth=width,
+    )
     return json.dumps(doc, indent=2).replace("\n", "\r\n")
 
 
@@ -297,14 +330,24 @@ def generate(
     return sheet
 
 
-def _write_picture(rng: np.random.Generator, out: Path, image_id: str, width: int, height: int, label: int,
-                   n_lesions: int, center: int, subtype: str) -> None:  # fmt: skip
+def _write_picture(
+    rng: np.random.Generator,
+    out: Path,
+    image_id: str,
+    width: int,
+    height: int,
+    label: int,
+    n_lesions: int,
+    center: int,
+    subtype: str,
+) -> None:
     """One image file, and its LabelMe file for a tumour."""
     pixels, polygons = render_radiograph(rng, width, height, label, n_lesions, ACQUISITION[center])
     Image.fromarray(pixels).save(out / IMAGES_DIR / image_id, quality=90)
     if label > 0:
         (out / ANNOTATIONS_DIR / f"{image_id.rsplit('.', 1)[0]}.json").write_bytes(
-            _labelme(image_id, width, height, subtype, polygons).encode("utf-8"))
+            _labelme(image_id, width, height, subtype, polygons).encode("utf-8")
+        )
 
 
 def _write_own_picture(job: tuple) -> None:

@@ -5,5 +5,15 @@ from btxrd.engine.fit import FitResult, fit
 from btxrd.engine.inputs import InputPipeline, InputSpec, autocast, place_model
 from btxrd.engine.loop import NonFiniteLossError, Objective
 
-__all__ = ["FitResult", "InputPipeline", "InputSpec", "NonFiniteLossError", "Objective", "autocast", "fit",
-           "load_checkpoint", "place_model", "save_checkpoint"]  # fmt: skip
+__all__ = [
+    "FitResult",
+    "InputPipeline",
+    "InputSpec",
+    "NonFiniteLossError",
+    "Objective",
+    "autocast",
+    "fit",
+    "load_checkpoint",
+    "place_model",
+    "save_checkpoint",
+]

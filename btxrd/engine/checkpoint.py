@@ -61,8 +61,7 @@ def weights_mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
     parts = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(shaped)} of another shape"]
     if shaped:
         first = shaped[0]
-        parts.append(f"e.g. {first}: {shape[first]} in the file, "
-                     f"{tuple(expected[first].shape)} in the model")  # fmt: skip
+        parts.append(f"e.g. {first}: {shape[first]} in the file, {tuple(expected[first].shape)} in the model")
     elif missing:
         parts.append(f"e.g. {missing[0]} missing")
     return ", ".join(parts)

@@ -77,9 +77,11 @@ class _Training:
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError:  # same config, other code: other layers or shapes
-            raise ConfigError(f"train.resume: the last checkpoint in {out_dir} does not fit this model "
-                              f"({weights_mismatch(self.model, state['model'])}; written by code version "
-                              f"{state.get('code_version', 'unknown')}); train.resume=false starts afresh") from None
+            raise ConfigError(
+                f"train.resume: the last checkpoint in {out_dir} does not fit this model "
+                f"({weights_mismatch(self.model, state['model'])}; written by code version "
+                f"{state.get('code_version', 'unknown')}); train.resume=false starts afresh"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_state"])
@@ -105,8 +107,9 @@ def set_up_training(
     inputs = InputPipeline(device, objective.inputs, train.channels_last)
     objective.setup(model, device, train_labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    schedule = warmup_cosine(train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch),
-                             train.min_lr_ratio)  # fmt: skip
+    schedule = warmup_cosine(
+        train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch), train.min_lr_ratio
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_scaler = train.amp and amp_dtype(device) == torch.float16  # bf16 needs no loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -151,8 +154,9 @@ def fit(
     ``extra_state``: stored in every checkpoint (e.g. the config, the code version).
     """
     out_dir = Path(out_dir)
-    training, inputs, scaler, stepper = set_up_training(model, objective, train, device,
-                                                        np.asarray(train_loader.dataset.labels), len(train_loader))
+    training, inputs, scaler, stepper = set_up_training(
+        model, objective, train, device, np.asarray(train_loader.dataset.labels), len(train_loader)
+    )
     if resume is not None:
         training.resume_from(resume, out_dir)
     progress = parse_auto_bool(train.progress)
@@ -163,20 +167,37 @@ def fit(
     while training.epoch < train.epochs and not training.stopper.should_stop:
         epoch = training.epoch
         batches = next_epoch()
-        bar = tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{train.epochs}",
-                   leave=False) if show_bar else None  # fmt: skip
+        bar = (
+            tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{train.epochs}", leave=False)
+            if show_bar
+            else None
+        )
         stats = train_one_epoch(
-            stepper, batches, objective, training.optimizer, training.scheduler, scaler, inputs, epoch=epoch,
-            generator=torch.Generator(device).manual_seed(seed * 7919 + epoch), amp=train.amp,
-            grad_clip=train.grad_clip, sync_every=train.sync_every, bar=bar,
-        )  # fmt: skip
+            stepper,
+            batches,
+            objective,
+            training.optimizer,
+            training.scheduler,
+            scaler,
+            inputs,
+            epoch=epoch,
+            generator=torch.Generator(device).manual_seed(seed * 7919 + epoch),
+            amp=train.amp,
+            grad_clip=train.grad_clip,
+            sync_every=train.sync_every,
+            bar=bar,
+        )
         if math.isnan(first_step_at):
             first_step_at = stats.first_step_at
         validation_start = time.perf_counter()
-        row = {"train_loss": stats.loss, **stats.extras, **objective.validate(model, val_loader, device),
-               "lr": training.optimizer.param_groups[0]["lr"],
-               "epoch_seconds": stats.seconds + time.perf_counter() - validation_start,
-               "train_images_per_second": stats.images / stats.seconds}  # fmt: skip
+        row = {
+            "train_loss": stats.loss,
+            **stats.extras,
+            **objective.validate(model, val_loader, device),
+            "lr": training.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": stats.seconds + time.perf_counter() - validation_start,
+            "train_images_per_second": stats.images / stats.seconds,
+        }
         row = {k: float(v) for k, v in row.items()}  # plain floats: checkpoints load with weights_only=True
         training.epoch = epoch + 1
         training.history.append(row)
@@ -188,5 +209,13 @@ def fit(
             save_checkpoint(without_resume_state(state), best_path)
         save_checkpoint(state, last_path)  # after best: a kill in between only repeats this epoch
     stopper = training.stopper
-    return FitResult(best_path, last_path, stopper.best_epoch, stopper.best_score, training.epoch,
-                     stopper.should_stop, training.history, first_step_at)  # fmt: skip
+    return FitResult(
+        best_path,
+        last_path,
+        stopper.best_epoch,
+        stopper.best_score,
+        training.epoch,
+        stopper.should_stop,
+        training.history,
+        first_step_at,
+    )

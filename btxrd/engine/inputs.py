@@ -25,9 +25,7 @@ class InputPipeline:
     def __init__(self, device: torch.device, spec: InputSpec, channels_last: bool = False) -> None:
         self.device = device
         self.spec = spec
-        self.memory_format = (
-            torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-        )
+        self.memory_format = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``generator``: the training jitter's draws, made where it lives (on the input's device: no copy

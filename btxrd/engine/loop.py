@@ -77,8 +77,13 @@ class _Running:
         self.loss += value.double() * n
         self.images += n
         for name, (total, count) in extras.items():
-            acc = self.extras.setdefault(name, [torch.zeros((), device=self.device, dtype=torch.float64),
-                                                torch.zeros((), device=self.device, dtype=torch.float64)])  # fmt: skip
+            acc = self.extras.setdefault(
+                name,
+                [
+                    torch.zeros((), device=self.device, dtype=torch.float64),
+                    torch.zeros((), device=self.device, dtype=torch.float64),
+                ],
+            )
             acc[0] += total.detach().double()
             acc[1] += count.detach().double()
 
@@ -138,5 +143,6 @@ def train_one_epoch(
             first_step_at = time.time()
     running.check(epoch)  # sync point: the epoch's last steps
     extras = {name: float(total) / max(1.0, float(count)) for name, (total, count) in running.extras.items()}
-    return EpochStats(float(running.loss) / max(1, running.images), extras, running.images,
-                      time.perf_counter() - start, first_step_at)  # fmt: skip
+    return EpochStats(
+        float(running.loss) / max(1, running.images), extras, running.images, time.perf_counter() - start, first_step_at
+    )

@@ -35,11 +35,14 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = tracker_for(settings.tracking, settings.paths.root)
     checkpoint, expected_split, name, source_run = _checkpoint_source(settings, tracker, out_dir)
-    tags = {"evaluation": "true", "checkpoint": str(checkpoint), "data_root": str(settings.data.root or ""),
-            "external": str(settings.external or ""),
-            **source_tags("evaluate.py")}  # fmt: skip
-    with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir,
-                 parent_id=source_run) as recorder:  # fmt: skip
+    tags = {
+        "evaluation": "true",
+        "checkpoint": str(checkpoint),
+        "data_root": str(settings.data.root or ""),
+        "external": str(settings.external or ""),
+        **source_tags("evaluate.py"),
+    }
+    with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir, parent_id=source_run) as recorder:
         state = load_checkpoint(checkpoint)
         run, model = restore_model(state, checkpoint)
         if settings.batch_size is not None:
@@ -53,16 +56,19 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
             if settings.external:
                 part = load_external_part(run, settings.external, runtime, settings.data.cache_dir)
             else:
-                part = load_evaluation_part(run, settings.part, runtime, settings.data.root,
-                                            settings.data.cache_dir, expected_split)  # fmt: skip
+                part = load_evaluation_part(
+                    run, settings.part, runtime, settings.data.root, settings.data.cache_dir, expected_split
+                )
             place_model(model, runtime.device, run.train.channels_last)
             log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
             title = f"{Path(checkpoint).name} on {part.name}"
             evaluation = settings.eval.applied_to(run.eval)
-            metrics = score_part(task, model, part, runtime.device, out_dir, title, evaluation,
-                                 Calibration.of(state), recorder)  # fmt: skip
-            recorder.log_params({"part": part.name, "data_root": part.root, "n_images": len(part.rows),
-                                 "checkpoint": str(checkpoint)})  # fmt: skip
+            metrics = score_part(
+                task, model, part, runtime.device, out_dir, title, evaluation, Calibration.of(state), recorder
+            )
+            recorder.log_params(
+                {"part": part.name, "data_root": part.root, "n_images": len(part.rows), "checkpoint": str(checkpoint)}
+            )
             recorder.log_metrics(metrics)
             (out_dir / f"metrics_{part.name}.json").write_text(json.dumps(metrics, indent=2))
             recorder.artifact(out_dir / f"metrics_{part.name}.json")
@@ -73,8 +79,9 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _checkpoint_source(settings: EvaluateConfig, tracker: Tracker | None, out_dir: Path
-                       ) -> tuple[Path, pd.DataFrame | None, str, str | None]:  # fmt: skip
+def _checkpoint_source(
+    settings: EvaluateConfig, tracker: Tracker | None, out_dir: Path
+) -> tuple[Path, pd.DataFrame | None, str, str | None]:
     """(checkpoint file, the run's logged split or None, a name for the evaluation run, the run it is nested
     under or None). A model URI is scored like the run that logged it (its split and its place, when that
     run is in the store)."""

@@ -57,8 +57,9 @@ def log_datasets(recorder: RunRecorder, root: str, parts: dict[str, pd.DataFrame
         recorder.log_dataset(Path(root).name, digest, str(Path(root).resolve()), part, profile, {"split": split})
 
 
-def scored_part(run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime,
-                root: str, **external: Any) -> ScoredPart:  # fmt: skip
+def scored_part(
+    run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime, root: str, **external: Any
+) -> ScoredPart:
     """A part to score: its whole images, in order, batched by ``train.eval_batch_size``. ``external``:
     ``ScoredPart``'s fields of an external table (its extra columns, annotations already read)."""
     dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
@@ -72,34 +73,56 @@ def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_
     own test images (the same cache settings, input size and loader)."""
     rows, extra = read_external(table_path, InputLimits.of(run.data))
     cache = cache_for(rows, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
-    return scored_part(run, "external", rows, cache, runtime, str(Path(table_path).expanduser().parent),
-                       extra_columns=extra, annotations_read=True)
+    return scored_part(
+        run,
+        "external",
+        rows,
+        cache,
+        runtime,
+        str(Path(table_path).expanduser().parent),
+        extra_columns=extra,
+        annotations_read=True,
+    )
 
 
 def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
     """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training run."""
-    table = load_dataset(run.data.root, on_bad_image=run.data.on_bad_image, read_annotations=task.reads_annotations,
-                         memo_dir=run.data.cache_dir, duplicate_distance=run.data.duplicate_distance,
-                         limits=InputLimits.of(run.data))  # fmt: skip
+    table = load_dataset(
+        run.data.root,
+        on_bad_image=run.data.on_bad_image,
+        read_annotations=task.reads_annotations,
+        memo_dir=run.data.cache_dir,
+        duplicate_distance=run.data.duplicate_distance,
+        limits=InputLimits.of(run.data),
+    )
     parts = make_split(table, run.split, required_classes=task.required_classes)
     unused = int((parts == "unused").sum())
     if unused:  # centres in neither list, or training images duplicated in the test centres
-        log.warning("split=%s leaves %d of %d images unused (see split.csv, part 'unused')", run.split.name, unused,
-                    len(parts))  # fmt: skip
+        log.warning(
+            "split=%s leaves %d of %d images unused (see split.csv, part 'unused')", run.split.name, unused, len(parts)
+        )
     split_csv = write_split_csv(table, parts, out_dir / "split.csv")
     cache = cache_for(table, run.model.image_size, run.data, workers=runtime.threads)
     rows = {part: table[parts == part].reset_index(drop=True) for part in PARTS}
     rows["train"], rows["val"] = (task.training_rows(p, rows[p]) for p in ("train", "val"))
     crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
-    train_set = BTXRDImages(rows["train"], cache, run.model.image_size, train=True, crop=crop, seed=run.seed,
-                            **task.training_dataset_options())  # fmt: skip
+    train_set = BTXRDImages(
+        rows["train"],
+        cache,
+        run.model.image_size,
+        train=True,
+        crop=crop,
+        seed=run.seed,
+        **task.training_dataset_options(),
+    )
     feed = feed_kind(run.data.feed, runtime.device)
     if feed == "device":
         train: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
     else:
         workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
-        train = make_loader(train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device,
-                            seed=run.seed)  # fmt: skip
+        train = make_loader(
+            train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device, seed=run.seed
+        )
     val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root)
     test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
     return RunData(rows, unused, train, feed, val, test, cache, split_csv)
@@ -121,15 +144,22 @@ def load_evaluation_part(
     """
     external = data_root is not None and Path(data_root).expanduser().resolve() != Path(run.data.root).resolve()
     root = str(data_root) if data_root else run.data.root
-    table = load_dataset(root, on_bad_image=run.data.on_bad_image, read_annotations=False,
-                         duplicate_distance=run.data.duplicate_distance, limits=InputLimits.of(run.data))  # fmt: skip
+    table = load_dataset(
+        root,
+        on_bad_image=run.data.on_bad_image,
+        read_annotations=False,
+        duplicate_distance=run.data.duplicate_distance,
+        limits=InputLimits.of(run.data),
+    )
     if part == "all" or (external and part == "test"):
         part, rows = "all", table.reset_index(drop=True)
     else:
         parts = make_split(table, run.split)
         if expected_split is not None:
-            same = (expected_split["image_id"].tolist() == table["image_id"].tolist()
-                    and (expected_split["part"].to_numpy() == parts.to_numpy()).all())  # fmt: skip
+            same = (
+                expected_split["image_id"].tolist() == table["image_id"].tolist()
+                and (expected_split["part"].to_numpy() == parts.to_numpy()).all()
+            )
             if not same:
                 raise DataError(f"the dataset at {root} changed since training: its split differs from the run's")
         rows = table[parts == part].reset_index(drop=True)

@@ -63,17 +63,30 @@ def train_job(cfg: DictConfig) -> float:
         version = code_version(commit=commit)
         resume = find_resume(folder, parse_auto_bool(run.train.resume), version)
         if resume is not None and resume.not_resumed:
-            log.warning("%s: starting afresh, not resuming: %s (train.resume=true forces it)", job.run_name,
-                        resume.not_resumed)  # fmt: skip
+            log.warning(
+                "%s: starting afresh, not resuming: %s (train.resume=true forces it)", job.run_name, resume.not_resumed
+            )
         elif resume is not None:
             tags["resumed_from_epoch"] = str(resume.epoch)
-        with job_run(tracker, job.run_name, tags, output_dir=job.output_dir, parent_id=parent_id,
-                     earlier_run_id=resume.run_id if resume else None,
-                     abandon_reason=resume.not_resumed if resume else "", resumable=True) as recorder:  # fmt: skip
+        with job_run(
+            tracker,
+            job.run_name,
+            tags,
+            output_dir=job.output_dir,
+            parent_id=parent_id,
+            earlier_run_id=resume.run_id if resume else None,
+            abandon_reason=resume.not_resumed if resume else "",
+            resumable=True,
+        ) as recorder:
             remember_run(folder, recorder.run_id)
             continued = resume if resume is not None and not resume.not_resumed else None
-            with job_runtime(run.train.device, parse_auto_int(run.train.num_threads), job.n_jobs, job.cpus_per_job,
-                             run.train.jobs_per_gpu) as runtime:  # fmt: skip
+            with job_runtime(
+                run.train.device,
+                parse_auto_int(run.train.num_threads),
+                job.n_jobs,
+                job.cpus_per_job,
+                run.train.jobs_per_gpu,
+            ) as runtime:
                 best = _train(run, task, job, recorder, runtime, config, folder, continued, version, job_start)
         (folder / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
         return best
@@ -95,8 +108,18 @@ def _job_tags(run: RunConfig, job: JobContext, commit: str) -> dict[str, str]:
     }
 
 
-def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, runtime: Runtime, config: dict,
-           folder: Path, resume: ResumePoint | None, version: str, job_start: float) -> float:  # fmt: skip
+def _train(
+    run: RunConfig,
+    task: Task,
+    job: JobContext,
+    recorder: RunRecorder,
+    runtime: Runtime,
+    config: dict,
+    folder: Path,
+    resume: ResumePoint | None,
+    version: str,
+    job_start: float,
+) -> float:
     # Wall-clock marks of the start-up phases, written to startup.json (`make bench` tables them)
     startup = {"process_start": process_start_time(), "job_start": job_start, "run_opened": time.time()}
     out_dir = job.output_dir
@@ -108,9 +131,14 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
     fresh = resume is None  # a continued run has its parameters already
     if fresh:
-        recorder.log_params({**flatten(config), "runtime.device": str(runtime.device),
-                             "runtime.threads": str(runtime.threads),
-                             "runtime.deterministic": str(strict).lower()})  # fmt: skip
+        recorder.log_params(
+            {
+                **flatten(config),
+                "runtime.device": str(runtime.device),
+                "runtime.threads": str(runtime.threads),
+                "runtime.deterministic": str(strict).lower(),
+            }
+        )
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     recorder.artifact(out_dir / "config.json")
 
@@ -122,15 +150,30 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     if fresh:
         log_datasets(recorder, run.data.root, data.rows, run.split.name)
         sizes = {**{f"data.n_{p}": len(r) for p, r in data.rows.items()}, "data.n_unused": data.unused}
-        recorder.log_params({**sizes, "data.cache_file": str(data.cache.path), "runtime.feed": data.feed,
-                             **task.describe_model(model)})  # fmt: skip
+        recorder.log_params(
+            {**sizes, "data.cache_file": str(data.cache.path), "runtime.feed": data.feed, **task.describe_model(model)}
+        )
     if resume is not None:
         log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
-    result = fit(model, data.train, data.val.loader, task.objective(model), run.train, monitor=task.monitor,
-                 seed=run.seed, device=runtime.device, out_dir=folder, logger=recorder,
-                 resume=resume.state if resume else None,
-                 extra_state={"config": config, "class_names": list(CLASS_NAMES), "code_version": version,
-                              "mlflow_run_id": recorder.run_id or ""})  # fmt: skip
+    result = fit(
+        model,
+        data.train,
+        data.val.loader,
+        task.objective(model),
+        run.train,
+        monitor=task.monitor,
+        seed=run.seed,
+        device=runtime.device,
+        out_dir=folder,
+        logger=recorder,
+        resume=resume.state if resume else None,
+        extra_state={
+            "config": config,
+            "class_names": list(CLASS_NAMES),
+            "code_version": version,
+            "mlflow_run_id": recorder.run_id or "",
+        },
+    )
     pd.DataFrame(result.history).rename_axis("epoch").to_csv(out_dir / "history.csv")
     (out_dir / "startup.json").write_text(json.dumps({**startup, "first_step": result.first_step_at}, indent=2))
 
@@ -147,8 +190,9 @@ def _train(run: RunConfig, task: Task, job: JobContext, recorder: RunRecorder, r
     recorder.artifact(result.best_path, "checkpoints")
     if run.tracking.log_last_checkpoint:
         recorder.artifact(result.last_path, "checkpoints")
-    test_metrics = score_part(task, model, data.test, runtime.device, out_dir, job.run_name, run.eval,
-                              calibration, recorder)  # fmt: skip
+    test_metrics = score_part(
+        task, model, data.test, runtime.device, out_dir, job.run_name, run.eval, calibration, recorder
+    )
     optimized = task.optimized_metric
     summary = {
         **test_metrics,

@@ -58,8 +58,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     low, high = np.log(TEMPERATURE_RANGE)
-    found = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
-                            bounds=(low, high), method="bounded", options={"xatol": 1e-4})  # fmt: skip
+    found = minimize_scalar(
+        lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(found.x))
 
 
@@ -98,8 +102,17 @@ def plot_roc_curves(
         if 0 < (labels == k).sum() < len(labels):
             RocCurveDisplay.from_predictions(labels == k, probs[:, k], name=name, ax=ax)
     for (fpr, tpr, label), marker in zip(marks, "osD^v", strict=False):
-        ax.plot([fpr], [tpr], marker=marker, markersize=8, markerfacecolor="none", markeredgewidth=1.8,
-                color="black", linestyle="none", label=label)  # fmt: skip
+        ax.plot(
+            [fpr],
+            [tpr],
+            marker=marker,
+            markersize=8,
+            markerfacecolor="none",
+            markeredgewidth=1.8,
+            color="black",
+            linestyle="none",
+            label=label,
+        )
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     if marks:
         ax.legend(fontsize=7, loc="lower right")

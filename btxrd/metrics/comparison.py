@@ -74,8 +74,9 @@ def _stratum_covariance(centred: np.ndarray, clusters: np.ndarray | None, count:
     return (sums @ sums.T) * c / (max(c - 1, 1) * count**2)
 
 
-def delong_covariance(positive: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def delong_covariance(
+    positive: np.ndarray, scores: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """AUROCs (M,) of the M score rows (M, N) against ``positive`` (N,), and their covariance (M, M)."""
     positive = positive.astype(bool)
     m, n = int(positive.sum()), int((~positive).sum())
@@ -89,8 +90,9 @@ def delong_covariance(positive: np.ndarray, scores: np.ndarray, groups: np.ndarr
     return aucs, covariance
 
 
-def delong_test(positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
-                groups: np.ndarray | None = None) -> tuple[float, float, float]:  # fmt: skip
+def delong_test(
+    positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """(AUROC_A - AUROC_B, z, two-sided p) for two models scored on the same images."""
     aucs, cov = delong_covariance(positive, np.stack([scores_a, scores_b]), groups)
     delta = float(aucs[0] - aucs[1])
@@ -101,8 +103,9 @@ def delong_test(positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray
     return delta, float(z), float(2 * norm.sf(abs(z)))
 
 
-def delong_macro_test(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray,
-                      groups: np.ndarray | None = None) -> tuple[float, float, float]:  # fmt: skip
+def delong_macro_test(
+    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """(macro AUROC_A - macro AUROC_B, z, p) for the one-vs-rest macro AUROC (mean over classes).
 
     The variance of the mean of the K per-class differences is taken from each image's influence

@@ -59,8 +59,9 @@ def save_reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray,
             axes[row, i].axis("off")
         axes[1, i].set_title(f"PSNR {float(10 * np.log10(1 / max(np.mean(error[i] ** 2), 1e-10))):.1f} dB", fontsize=7)
     for row, label in enumerate(("original", "reconstruction", "|error|")):
-        axes[row, 0].text(-0.08, 0.5, label, rotation=90, transform=axes[row, 0].transAxes, ha="right", va="center",
-                          fontsize=8)  # fmt: skip
+        axes[row, 0].text(
+            -0.08, 0.5, label, rotation=90, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=8
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

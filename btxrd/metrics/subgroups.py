@@ -52,10 +52,15 @@ def attributes(per_image: pd.DataFrame, age_edges: Sequence[int], extra: Sequenc
     return found
 
 
-def subgroup_table(per_image: pd.DataFrame, metrics: dict[str, str], age_edges: Sequence[int], level: float,
-                   replicates: Callable[[pd.DataFrame, np.ndarray], dict[str, np.ndarray]],
-                   resample: Callable[[pd.DataFrame], np.ndarray],
-                   extra: Sequence[str] = ()) -> pd.DataFrame:  # fmt: skip
+def subgroup_table(
+    per_image: pd.DataFrame,
+    metrics: dict[str, str],
+    age_edges: Sequence[int],
+    level: float,
+    replicates: Callable[[pd.DataFrame, np.ndarray], dict[str, np.ndarray]],
+    resample: Callable[[pd.DataFrame], np.ndarray],
+    extra: Sequence[str] = (),
+) -> pd.DataFrame:
     """One row per (attribute, value, metric): n images and groups, the estimate and its interval.
     ``metrics``: replicate name -> the name shown; ``replicates(table, weights)`` and ``resample(table)``:
     the task's metrics per bootstrap weight row, and the part's bootstrap weights (btxrd.tasks)."""
@@ -77,8 +82,19 @@ def subgroup_table(per_image: pd.DataFrame, metrics: dict[str, str], age_edges: 
                 else:
                     low, high = percentile_interval(reps[name], level)
                     note = ""
-                rows.append({"attribute": attribute, "value": value, "n_images": len(subset), "n_groups": n_groups,
-                             "metric": shown, "estimate": estimate, "ci_low": low, "ci_high": high, "note": note})
+                rows.append(
+                    {
+                        "attribute": attribute,
+                        "value": value,
+                        "n_images": len(subset),
+                        "n_groups": n_groups,
+                        "metric": shown,
+                        "estimate": estimate,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "note": note,
+                    }
+                )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -102,15 +118,32 @@ def plot_subgroups(table: pd.DataFrame, metric: str, overall: float, path: str |
     fig, ax = plt.subplots(figsize=(7, 0.32 * max(len(rows), 4) + 1.2))
     y = np.arange(len(rows))[::-1]
     has_ci = np.isfinite(rows["ci_low"]).to_numpy()
-    ax.errorbar(rows.loc[has_ci, "estimate"], y[has_ci],
-                xerr=[rows.loc[has_ci, "estimate"] - rows.loc[has_ci, "ci_low"],
-                      rows.loc[has_ci, "ci_high"] - rows.loc[has_ci, "estimate"]],
-                fmt="o", color="tab:blue", capsize=3, label="95% interval")  # fmt: skip
-    ax.plot(rows.loc[~has_ci, "estimate"], y[~has_ci], "o", mfc="white", color="tab:gray",
-            label=f"too few groups for an interval (< {MIN_GROUPS})")  # fmt: skip
+    ax.errorbar(
+        rows.loc[has_ci, "estimate"],
+        y[has_ci],
+        xerr=[
+            rows.loc[has_ci, "estimate"] - rows.loc[has_ci, "ci_low"],
+            rows.loc[has_ci, "ci_high"] - rows.loc[has_ci, "estimate"],
+        ],
+        fmt="o",
+        color="tab:blue",
+        capsize=3,
+        label="95% interval",
+    )
+    ax.plot(
+        rows.loc[~has_ci, "estimate"],
+        y[~has_ci],
+        "o",
+        mfc="white",
+        color="tab:gray",
+        label=f"too few groups for an interval (< {MIN_GROUPS})",
+    )
     ax.axvline(overall, color="tab:red", ls="--", lw=1, label="whole part")
-    ax.set_yticks(y, [f"{a}: {v} (n={n})" for a, v, n in zip(rows["attribute"], rows["value"], rows["n_images"],
-                                                               strict=True)], fontsize=8)  # fmt: skip
+    ax.set_yticks(
+        y,
+        [f"{a}: {v} (n={n})" for a, v, n in zip(rows["attribute"], rows["value"], rows["n_images"], strict=True)],
+        fontsize=8,
+    )
     ax.set_xlabel(metric)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")

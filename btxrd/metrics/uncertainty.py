@@ -84,8 +84,9 @@ def calibration_error(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray
     return gap.sum(axis=1) / w.sum(axis=1)
 
 
-def classification_replicates(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray,
-                              class_names: Sequence[str]) -> dict[str, np.ndarray]:  # fmt: skip
+def classification_replicates(
+    labels: np.ndarray, probs: np.ndarray, weights: np.ndarray, class_names: Sequence[str]
+) -> dict[str, np.ndarray]:
     """Every classification metric for each row of ``weights`` (R, N): accuracy, balanced accuracy,
     macro-F1, per-class precision / recall / F1, one-vs-rest AUROC (per class and macro), ECE, Brier score."""
     k = len(class_names)
@@ -139,8 +140,9 @@ def threshold_at_specificity(negative_scores: np.ndarray, specificity: float) ->
     return float(ordered[min(len(ordered), int(np.ceil(specificity * len(ordered)))) - 1])
 
 
-def operating_point_replicates(scores: np.ndarray, positive: np.ndarray, threshold: float,
-                               weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def operating_point_replicates(
+    scores: np.ndarray, positive: np.ndarray, threshold: float, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(sensitivity, specificity) at ``threshold`` for each row of ``weights``."""
     flagged = (scores > threshold).astype(np.float64)
     pos = positive.astype(bool)

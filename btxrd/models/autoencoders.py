@@ -32,15 +32,25 @@ def _stage(block: Block, in_channels: int, out_channels: int, stride: int) -> nn
 class ResidualAutoencoder(nn.Module):
     """Variant B (sizes from the model config: conf/model/ae_residual.yaml)."""
 
-    def __init__(self, *, in_channels: int, base_channels: int, latent_channels: int, image_size: int,
-                 block: Block = PreActResidualBlock) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        base_channels: int,
+        latent_channels: int,
+        image_size: int,
+        block: Block = PreActResidualBlock,
+    ) -> None:
         super().__init__()
         widths = [base_channels * m for m in (1, 2, 4, 8)]
         self.in_channels, self.latent_channels, self.image_size = in_channels, latent_channels, image_size
         stages: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(in_channels, base_channels, 7, padding=3, bias=False),
-                          nn.BatchNorm2d(base_channels), nn.ReLU(inplace=False))
-        ]  # fmt: skip
+            nn.Sequential(
+                nn.Conv2d(in_channels, base_channels, 7, padding=3, bias=False),
+                nn.BatchNorm2d(base_channels),
+                nn.ReLU(inplace=False),
+            )
+        ]
         previous = base_channels
         for width in widths:
             stages.append(_stage(block, previous, width, stride=2))
@@ -53,15 +63,21 @@ class ResidualAutoencoder(nn.Module):
         decoder: list[nn.Module] = []
         previous = latent_channels
         for width in reversed(widths):
-            decoder.append(nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
-                nn.Conv2d(previous, width, 1),
-                block(width, width, 1),
-                block(width, width, 1),
-            ))  # fmt: skip
+            decoder.append(
+                nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                    nn.Conv2d(previous, width, 1),
+                    block(width, width, 1),
+                    block(width, width, 1),
+                )
+            )
             previous = width
-        decoder += [nn.BatchNorm2d(previous), nn.ReLU(inplace=False), nn.Conv2d(previous, in_channels, 7, padding=3),
-                    nn.Sigmoid()]  # fmt: skip
+        decoder += [
+            nn.BatchNorm2d(previous),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(previous, in_channels, 7, padding=3),
+            nn.Sigmoid(),
+        ]
         self.decoder = nn.Sequential(*decoder)
         self._init_weights()
 
@@ -108,34 +124,74 @@ class ResidualAutoencoder(nn.Module):
 class AttentionAutoencoder(ResidualAutoencoder):
     """Variant C: CBAM in every residual block (16 modules), after the block or on its residual branch."""
 
-    def __init__(self, *, in_channels: int, base_channels: int, latent_channels: int, image_size: int,
-                 placement: str, reduction: int, kernel_size: int, gate_bias: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        base_channels: int,
+        latent_channels: int,
+        image_size: int,
+        placement: str,
+        reduction: int,
+        kernel_size: int,
+        gate_bias: float | None = None,
+    ) -> None:
         self.placement = placement
-        block = partial(ResidualBlockWithCBAM, reduction=reduction, kernel_size=kernel_size, placement=placement,
-                        gate_bias=gate_bias)  # fmt: skip
-        super().__init__(in_channels=in_channels, base_channels=base_channels, latent_channels=latent_channels,
-                         image_size=image_size, block=block)  # fmt: skip
+        block = partial(
+            ResidualBlockWithCBAM,
+            reduction=reduction,
+            kernel_size=kernel_size,
+            placement=placement,
+            gate_bias=gate_bias,
+        )
+        super().__init__(
+            in_channels=in_channels,
+            base_channels=base_channels,
+            latent_channels=latent_channels,
+            image_size=image_size,
+            block=block,
+        )
 
 
 def _no_pretrained(pretrained: bool) -> None:
     if pretrained:
-        raise ConfigError("model.pretrained=true: there are no ImageNet weights for the autoencoders; "
-                          "they train from scratch (model.pretrained=false)")  # fmt: skip
+        raise ConfigError(
+            "model.pretrained=true: there are no ImageNet weights for the autoencoders; "
+            "they train from scratch (model.pretrained=false)"
+        )
 
 
 @register_model("ae_residual", task="reconstruct", config=AutoencoderConfig)
-def ae_residual(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int,
-                pretrained: bool) -> nn.Module:  # fmt: skip
+def ae_residual(
+    *, image_size: int, in_chans: int, base_channels: int, latent_channels: int, pretrained: bool
+) -> nn.Module:
     _no_pretrained(pretrained)
-    return ResidualAutoencoder(in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels,
-                               image_size=image_size)  # fmt: skip
+    return ResidualAutoencoder(
+        in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels, image_size=image_size
+    )
 
 
 @register_model("ae_attention", task="reconstruct", config=AttentionAutoencoderConfig)
-def ae_attention(*, image_size: int, in_chans: int, base_channels: int, latent_channels: int, pretrained: bool,
-                 cbam_placement: str, cbam_reduction: int, cbam_kernel_size: int,
-                 cbam_gate_bias: float | None) -> nn.Module:  # fmt: skip
+def ae_attention(
+    *,
+    image_size: int,
+    in_chans: int,
+    base_channels: int,
+    latent_channels: int,
+    pretrained: bool,
+    cbam_placement: str,
+    cbam_reduction: int,
+    cbam_kernel_size: int,
+    cbam_gate_bias: float | None,
+) -> nn.Module:
     _no_pretrained(pretrained)
-    return AttentionAutoencoder(in_channels=in_chans, base_channels=base_channels, latent_channels=latent_channels,
-                                image_size=image_size, placement=cbam_placement, reduction=cbam_reduction,
-                                kernel_size=cbam_kernel_size, gate_bias=cbam_gate_bias)  # fmt: skip
+    return AttentionAutoencoder(
+        in_channels=in_chans,
+        base_channels=base_channels,
+        latent_channels=latent_channels,
+        image_size=image_size,
+        placement=cbam_placement,
+        reduction=cbam_reduction,
+        kernel_size=cbam_kernel_size,
+        gate_bias=cbam_gate_bias,
+    )

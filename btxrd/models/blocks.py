@@ -88,8 +88,17 @@ class ResidualBlockWithCBAM(nn.Module):
       ``cbam(branch(x)) + shortcut(x)``; the shortcut passes untouched.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, *, reduction: int, kernel_size: int,
-                 placement: str, gate_bias: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        *,
+        reduction: int,
+        kernel_size: int,
+        placement: str,
+        gate_bias: float | None = None,
+    ) -> None:
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"CBAM placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")

@@ -65,8 +65,15 @@ def _zero_head(model: nn.Module) -> nn.Module:
 
 
 def _efficientnet(timm_name: str) -> ModelBuilder:
-    def build(*, in_chans: int, num_classes: int, dropout: float, pretrained: bool, weights: str | None,
-              kwargs: dict[str, Any]) -> nn.Module:  # fmt: skip
+    def build(
+        *,
+        in_chans: int,
+        num_classes: int,
+        dropout: float,
+        pretrained: bool,
+        weights: str | None,
+        kwargs: dict[str, Any],
+    ) -> nn.Module:
         extra = {**kwargs, **_pretrained_args(pretrained, weights, timm_name)}
         model = _create(timm_name, in_chans, num_classes, dropout, extra)
         model.cam_target_name = "bn2"  # last BN (+ activation) before global pooling
@@ -80,8 +87,9 @@ register_model("b3", task="classify")(_efficientnet("efficientnet_b3"))
 
 
 @register_model("resnet50_cbam", task="classify")
-def resnet50_cbam(*, in_chans: int, num_classes: int, dropout: float, pretrained: bool, weights: str | None,
-                  kwargs: dict[str, Any]) -> nn.Module:  # fmt: skip
+def resnet50_cbam(
+    *, in_chans: int, num_classes: int, dropout: float, pretrained: bool, weights: str | None, kwargs: dict[str, Any]
+) -> nn.Module:
     """ResNet-50 with CBAM in all 16 bottlenecks; ImageNet weights go into everything else."""
     model = _create("resnet50", in_chans, num_classes, dropout, {**kwargs, "block_args": {"attn_layer": "cbam"}})
     source_weights = _pretrained_args(pretrained, weights, "resnet50")
@@ -91,8 +99,10 @@ def resnet50_cbam(*, in_chans: int, num_classes: int, dropout: float, pretrained
         cbam_missing = [k for k in result.missing_keys if ".se." in k]
         other = [k for k in result.missing_keys if ".se." not in k]
         if other or result.unexpected_keys:
-            raise ConfigError(f"model resnet50_cbam: weights do not fit ResNet-50 (missing {other[:3]}, "
-                              f"unexpected {result.unexpected_keys[:3]})")  # fmt: skip
+            raise ConfigError(
+                f"model resnet50_cbam: weights do not fit ResNet-50 (missing {other[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]})"
+            )
         log.warning(
             "resnet50_cbam: loaded ResNet-50 ImageNet weights into all layers except the 16 CBAM modules "
             "(%d CBAM tensors keep their random initialisation)",

@@ -38,16 +38,25 @@ class GateTally:
 
     def add(self, kind: str, gates: torch.Tensor) -> None:
         gates = gates.detach().double()  # kept on the device: no host sync per module
-        counts = torch.stack([gates.lt(self.NEAR).sum(), gates.gt(1 - self.NEAR).sum(), gates.sum(),
-                              torch.tensor(float(gates.numel()), device=gates.device)])  # fmt: skip
+        counts = torch.stack(
+            [
+                gates.lt(self.NEAR).sum(),
+                gates.gt(1 - self.NEAR).sum(),
+                gates.sum(),
+                torch.tensor(float(gates.numel()), device=gates.device),
+            ]
+        )
         self.counts[kind] = self.counts[kind] + counts if kind in self.counts else counts
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """e.g. {prefix + 'channel_gates_closed': fraction, ..._open, ..._mean}; {} when nothing was seen."""
         out = {}
         for kind, (closed, opened, total, n) in ((k, v.tolist()) for k, v in self.counts.items()):
-            out |= {f"{prefix}{kind}_gates_closed": closed / n, f"{prefix}{kind}_gates_open": opened / n,
-                    f"{prefix}{kind}_gates_mean": total / n}  # fmt: skip
+            out |= {
+                f"{prefix}{kind}_gates_closed": closed / n,
+                f"{prefix}{kind}_gates_open": opened / n,
+                f"{prefix}{kind}_gates_mean": total / n,
+            }
         return out
 
 

@@ -73,8 +73,10 @@ def build_model(cfg: ModelConfig | Mapping[str, Any]) -> nn.Module:
     arguments = {k: v for k, v in values.items() if k not in _JOB_KEYS or k in accepted}
     unknown = sorted(set(arguments) - set(accepted))
     if unknown:
-        raise ConfigError(f"model={entry.name} has no setting {', '.join(f'model.{k}' for k in unknown)}; "
-                          f"it takes: {', '.join(f'model.{k}' for k in accepted)}")  # fmt: skip
+        raise ConfigError(
+            f"model={entry.name} has no setting {', '.join(f'model.{k}' for k in unknown)}; "
+            f"it takes: {', '.join(f'model.{k}' for k in accepted)}"
+        )
     missing = [k for k, p in accepted.items() if k not in arguments and p.default is inspect.Parameter.empty]
     if missing:
         raise ConfigError(f"model={entry.name} needs {', '.join(f'model.{k}' for k in missing)}")

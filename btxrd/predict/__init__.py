@@ -32,8 +32,9 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     found = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found += sorted(p for p in given.iterdir()
-                            if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p)))  # fmt: skip
+            found += sorted(
+                p for p in given.iterdir() if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or is_dicom(p))
+            )
         elif given.is_file():
             found.append(given)
         else:
@@ -54,12 +55,18 @@ class Prediction:
     n_failed: int
 
 
-def predict_files(classifier: Classifier, files: Iterable[Path], batch_size: int = 32, skip_unreadable: bool = False,
-                  gradcam_dir: Path | None = None) -> Prediction:  # fmt: skip
+def predict_files(
+    classifier: Classifier,
+    files: Iterable[Path],
+    batch_size: int = 32,
+    skip_unreadable: bool = False,
+    gradcam_dir: Path | None = None,
+) -> Prediction:
     """Score ``files`` in batches; an unreadable file stops with its DataError unless ``skip_unreadable``."""
     files = list(files)
-    check_scoring_memory(classifier.model, classifier.image_size, min(batch_size, len(files)), classifier.device,
-                         "--batch-size")  # fmt: skip
+    check_scoring_memory(
+        classifier.model, classifier.image_size, min(batch_size, len(files)), classifier.device, "--batch-size"
+    )
     rows, failed = [], 0
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch", disable=len(files) <= batch_size):
         batch, prepared = [], []
@@ -85,8 +92,9 @@ def predict_files(classifier: Classifier, files: Iterable[Path], batch_size: int
     return Prediction(table.iloc[order.argsort(kind="stable")].reset_index(drop=True), failed)
 
 
-def _save_overlays(folder: Path, files: list[Path], images: list[np.ndarray], cams: np.ndarray,
-                   table: pd.DataFrame) -> None:  # fmt: skip
+def _save_overlays(
+    folder: Path, files: list[Path], images: list[np.ndarray], cams: np.ndarray, table: pd.DataFrame
+) -> None:
     """One PNG per image: the model's input with the Grad-CAM of its predicted class (own scale, jet)."""
     folder.mkdir(parents=True, exist_ok=True)
     for path, image, cam, predicted in zip(files, images, cams, table["predicted"], strict=True):

@@ -36,8 +36,13 @@ from btxrd.report.stats import Replicates, comparisons, configurations, seed_sum
 from btxrd.settings import EvalConfig
 from btxrd.tracking import Tracker
 
-FILES = ("sweep_report.md", "sweep_report.csv", "sweep_configurations.csv", "sweep_comparisons.csv",
-         "sweep_subgroups.csv")
+FILES = (
+    "sweep_report.md",
+    "sweep_report.csv",
+    "sweep_configurations.csv",
+    "sweep_comparisons.csv",
+    "sweep_subgroups.csv",
+)
 
 
 def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluation: EvalConfig) -> pd.DataFrame:
@@ -59,11 +64,14 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     level = f"{evaluation.ci_level:.0%}"
     parent = tracker.find_run(parent_id)
     overrides = parent.data.tags.get("overrides", "") if parent is not None else ""
-    markdown = [f"# Sweep report\n\nValues are test-part metrics with their {level} bootstrap intervals over "
-                f"patient-proxy groups ({evaluation.n_bootstrap} resamples).\n",
-                render.provenance_markdown(f"python train.py -m {overrides}".strip(), records), "## Runs\n",
-                render.runs_markdown(runs, columns, varied),
-                render.chance_markdown(records, columns, shown)]  # fmt: skip
+    markdown = [
+        f"# Sweep report\n\nValues are test-part metrics with their {level} bootstrap intervals over "
+        f"patient-proxy groups ({evaluation.n_bootstrap} resamples).\n",
+        render.provenance_markdown(f"python train.py -m {overrides}".strip(), records),
+        "## Runs\n",
+        render.runs_markdown(runs, columns, varied),
+        render.chance_markdown(records, columns, shown),
+    ]
     if len(configs) < len(records) or any(len(c.runs) > 1 for c in configs):
         markdown += ["\n## Configurations (seeds aggregated)\n", render.seeds_markdown(summary, columns)]
     markdown += ["\n## Comparisons\n", render.comparisons_markdown(tested)]
@@ -78,8 +86,10 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     if not subgroups.empty:
         markdown += ["\n## Subgroups\n", render.subgroups_markdown(subgroups)]
     if missing:
-        markdown += ["\nLeft out of the statistics (their per-image results could not be read):\n",
-                     *[f"- {problem}\n" for problem in missing]]  # fmt: skip
+        markdown += [
+            "\nLeft out of the statistics (their per-image results could not be read):\n",
+            *[f"- {problem}\n" for problem in missing],
+        ]
     tasks = dict.fromkeys(r.task for r in records if r.task is not None)
     markdown += [f"\n{task.report_notes}" for task in tasks if task.report_notes]
 

@@ -29,8 +29,9 @@ from btxrd.tracking import Tracker
 KINDS = {"ensemble_test": "fold ensemble, test part", "oof": "out-of-fold, every non-test image"}
 
 
-def cross_validation(tracker: Tracker, configs: list[Configuration], columns: dict[str, str], shown: list[str],
-                     evaluation: EvalConfig) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+def cross_validation(
+    tracker: Tracker, configs: list[Configuration], columns: dict[str, str], shown: list[str], evaluation: EvalConfig
+) -> tuple[pd.DataFrame, list[str]]:
     """(one row per configuration of several folds, kind and report metric: n images, estimate, interval;
     what could not be pooled, said)."""
     rows, problems = [], []
@@ -44,8 +45,10 @@ def cross_validation(tracker: Tracker, configs: list[Configuration], columns: di
             tests = []
         validations = _validation_tables(tracker, config.runs)
         if len(validations) < len(config.runs):
-            problems.append(f"{label}: {len(config.runs) - len(validations)} fold run(s) logged no predictions_val.csv:"
-                            " no out-of-fold results")  # fmt: skip
+            problems.append(
+                f"{label}: {len(config.runs) - len(validations)} fold run(s) logged no predictions_val.csv:"
+                " no out-of-fold results"
+            )
             validations = []
         for kind, tables in (("ensemble_test", tests), ("oof", validations)):
             pooled = task.pooled(tables) if tables else None
@@ -58,9 +61,18 @@ def cross_validation(tracker: Tracker, configs: list[Configuration], columns: di
                 if name not in point or not np.isfinite(point[name][0]):
                     continue
                 low, high = percentile_interval(reps[name], evaluation.ci_level)
-                rows.append({"configuration": label, "folds": len(config.folds), "kind": kind, "metric": name,
-                             "n_images": len(pooled), "estimate": float(point[name][0]), "ci_low": low,
-                             "ci_high": high})  # fmt: skip
+                rows.append(
+                    {
+                        "configuration": label,
+                        "folds": len(config.folds),
+                        "kind": kind,
+                        "metric": name,
+                        "n_images": len(pooled),
+                        "estimate": float(point[name][0]),
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
     return pd.DataFrame(rows), problems
 
 
@@ -69,8 +81,11 @@ def _validation_tables(tracker: Tracker, runs: list[RunRecord]) -> list[pd.DataF
     with tempfile.TemporaryDirectory(prefix="btxrd-report-") as scratch:
         for run in runs:
             try:
-                tables.append(pd.read_csv(tracker.download_artifact(run.artifacts_of, "predictions_val.csv",
-                                                                    Path(scratch) / run.run_id)))  # fmt: skip
+                tables.append(
+                    pd.read_csv(
+                        tracker.download_artifact(run.artifacts_of, "predictions_val.csv", Path(scratch) / run.run_id)
+                    )
+                )
             except Exception:  # not logged (a run of an older version): no out-of-fold results for this one
                 continue
     return tables

@@ -45,16 +45,28 @@ CAM = {"test_cam_pointing": "CAM pointing", "test_cam_energy": "CAM energy in bo
 SECTIONS = {
     "annotations-demo": Section(
         ("experiment=demo", "model=resnet50_cbam", "annotations=on,off", "seed=0,1,2", "hydra.launcher.n_jobs=2"),
-        CLASSIFY, ("macro-F1", "malignant recall", "AUROC"), 15),
+        CLASSIFY,
+        ("macro-F1", "malignant recall", "AUROC"),
+        15,
+    ),
     "showcase": Section(
         ("experiment=showcase", "annotations=on,off", "seed=0,1,2", "hydra.launcher.n_jobs=2"),
         {**CLASSIFY, **CAM, "test_cam_energy_baseline": "energy, uniform map"},
-        ("macro-F1", "malignant recall", "AUROC", "CAM pointing", "CAM energy in box"), 60),
+        ("macro-F1", "malignant recall", "AUROC", "CAM pointing", "CAM energy in box"),
+        60,
+    ),
     "autoencoders": Section(
-        ("experiment=ae_demo", "model=ae_residual,ae_attention,ae_attention_residual", "seed=0,1,2",
-         "hydra.launcher.n_jobs=2"),
-        task_type("reconstruct").report_columns, ("PSNR (dB)", "SSIM"), 60),
-}  # fmt: skip
+        (
+            "experiment=ae_demo",
+            "model=ae_residual,ae_attention,ae_attention_residual",
+            "seed=0,1,2",
+            "hydra.launcher.n_jobs=2",
+        ),
+        task_type("reconstruct").report_columns,
+        ("PSNR (dB)", "SSIM"),
+        60,
+    ),
+}
 
 
 def command(section: Section) -> str:
@@ -83,26 +95,43 @@ def block(name: str, section: Section, sweep_dir: Path) -> str:
     summary = pd.read_csv(sweep_dir / "sweep_configurations.csv")
     every_test = pd.read_csv(sweep_dir / "sweep_comparisons.csv")
     tested = every_test[(every_test["test"] == "bootstrap") & every_test["metric"].isin(section.compared)]
-    rows = [[f"{r['choice']} {r['a']} vs {r['b']}", r["other choices"] if isinstance(r["other choices"], str)
-             else "(all else equal)",
-             r["metric"], signed(r["delta"], r["ci_low"], r["ci_high"]), f"{r['p']:.2g}", f"{r['p_holm']:.2g}",
-             "**yes**" if r["real"] else "no"] for _, r in tested.iterrows()]  # fmt: skip
+    rows = [
+        [
+            f"{r['choice']} {r['a']} vs {r['b']}",
+            r["other choices"] if isinstance(r["other choices"], str) else "(all else equal)",
+            r["metric"],
+            signed(r["delta"], r["ci_low"], r["ci_high"]),
+            f"{r['p']:.2g}",
+            f"{r['p_holm']:.2g}",
+            "**yes**" if r["real"] else "no",
+        ]
+        for _, r in tested.iterrows()
+    ]
     seeds = sorted({int(s) for value in summary["seeds"] for s in str(value).split()})
-    header = [opening(name),
-              f"Written by `make evidence NAME={name}` (= `{command(section)}` on `make demo-data`'s data; "
-              f"seeds {', '.join(map(str, seeds))}); do not edit by hand.", "", *made]  # fmt: skip
+    header = [
+        opening(name),
+        f"Written by `make evidence NAME={name}` (= `{command(section)}` on `make demo-data`'s data; "
+        f"seeds {', '.join(map(str, seeds))}); do not edit by hand.",
+        "",
+        *made,
+    ]
     root = Path(project_root()).resolve()
     if sweep_dir.is_relative_to(root):  # the same in every clone; a folder elsewhere says nothing to a reader
         header.append(f"- sweep report: `{(sweep_dir / 'sweep_report.md').relative_to(root)}`")
-    comparisons = ("Paired by seed; Δ = A − B with its 95% interval, p-values Holm-adjusted over the sweep "
-                   f"report's {len(every_test)} tests:\n\n"
-                   + markdown_table(["A vs B", "with", "metric", "Δ [95% CI]", "p", "p (Holm)", "real?"], rows))
+    comparisons = (
+        "Paired by seed; Δ = A − B with its 95% interval, p-values Holm-adjusted over the sweep "
+        f"report's {len(every_test)} tests:\n\n"
+        + markdown_table(["A vs B", "with", "metric", "Δ [95% CI]", "p", "p (Holm)", "real?"], rows)
+    )
     return "\n".join([*header, "", seeds_markdown(summary, section.columns), comparisons, closing(name)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m btxrd.report.evidence", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m btxrd.report.evidence",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=[*SECTIONS, "list"])
     parser.add_argument("--data-root", type=Path, default=Path("data/demo"), help="the demo data (make demo-data)")
     parser.add_argument("--sweep", type=Path, default=None, help="a finished sweep's folder: no new sweep")

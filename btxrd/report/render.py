@@ -52,9 +52,11 @@ def machine_line(made: dict[str, str]) -> str:
     gpu = made.get("machine.accelerator", "none")
     # torch's CUDA build says nothing of numbers a CPU computed
     cuda = made.get("machine.cuda", "none") if gpu != "none" else "none"
-    return (f"{made.get('machine.cpu', 'unknown CPU')}, {made.get('machine.cores', '?')} cores"
-            f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {made.get('machine.torch', '?')}"
-            f"{', CUDA ' + cuda if cuda != 'none' else ''}")  # fmt: skip
+    return (
+        f"{made.get('machine.cpu', 'unknown CPU')}, {made.get('machine.cores', '?')} cores"
+        f"{', ' + gpu if gpu != 'none' else ', no GPU'}; torch {made.get('machine.torch', '?')}"
+        f"{', CUDA ' + cuda if cuda != 'none' else ''}"
+    )
 
 
 def provenance_markdown(command: str, records: list[RunRecord]) -> str:
@@ -63,8 +65,10 @@ def provenance_markdown(command: str, records: list[RunRecord]) -> str:
     made = [r.made_by for r in records if r.made_by]
     lines = [f"- command: `{command}`"]
     if made:
-        lines += [f"- code: commit {_one_or_each([code_line(m) for m in made])}",
-                  f"- machine: {_one_or_each([machine_line(m) for m in made])}"]  # fmt: skip
+        lines += [
+            f"- code: commit {_one_or_each([code_line(m) for m in made])}",
+            f"- machine: {_one_or_each([machine_line(m) for m in made])}",
+        ]
     times = [(r.started, r.ended) for r in records if np.isfinite(r.started)]
     if times:
         lines.append(f"- runs: {utc(min(t[0] for t in times))} to {utc(max(t[1] for t in times))}")
@@ -75,8 +79,16 @@ def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]
     """One row per job; each metric as value [95% interval] (metrics empty for every job are left out)."""
     shown = [c for c in columns if c in runs and runs[c].notna().any()]
     searched = bool(runs["params"].fillna("").astype(bool).any())
-    headers = ["job", "run", "status", *(["params"] if searched else []), *[columns[c] for c in shown],
-               "epochs", "minutes", "error"]  # fmt: skip
+    headers = [
+        "job",
+        "run",
+        "status",
+        *(["params"] if searched else []),
+        *[columns[c] for c in shown],
+        "epochs",
+        "minutes",
+        "error",
+    ]
     rows = []
     for _, r in runs.iterrows():
         cells = [str(r["job"]), r["run"], r["status"], *([r["params"]] if searched else [])]
@@ -107,8 +119,11 @@ def chance_markdown(records: list[RunRecord], columns: dict[str, str], shown: li
 
 def subgroup_rows(records: list[RunRecord]) -> pd.DataFrame:
     """Every usable run's subgroup results on its test part (``sweep_subgroups.csv``): job and run first."""
-    tables = [r.subgroups.assign(job=r.job, run=r.name)[["job", "run", *r.subgroups.columns]]
-              for r in records if r.subgroups is not None and not r.subgroups.empty]  # fmt: skip
+    tables = [
+        r.subgroups.assign(job=r.job, run=r.name)[["job", "run", *r.subgroups.columns]]
+        for r in records
+        if r.subgroups is not None and not r.subgroups.empty
+    ]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -133,9 +148,11 @@ def subgroups_markdown(table: pd.DataFrame, metric: str = "macro-F1") -> str:
         n_images = sorted(set(by_job["n_images"]))
         rows.append([f"{attribute}: {value}", "/".join(map(str, n_images)), *(cells.get(j, "") for j in jobs)])
     header = ["subgroup", "images", *(f"job {j} ({names[j].replace(' | ', ', ')})" for j in jobs)]
-    return (f"{metric} of each job's test part per subgroup, with its 95% interval over the subgroup's patient "
-            "groups (a subgroup of fewer groups than 10 has none; every metric per subgroup in "
-            "sweep_subgroups.csv):\n\n" + markdown_table(header, rows) + "\n")
+    return (
+        f"{metric} of each job's test part per subgroup, with its 95% interval over the subgroup's patient "
+        "groups (a subgroup of fewer groups than 10 has none; every metric per subgroup in "
+        "sweep_subgroups.csv):\n\n" + markdown_table(header, rows) + "\n"
+    )
 
 
 def crossval_markdown(table: pd.DataFrame, summary: pd.DataFrame, columns: dict[str, str]) -> str:
@@ -149,21 +166,38 @@ def crossval_markdown(table: pd.DataFrame, summary: pd.DataFrame, columns: dict[
         matching = summary[summary["configuration"] == label]
         folds = matching.iloc[0] if len(matching) else pd.Series(dtype=float)
         spread = [(folds.get(f"test_{n}_mean", np.nan), folds.get(f"test_{n}_sd", np.nan)) for n in shown]
-        rows.append([label, f"{k} folds, mean ± sd",
-                     *(f"{m:.3f} ± {sd:.3f}" if np.isfinite(m) and np.isfinite(sd) else "" for m, sd in spread)])
+        rows.append(
+            [
+                label,
+                f"{k} folds, mean ± sd",
+                *(f"{m:.3f} ± {sd:.3f}" if np.isfinite(m) and np.isfinite(sd) else "" for m, sd in spread),
+            ]
+        )
         for kind in ("ensemble_test", "oof"):
             chosen = by_config[by_config["kind"] == kind].set_index("metric")
             if chosen.empty:
                 continue
             what = "fold ensemble (test part)" if kind == "ensemble_test" else "out-of-fold (every non-test image)"
-            rows.append([label, f"{what}, {int(chosen['n_images'].iloc[0])} images",
-                         *(f"{chosen.loc[n, 'estimate']:.3f} [{chosen.loc[n, 'ci_low']:.3f}, "
-                           f"{chosen.loc[n, 'ci_high']:.3f}]" if n in chosen.index else "" for n in shown)])
+            rows.append(
+                [
+                    label,
+                    f"{what}, {int(chosen['n_images'].iloc[0])} images",
+                    *(
+                        f"{chosen.loc[n, 'estimate']:.3f} [{chosen.loc[n, 'ci_low']:.3f}, "
+                        f"{chosen.loc[n, 'ci_high']:.3f}]"
+                        if n in chosen.index
+                        else ""
+                        for n in shown
+                    ),
+                ]
+            )
     header = ["configuration", "estimate", *(columns[f"test_{n}"] for n in shown)]
-    return ("Folds pooled like seeds: their mean ± sd; the fold ensemble averages the k models' probabilities on "
-            "the shared test part; out-of-fold scores every non-test image once, by the model that did not train "
-            "on it; intervals: 95% bootstrap over patient groups (also on the parent run: ensemble_test_*, oof_*)."
-            "\n\n" + markdown_table(header, rows) + "\n")
+    return (
+        "Folds pooled like seeds: their mean ± sd; the fold ensemble averages the k models' probabilities on "
+        "the shared test part; out-of-fold scores every non-test image once, by the model that did not train "
+        "on it; intervals: 95% bootstrap over patient groups (also on the parent run: ensemble_test_*, oof_*)."
+        "\n\n" + markdown_table(header, rows) + "\n"
+    )
 
 
 def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
@@ -178,8 +212,11 @@ def seeds_markdown(summary: pd.DataFrame, columns: dict[str, str]) -> str:
                 cells.append("")
                 continue
             sd = f" ± {r[f'{c}_sd']:.3f}" if np.isfinite(r.get(f"{c}_sd", np.nan)) else ""
-            interval = (f" [{r[f'{c}_ci_low']:.3f}, {r[f'{c}_ci_high']:.3f}]"
-                        if np.isfinite(r.get(f"{c}_ci_low", np.nan)) else "")  # fmt: skip
+            interval = (
+                f" [{r[f'{c}_ci_low']:.3f}, {r[f'{c}_ci_high']:.3f}]"
+                if np.isfinite(r.get(f"{c}_ci_low", np.nan))
+                else ""
+            )
             cells.append(f"{r[f'{c}_mean']:.3f}{sd}{interval}")
         rows.append(cells)
     return markdown_table(["configuration", "seeds", *[f"{columns[c]} mean ± sd [95% CI]" for c in shown]], rows)
@@ -199,12 +236,32 @@ def comparisons_markdown(table: pd.DataFrame) -> str:
     for _, r in table.iterrows():
         delta = "" if not np.isfinite(r["delta"]) else signed(r["delta"], r["ci_low"], r["ci_high"])
         kind = ("paired" if r["paired"] else "UNPAIRED (different test images)") + (
-            f", {r['seeds']} seeds" if r["seeds"] > 1 else "")  # fmt: skip
-        rows.append([f"{r['choice']}: {r['a']} vs {r['b']}", r["other choices"] or "(all else equal)", r["metric"],
-                     r["test"], delta,
-                     f"{r['p']:.3g}", f"{r['p_holm']:.3g}", "**yes**" if r["real"] else "no", kind])  # fmt: skip
-    headers = ["comparison (A vs B)", "with", "metric", "test", "Δ = A − B [95% CI]", "p", "p (Holm)", "real?",
-               "design"]  # fmt: skip
+            f", {r['seeds']} seeds" if r["seeds"] > 1 else ""
+        )
+        rows.append(
+            [
+                f"{r['choice']}: {r['a']} vs {r['b']}",
+                r["other choices"] or "(all else equal)",
+                r["metric"],
+                r["test"],
+                delta,
+                f"{r['p']:.3g}",
+                f"{r['p_holm']:.3g}",
+                "**yes**" if r["real"] else "no",
+                kind,
+            ]
+        )
+    headers = [
+        "comparison (A vs B)",
+        "with",
+        "metric",
+        "test",
+        "Δ = A − B [95% CI]",
+        "p",
+        "p (Holm)",
+        "real?",
+        "design",
+    ]
     return "\n".join(lines) + "\n\n" + markdown_table(headers, rows)
 
 
@@ -216,12 +273,13 @@ def _sentence(r: pd.Series) -> str:
     """e.g. 'annotations on vs off (model=resnet50_cbam, split=stratified): Δ macro-F1 +0.031 [-0.012,
     0.074], p = 0.17 (Holm 0.51)'."""
     delta = f" {signed(r['delta'], r['ci_low'], r['ci_high'])}" if np.isfinite(r["delta"]) else ""
-    return (f"{r['choice']} {r['a']} vs {r['b']} ({r['other choices'] or 'all else equal'}): {r['test']} "
-            f"Δ {r['metric']}{delta}, p = {r['p']:.3g} (Holm {r['p_holm']:.3g})")  # fmt: skip
+    return (
+        f"{r['choice']} {r['a']} vs {r['b']} ({r['other choices'] or 'all else equal'}): {r['test']} "
+        f"Δ {r['metric']}{delta}, p = {r['p']:.3g} (Holm {r['p_holm']:.3g})"
+    )
 
 
-def plot(summary: pd.DataFrame, records: list[RunRecord], chart: tuple[str, ...], unit: str, path: Path
-         ) -> Path | None:  # fmt: skip
+def plot(summary: pd.DataFrame, records: list[RunRecord], chart: tuple[str, ...], unit: str, path: Path) -> Path | None:
     """Per configuration, the chart metrics' mean over seeds with its 95% interval as error bars;
     runs that did not finish are named in red."""
     import matplotlib
@@ -240,20 +298,34 @@ def plot(summary: pd.DataFrame, records: list[RunRecord], chart: tuple[str, ...]
         low = summary.get(f"{metric}_ci_low", pd.Series(np.nan, index=summary.index)).to_numpy(dtype=float)
         high = summary.get(f"{metric}_ci_high", pd.Series(np.nan, index=summary.index)).to_numpy(dtype=float)
         errors = np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)])
-        ax.bar(np.arange(n) + k * width, np.nan_to_num(means), width=width, yerr=errors, capsize=3,
-               label=metric.removeprefix("test_"))  # fmt: skip
+        ax.bar(
+            np.arange(n) + k * width,
+            np.nan_to_num(means),
+            width=width,
+            yerr=errors,
+            capsize=3,
+            label=metric.removeprefix("test_"),
+        )
     runs = summary["n_runs"] if "n_runs" in summary else summary["n_seeds"]
     labels = [f"{c} (n={n})" for c, n in zip(summary["configuration"], runs, strict=True)]
     ax.set_xticks(np.arange(n) + 0.4 - width / 2)
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     failed = [r for r in records if r.status not in ("FINISHED", "SKIPPED")]
     if failed:
-        ax.text(0.01, 0.98, "not finished: " + ", ".join(f"job {r.job}" for r in failed), color="red", fontsize=8,
-                transform=ax.transAxes, va="top")  # fmt: skip
+        ax.text(
+            0.01,
+            0.98,
+            "not finished: " + ", ".join(f"job {r.job}" for r in failed),
+            color="red",
+            fontsize=8,
+            transform=ax.transAxes,
+            va="top",
+        )
     ax.set_ylabel(unit)
     ax.legend(fontsize=8)
-    ax.set_title("sweep report: mean over seeds, 95% interval (test-part bootstrap over patient groups, seeds)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        "sweep report: mean over seeds, 95% interval (test-part bootstrap over patient groups, seeds)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -73,18 +73,31 @@ def collect_runs(tracker: Tracker, parent_id: str) -> list[RunRecord]:
         if tags.get("skipped_for"):
             error = f"finished earlier as run {tags['skipped_for']}"
         name = tags.get("task", "")
-        choices = {key: value for key, value in (json.loads(tags["choices"]) if tags.get("choices") else {}).items()
-                   if not key.startswith(HOW_NOT_WHAT)}  # fmt: skip
-        records.append(RunRecord(
-            job=int(tags.get("job_num", -1)), run_id=run.info.run_id, name=run.info.run_name,
-            status="SKIPPED" if tags.get("skipped") == "true" else run.info.status,
-            task=task_type(name) if name in task_names() else None, choices=choices,
-            seed=tags.get(SEED, choices.get(SEED, "")), fold=choices.get(FOLD, ""), metrics=dict(run.data.metrics),
-            minutes=round((end - run.info.start_time) / 60000, 2), error=error,
-            params=tags.get("trial_params", ""), artifacts_of=tags.get("skipped_for") or run.info.run_id,
-            made_by={k: v for k, v in tags.items() if k in PROVENANCE_TAGS or k.startswith("machine.")},
-            started=run.info.start_time, ended=end,
-        ))  # fmt: skip
+        choices = {
+            key: value
+            for key, value in (json.loads(tags["choices"]) if tags.get("choices") else {}).items()
+            if not key.startswith(HOW_NOT_WHAT)
+        }
+        records.append(
+            RunRecord(
+                job=int(tags.get("job_num", -1)),
+                run_id=run.info.run_id,
+                name=run.info.run_name,
+                status="SKIPPED" if tags.get("skipped") == "true" else run.info.status,
+                task=task_type(name) if name in task_names() else None,
+                choices=choices,
+                seed=tags.get(SEED, choices.get(SEED, "")),
+                fold=choices.get(FOLD, ""),
+                metrics=dict(run.data.metrics),
+                minutes=round((end - run.info.start_time) / 60000, 2),
+                error=error,
+                params=tags.get("trial_params", ""),
+                artifacts_of=tags.get("skipped_for") or run.info.run_id,
+                made_by={k: v for k, v in tags.items() if k in PROVENANCE_TAGS or k.startswith("machine.")},
+                started=run.info.start_time,
+                ended=end,
+            )
+        )
     return sorted(records, key=lambda r: r.job)
 
 
@@ -103,8 +116,10 @@ def load_per_image(tracker: Tracker, records: list[RunRecord], part: str = "test
                 path = tracker.download_artifact(record.artifacts_of, name, destination)
                 record.per_image = pd.read_csv(path).sort_values("image_id").reset_index(drop=True)
             except Exception as exc:  # any store error: one run without its table, rather than no report at all
-                problems.append(f"job {record.job} ({record.name}): no {name} ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:160]})")  # fmt: skip
+                problems.append(
+                    f"job {record.job} ({record.name}): no {name} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160]})"
+                )
     return problems
 
 
@@ -134,13 +149,23 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
     varied = varied_choices(records)
     rows: list[dict[str, Any]] = []
     for r in records:
-        row: dict[str, Any] = {"job": r.job, "run": r.name, **{k: r.choices.get(k, "") for k in varied},
-                               "task": r.task.name if r.task else "", "status": r.status}  # fmt: skip
+        row: dict[str, Any] = {
+            "job": r.job,
+            "run": r.name,
+            **{k: r.choices.get(k, "") for k in varied},
+            "task": r.task.name if r.task else "",
+            "status": r.status,
+        }
         for key in columns:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[f"{key}{suffix}"] = r.metrics.get(f"{key}{suffix}", math.nan)
-        row.update(params=r.params, epochs=r.metrics.get("epochs_run", math.nan), minutes=r.minutes, error=r.error,
-                   run_id=r.run_id)  # fmt: skip
+        row.update(
+            params=r.params,
+            epochs=r.metrics.get("epochs_run", math.nan),
+            minutes=r.minutes,
+            error=r.error,
+            run_id=r.run_id,
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

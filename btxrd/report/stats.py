@@ -87,15 +87,21 @@ def _over_seeds(points: list[float], replicates: list[np.ndarray], seed: int) ->
     return float(np.mean(points)), stacked[drawn, np.arange(stacked.shape[1])[:, None]].mean(axis=1)
 
 
-def seed_summary(configs: list[Configuration], columns: dict[str, str], shown: list[str],
-                 replicates: Replicates) -> pd.DataFrame:  # fmt: skip
+def seed_summary(
+    configs: list[Configuration], columns: dict[str, str], shown: list[str], replicates: Replicates
+) -> pd.DataFrame:
     """Per configuration: n seeds and folds, and per report metric mean, sd over them and the 95% interval of
     the mean."""
     rows = []
     for config in configs:
         seeds = sorted({r.seed for r in config.runs})
-        row = {"configuration": config.label(shown), "n_seeds": len(seeds), "n_folds": len(config.folds),
-               "n_runs": len(config.runs), "seeds": " ".join(seeds)}  # fmt: skip
+        row = {
+            "configuration": config.label(shown),
+            "n_seeds": len(seeds),
+            "n_folds": len(config.folds),
+            "n_runs": len(config.runs),
+            "seeds": " ".join(seeds),
+        }
         for key in columns:
             name = key.removeprefix("test_")
             values = [r.metrics.get(key, np.nan) for r in config.runs]
@@ -103,10 +109,14 @@ def seed_summary(configs: list[Configuration], columns: dict[str, str], shown: l
             row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
             available = [replicates.of(r) for r in config.runs if r.per_image is not None]
             if available and all(name in reps for _, reps in available):
-                _, combined = _over_seeds([p[name] for p, _ in available], [reps[name] for _, reps in available],
-                                          replicates.evaluation.bootstrap_seed)  # fmt: skip
-                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = percentile_interval(combined,
-                                                                                  replicates.evaluation.ci_level)
+                _, combined = _over_seeds(
+                    [p[name] for p, _ in available],
+                    [reps[name] for _, reps in available],
+                    replicates.evaluation.bootstrap_seed,
+                )
+                row[f"{key}_ci_low"], row[f"{key}_ci_high"] = percentile_interval(
+                    combined, replicates.evaluation.ci_level
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,15 +133,24 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
             continue
         key = differing[0]
         shared = sorted(set(a.by_replicate) & set(b.by_replicate))  # same seed and fold: paired
-        pairs = [(a.by_replicate[k], b.by_replicate[k]) for k in shared
-                 if a.by_replicate[k].per_image is not None and b.by_replicate[k].per_image is not None]  # fmt: skip
+        pairs = [
+            (a.by_replicate[k], b.by_replicate[k])
+            for k in shared
+            if a.by_replicate[k].per_image is not None and b.by_replicate[k].per_image is not None
+        ]
         if not pairs:
             continue
         paired = all(list(x.per_image["image_id"]) == list(y.per_image["image_id"]) for x, y in pairs)
         fixed = ", ".join(f"{k}={v}" for k, v in a.choices if k != key and k in shown)
         # "seeds": how many replicate pairs (same seed, same fold) the difference is averaged over
-        common = {"choice": key, "a": dict(a.choices)[key], "b": dict(b.choices)[key], "other choices": fixed,
-                  "seeds": len(pairs), "paired": paired}  # fmt: skip
+        common = {
+            "choice": key,
+            "a": dict(a.choices)[key],
+            "b": dict(b.choices)[key],
+            "other choices": fixed,
+            "seeds": len(pairs),
+            "paired": paired,
+        }
         for metric, title in task.compared.items():
             points, reps = [], []
             for x, y in pairs:
@@ -144,15 +163,33 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
                 continue
             delta, combined = _over_seeds(points, reps, evaluation.bootstrap_seed)
             result = bootstrap_difference(delta, combined, evaluation.ci_level)
-            rows.append({**common, "metric": title, "test": "bootstrap", "delta": result.delta,
-                         "ci_low": result.ci_low, "ci_high": result.ci_high, "p": result.p_value})  # fmt: skip
+            rows.append(
+                {
+                    **common,
+                    "metric": title,
+                    "test": "bootstrap",
+                    "delta": result.delta,
+                    "ci_low": result.ci_low,
+                    "ci_high": result.ci_high,
+                    "p": result.p_value,
+                }
+            )
         if paired and len(pairs) == 1:
             x, y = pairs[0]
             for name, value in task.paired_tests(x.per_image, y.per_image).items():
                 if name.endswith("_p"):
                     test, _, metric = name.removesuffix("_p").partition("_")
-                    rows.append({**common, "metric": metric.replace("_", " "), "test": test, "delta": np.nan,
-                                 "ci_low": np.nan, "ci_high": np.nan, "p": value})  # fmt: skip
+                    rows.append(
+                        {
+                            **common,
+                            "metric": metric.replace("_", " "),
+                            "test": test,
+                            "delta": np.nan,
+                            "ci_low": np.nan,
+                            "ci_high": np.nan,
+                            "p": value,
+                        }
+                    )
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -25,8 +25,9 @@ def log_tail(path: Path, lines: int = 15) -> str:
 def start_daemon(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``command`` (which must stay in the foreground) with its output appended to ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
 
 
 def stop_daemon(process: subprocess.Popen[bytes] | None, timeout_s: float = 20.0) -> None:

@@ -45,9 +45,14 @@ def machine_tags(device: torch.device) -> dict[str, str]:
     """What computed a run, as tags: results are bit-exact only on the same CPU model or GPU with the
     same torch (other hardware picks other kernels), so a table's numbers name their machine."""
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
-    return {"machine.cpu": cpu_model(), "machine.cores": str(available_cores()), "machine.accelerator": accelerator,
-            "machine.torch": torch.__version__, "machine.cuda": torch.version.cuda or "none",
-            **_scheduler_tags()}  # fmt: skip
+    return {
+        "machine.cpu": cpu_model(),
+        "machine.cores": str(available_cores()),
+        "machine.accelerator": accelerator,
+        "machine.torch": torch.__version__,
+        "machine.cuda": torch.version.cuda or "none",
+        **_scheduler_tags(),
+    }
 
 
 def _scheduler_tags() -> dict[str, str]:
@@ -55,8 +60,11 @@ def _scheduler_tags() -> dict[str, str]:
     env = os.environ
     if "SLURM_JOB_ID" not in env:
         return {}
-    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in env
-           else env["SLURM_JOB_ID"])  # fmt: skip
+    job = (
+        f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+        if "SLURM_ARRAY_TASK_ID" in env
+        else env["SLURM_JOB_ID"]
+    )
     return {"slurm.job_id": job, "slurm.node": env.get("SLURMD_NODENAME", "")}
 
 
@@ -73,8 +81,10 @@ def available_memory(device: torch.device) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     cgroup = Path("/sys/fs/cgroup")
-    cgroup_files = (("memory.max", "memory.current"),  # v2
-                    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))  # v1
+    cgroup_files = (
+        ("memory.max", "memory.current"),  # v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    )  # v1
     for limit, usage in cgroup_files:
         try:
             found.append(int((cgroup / limit).read_text()) - int((cgroup / usage).read_text()))
@@ -127,8 +137,9 @@ def seed_everything(seed: int, deterministic: bool | None, device: torch.device)
 
 
 @contextmanager
-def job_runtime(device: str, threads: int | None, n_jobs: int = 1, cpus_per_job: int | None = None,
-                jobs_per_gpu: int = 1) -> Iterator[Runtime]:  # fmt: skip
+def job_runtime(
+    device: str, threads: int | None, n_jobs: int = 1, cpus_per_job: int | None = None, jobs_per_gpu: int = 1
+) -> Iterator[Runtime]:
     """The job's device and torch threads for the block (loky workers keep threads between jobs, so they
     are set each time). ``auto`` and ``cuda`` with GPUs present: a free GPU slot, held for the block
     (``runtime/gpus.py``); ``cuda:N``: that GPU; otherwise the CPU. A GPU is made the current device."""

@@ -62,7 +62,8 @@ def claimed_gpu(jobs_per_gpu: int, folder: Path | None = None) -> Iterator[torch
                     torch.cuda.empty_cache()  # what this job's tensors left cached
                 return
         if not said:
-            log.info("every GPU slot is taken (%d GPU(s) x train.jobs_per_gpu=%d): waiting for one", len(names),
-                     jobs_per_gpu)  # fmt: skip
+            log.info(
+                "every GPU slot is taken (%d GPU(s) x train.jobs_per_gpu=%d): waiting for one", len(names), jobs_per_gpu
+            )
             said = True
         time.sleep(WAIT_S)

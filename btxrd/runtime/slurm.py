@@ -28,19 +28,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from btxrd.errors import ConfigError
-from btxrd.runtime.daemons import (
-    log_tail,
-    serve_until_stopped,
-    start_daemon,
-    stop_daemon,
-    wait_while,
-)
+from btxrd.runtime.daemons import log_tail, serve_until_stopped, start_daemon, stop_daemon, wait_while
 
 HOST = "127.0.0.1"
 PARTITION = "btxrd"
 CLUSTER = "btxrd"
-DAEMONS = {"munged": "munge", "mariadbd": "mariadb-server", "mariadb-install-db": "mariadb-server",
-           "slurmdbd": "slurmdbd", "slurmctld": "slurm-wlm", "slurmd": "slurm-wlm"}  # binary -> Debian package
+DAEMONS = {
+    "munged": "munge",
+    "mariadbd": "mariadb-server",
+    "mariadb-install-db": "mariadb-server",
+    "slurmdbd": "slurmdbd",
+    "slurmctld": "slurm-wlm",
+    "slurmd": "slurm-wlm",
+}  # binary -> Debian package
 DB_USER, DB_PASSWORD, DB_NAME = "slurm", "btxrd", "slurm_acct_db"
 SOCKET_PATH_MAX = 100  # Unix socket paths: 108 bytes on Linux, less a margin
 
@@ -100,8 +100,10 @@ class LocalSlurm:
             for name, process in self.processes.items():
                 if process.poll() is not None:
                     log = self.folder / f"{name}.log"
-                    raise ConfigError(f"{name} exited ({process.returncode}) while waiting for {what}: "
-                                      f"{log_tail(log, 3)} (log: {log})")  # fmt: skip
+                    raise ConfigError(
+                        f"{name} exited ({process.returncode}) while waiting for {what}: "
+                        f"{log_tail(log, 3)} (log: {log})"
+                    )
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 if ready():
                     return
@@ -132,8 +134,10 @@ class LocalSlurm:
             (self.folder / "spool").mkdir()
             self._start("slurmctld", [_binary("slurmctld"), "-D", "-f", str(self.conf)])
             self._start("slurmd", [_binary("slurmd"), "-D", "-f", str(self.conf)])
-            self._wait(f"idle node in sinfo ({self.node})", lambda: self._run(
-                ["sinfo", "-h", "-n", self.node, "-o", "%T"], "sinfo").strip() == "idle")  # fmt: skip
+            self._wait(
+                f"idle node in sinfo ({self.node})",
+                lambda: self._run(["sinfo", "-h", "-n", self.node, "-o", "%T"], "sinfo").strip() == "idle",
+            )
         except BaseException:
             self.stop()
             raise
@@ -144,9 +148,17 @@ class LocalSlurm:
             key.write_bytes(os.urandom(1024))
             key.chmod(0o600)
         munge_socket.unlink(missing_ok=True)
-        self._start("munged", [_binary("munged"), "--foreground", f"--socket={munge_socket}", f"--key-file={key}",
-                               f"--pid-file={self.folder / 'munged.pid'}",
-                               f"--seed-file={self.folder / 'munged.seed'}"])  # fmt: skip
+        self._start(
+            "munged",
+            [
+                _binary("munged"),
+                "--foreground",
+                f"--socket={munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.folder / 'munged.pid'}",
+                f"--seed-file={self.folder / 'munged.seed'}",
+            ],
+        )
         self._wait("munge socket", munge_socket.exists)
 
     def _start_database(self, port: int) -> None:
@@ -154,46 +166,105 @@ class LocalSlurm:
         as_root = ["--user=root"] if os.geteuid() == 0 else []  # mariadbd refuses root unless told
         fresh = not (data / "mysql").is_dir()
         if fresh:
-            self._run([_binary("mariadb-install-db"), "--no-defaults", f"--datadir={data}", *as_root,
-                       "--auth-root-authentication-method=normal", "--skip-test-db"], "mariadb-install-db")  # fmt: skip
+            self._run(
+                [
+                    _binary("mariadb-install-db"),
+                    "--no-defaults",
+                    f"--datadir={data}",
+                    *as_root,
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                "mariadb-install-db",
+            )
         db_socket = self.folder / "mariadb.socket"
-        self._start("mariadbd", [_binary("mariadbd"), "--no-defaults", f"--datadir={data}", f"--socket={db_socket}",
-                                 f"--port={port}", f"--bind-address={HOST}",
-                                 f"--pid-file={self.folder / 'mariadb.pid'}", *as_root])  # fmt: skip
+        self._start(
+            "mariadbd",
+            [
+                _binary("mariadbd"),
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={db_socket}",
+                f"--port={port}",
+                f"--bind-address={HOST}",
+                f"--pid-file={self.folder / 'mariadb.pid'}",
+                *as_root,
+            ],
+        )
         client = ["mariadb", "--no-defaults", f"--socket={db_socket}", "-u", "root"]
         self._wait("MariaDB", lambda: subprocess.run([*client, "-e", "select 1"], capture_output=True).returncode == 0)
         if fresh:
-            grant = (f"CREATE USER '{DB_USER}'@'{HOST}' IDENTIFIED BY '{DB_PASSWORD}'; "
-                     f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'{HOST}';")  # fmt: skip
+            grant = (
+                f"CREATE USER '{DB_USER}'@'{HOST}' IDENTIFIED BY '{DB_PASSWORD}'; "
+                f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'{HOST}';"
+            )
             self._run([*client, "-e", grant], "creating the accounting user")
 
     def _write_configs(self, munge_socket: Path, ports: dict[str, int]) -> None:
         f = self.folder
         dbd = f / "slurmdbd.conf"  # slurmdbd reads it beside SLURM_CONF; it must be private to SlurmUser
-        dbd.write_text("\n".join([
-            "AuthType=auth/munge", f"AuthInfo=socket={munge_socket}", "DbdHost=localhost", f"DbdAddr={HOST}",
-            f"DbdPort={ports['dbd']}", f"SlurmUser={self.user}", f"PidFile={f / 'slurmdbd.pid'}",
-            "StorageType=accounting_storage/mysql", f"StorageHost={HOST}", f"StoragePort={ports['db']}",
-            f"StorageUser={DB_USER}", f"StoragePass={DB_PASSWORD}", f"StorageLoc={DB_NAME}", ""]))  # fmt: skip
+        dbd.write_text(
+            "\n".join(
+                [
+                    "AuthType=auth/munge",
+                    f"AuthInfo=socket={munge_socket}",
+                    "DbdHost=localhost",
+                    f"DbdAddr={HOST}",
+                    f"DbdPort={ports['dbd']}",
+                    f"SlurmUser={self.user}",
+                    f"PidFile={f / 'slurmdbd.pid'}",
+                    "StorageType=accounting_storage/mysql",
+                    f"StorageHost={HOST}",
+                    f"StoragePort={ports['db']}",
+                    f"StorageUser={DB_USER}",
+                    f"StoragePass={DB_PASSWORD}",
+                    f"StorageLoc={DB_NAME}",
+                    "",
+                ]
+            )
+        )
         dbd.chmod(0o600)
         cpus, memory = os.cpu_count() or 1, int(_memory_mb() * 0.9)
-        self.conf.write_text("\n".join([
-            f"ClusterName={CLUSTER}", f"SlurmctldHost={self.node}({HOST})",
-            f"SlurmctldPort={ports['ctld']}", f"SlurmdPort={ports['d']}",
-            f"SlurmUser={self.user}", f"SlurmdUser={self.user}",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={munge_socket}",
-            "AccountingStorageType=accounting_storage/slurmdbd", f"AccountingStorageHost={HOST}",
-            f"AccountingStoragePort={ports['dbd']}",
-            f"AccountingStoragePass={munge_socket}",  # sacct and sacctmgr reach munge through this one
-            "JobAcctGatherType=jobacct_gather/none", "JobCompType=jobcomp/none",
-            f"StateSaveLocation={f / 'state'}", f"SlurmdSpoolDir={f / 'spool'}",
-            f"SlurmctldPidFile={f / 'slurmctld.pid'}", f"SlurmdPidFile={f / 'slurmd.pid'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SwitchType=switch/none", "MpiDefault=none",
-            "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
-            f"DefMemPerCPU={memory // cpus}",  # without it a job takes the whole node's memory
-            "ReturnToService=2", "KillWait=5", "MinJobAge=300", "SlurmdTimeout=60",
-            f"NodeName={self.node} NodeAddr={HOST} CPUs={cpus} RealMemory={memory} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP", ""]))  # fmt: skip
+        self.conf.write_text(
+            "\n".join(
+                [
+                    f"ClusterName={CLUSTER}",
+                    f"SlurmctldHost={self.node}({HOST})",
+                    f"SlurmctldPort={ports['ctld']}",
+                    f"SlurmdPort={ports['d']}",
+                    f"SlurmUser={self.user}",
+                    f"SlurmdUser={self.user}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={munge_socket}",
+                    "AccountingStorageType=accounting_storage/slurmdbd",
+                    f"AccountingStorageHost={HOST}",
+                    f"AccountingStoragePort={ports['dbd']}",
+                    f"AccountingStoragePass={munge_socket}",  # sacct and sacctmgr reach munge through this one
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "JobCompType=jobcomp/none",
+                    f"StateSaveLocation={f / 'state'}",
+                    f"SlurmdSpoolDir={f / 'spool'}",
+                    f"SlurmctldPidFile={f / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={f / 'slurmd.pid'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SwitchType=switch/none",
+                    "MpiDefault=none",
+                    "SchedulerType=sched/backfill",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    f"DefMemPerCPU={memory // cpus}",  # without it a job takes the whole node's memory
+                    "ReturnToService=2",
+                    "KillWait=5",
+                    "MinJobAge=300",
+                    "SlurmdTimeout=60",
+                    f"NodeName={self.node} NodeAddr={HOST} CPUs={cpus} RealMemory={memory} State=UNKNOWN",
+                    f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
     def jobs(self) -> list[str]:
         """The ids of the jobs (array tasks one by one) the controller still knows as pending or running."""
@@ -227,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve() -> int:
         with local_slurm(args.dir) as cluster:
-            print(f"Slurm {cluster._run(['sinfo', '-V'], 'sinfo').split()[-1]} running: partition {PARTITION}, "
-                  f"node {cluster.node} (logs in {cluster.folder})")  # fmt: skip
+            print(
+                f"Slurm {cluster._run(['sinfo', '-V'], 'sinfo').split()[-1]} running: partition {PARTITION}, "
+                f"node {cluster.node} (logs in {cluster.folder})"
+            )
             print(f"in another terminal:  export SLURM_CONF={cluster.conf}")
-            print("  python train.py -m hydra/launcher=slurm hydra.launcher.gpus_per_node=null "
-                  "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=2 ...   (Ctrl-C here stops the cluster)")
+            print(
+                "  python train.py -m hydra/launcher=slurm hydra.launcher.gpus_per_node=null "
+                "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=2 ...   (Ctrl-C here stops the cluster)"
+            )
             sys.stdout.flush()
             wait_while(lambda: all(process.poll() is None for process in cluster.processes.values()))
             gone = [name for name, process in cluster.processes.items() if process.poll() is not None]

@@ -79,11 +79,13 @@ def task_overrides(config: DictConfig) -> str:
 def describe_sweep(config: DictConfig, total: int | None) -> str:
     """The parent run's description (MLflow shows it on the run's page): what the sweep is and where to look."""
     swept = task_overrides(config)
-    return (f"Sweep of {total if total else 'several'} jobs: `{swept}`.\n\n"
-            "Each job is a child run (expand this run in the runs table). To compare them, add the columns "
-            "Metrics > test_macro_f1, test_macro_f1_ci_low / _ci_high, test_auroc_macro, test_malignant_recall, "
-            "test_cam_pointing (Columns button), or open the Chart view. The statistics (intervals, seeds "
-            "aggregated, tested differences) are in this run's artifacts: report/sweep_report.md.")  # fmt: skip
+    return (
+        f"Sweep of {total if total else 'several'} jobs: `{swept}`.\n\n"
+        "Each job is a child run (expand this run in the runs table). To compare them, add the columns "
+        "Metrics > test_macro_f1, test_macro_f1_ci_low / _ci_high, test_auroc_macro, test_malignant_recall, "
+        "test_cam_pointing (Columns button), or open the Chart view. The statistics (intervals, seeds "
+        "aggregated, tested differences) are in this run's artifacts: report/sweep_report.md."
+    )
 
 
 def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
@@ -156,20 +158,32 @@ class MLflowSweepCallback(Callback):
             self.evaluation, self.report_error = None, str(exc)
         closed = close_stale(self.tracker)
         if closed:
-            print(f"closed {len(closed)} run(s) left RUNNING by processes that are gone (KILLED): "
-                  + ", ".join(run.info.run_name or run.info.run_id for run in closed), file=sys.stderr)  # fmt: skip
+            print(
+                f"closed {len(closed)} run(s) left RUNNING by processes that are gone (KILLED): "
+                + ", ".join(run.info.run_name or run.info.run_id for run in closed),
+                file=sys.stderr,
+            )
         uri, shown = self.tracker.uri, self.tracker.shown_uri
         sweep_dir = self.sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         total = planned_jobs(config)
         self.url = self.tracker.runs_url(config.tracking.ui_url, sweep_dir)
         port = urlparse(config.tracking.ui_url).port or 5000
-        self.how_to_look = (f"open {self.url}" if is_server(uri) else f"mlflow ui --backend-store-uri {shown} "
-                            f"--host 127.0.0.1 --port {port}, then open {self.url}")  # fmt: skip
+        self.how_to_look = (
+            f"open {self.url}"
+            if is_server(uri)
+            else f"mlflow ui --backend-store-uri {shown} --host 127.0.0.1 --port {port}, then open {self.url}"
+        )
         self.parent_id = self.tracker.start_run(
             f"sweep {Path(sweep_dir).parent.name} {Path(sweep_dir).name}",
-            {"sweep_dir": sweep_dir, "sweep": "parent", "overrides": task_overrides(config),
-             "mlflow.note.content": describe_sweep(config, total), **source_tags("train.py -m"), **owner_tags()},
-        )  # fmt: skip
+            {
+                "sweep_dir": sweep_dir,
+                "sweep": "parent",
+                "overrides": task_overrides(config),
+                "mlflow.note.content": describe_sweep(config, total),
+                **source_tags("train.py -m"),
+                **owner_tags(),
+            },
+        )
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
         self.register_as = str(config.sweep.model_name) if config.sweep.register_best else ""
         if is_slurm(config.hydra.launcher):
@@ -194,9 +208,17 @@ class MLflowSweepCallback(Callback):
         if any(run.data.tags.get("job_num") == job for run in self.tracker.children(self.parent_id)):
             return
         overrides = task_overrides(config)
-        run_id = self.tracker.start_run(f"job {job} | {overrides}", {
-            "job_num": job, "sweep_dir": self.sweep_dir, "overrides": overrides,
-            "error": error_text(job_return._return_value), **owner_tags()}, parent_id=self.parent_id)  # fmt: skip
+        run_id = self.tracker.start_run(
+            f"job {job} | {overrides}",
+            {
+                "job_num": job,
+                "sweep_dir": self.sweep_dir,
+                "overrides": overrides,
+                "error": error_text(job_return._return_value),
+                **owner_tags(),
+            },
+            parent_id=self.parent_id,
+        )
         self.tracker.end_run(run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -219,12 +241,18 @@ class MLflowSweepCallback(Callback):
             self.progress.stop()
         if not tracker.answers():  # a server restarting: the parent is closed once it answers again
             patience = tracker.outage_patience_s
-            print(f"sweep: the tracking server {tracker.shown_uri} does not answer; waiting up to {patience:g} s "
-                  "(tracking.outage_patience_s) to close the sweep's runs", file=sys.stderr)  # fmt: skip
+            print(
+                f"sweep: the tracking server {tracker.shown_uri} does not answer; waiting up to {patience:g} s "
+                "(tracking.outage_patience_s) to close the sweep's runs",
+                file=sys.stderr,
+            )
             if not tracker.wait_until_answering(patience):
-                print(f"error: sweep: the tracking server {tracker.shown_uri} did not answer for {patience:g} s: the "
-                      f"parent run {parent_id} stays RUNNING until the next sweep on the store or `python -m "
-                      "btxrd.tracking close-stale` closes it", file=sys.stderr)  # fmt: skip
+                print(
+                    f"error: sweep: the tracking server {tracker.shown_uri} did not answer for {patience:g} s: the "
+                    f"parent run {parent_id} stays RUNNING until the next sweep on the store or `python -m "
+                    "btxrd.tracking close-stale` closes it",
+                    file=sys.stderr,
+                )
                 raise SystemExit(1)
         children = tracker.children(parent_id)
         failed, running_on = self._close_children(children, stopped_by, lost)
@@ -246,8 +274,14 @@ class MLflowSweepCallback(Callback):
             print(f"sweep: no job was launched; the parent run ended {status}", file=sys.stderr)
             return
         if failed:  # the parent says which jobs did not finish, and why
-            tracker.set_tags(parent_id, {"not_finished": "\n".join(
-                f"[{overrides}] {error.splitlines()[0] if error else ''}" for overrides, error in failed)[:5000]})
+            tracker.set_tags(
+                parent_id,
+                {
+                    "not_finished": "\n".join(
+                        f"[{overrides}] {error.splitlines()[0] if error else ''}" for overrides, error in failed
+                    )[:5000]
+                },
+            )
         try:
             if self.evaluation is None:
                 raise ConfigError(self.report_error)
@@ -263,9 +297,12 @@ class MLflowSweepCallback(Callback):
             tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
             tracker.end_run(parent_id, "KILLED")
             still = f" ({running_on} still running under the launcher: they close their own runs)" if running_on else ""
-            print(f"sweep: stopped by {stopped_by}; {len(failed) + running_on} of {n_jobs} launched job(s) did not "
-                  f"finish{still}. The same command with sweep.skip_finished=true skips the finished jobs and "
-                  "resumes the interrupted ones from their last checkpoints.", file=sys.stderr)  # fmt: skip
+            print(
+                f"sweep: stopped by {stopped_by}; {len(failed) + running_on} of {n_jobs} launched job(s) did not "
+                f"finish{still}. The same command with sweep.skip_finished=true skips the finished jobs and "
+                "resumes the interrupted ones from their last checkpoints.",
+                file=sys.stderr,
+            )
         else:
             tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
             if failed:
@@ -290,11 +327,14 @@ class MLflowSweepCallback(Callback):
             return
         run_name, version = registered
         tracker.set_tags(parent_id, {"registered_model": f"models:/{self.register_as}/{version}"})
-        print(f"sweep: registered {run_name} (best by validation) as models:/{self.register_as}/{version}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"sweep: registered {run_name} (best by validation) as models:/{self.register_as}/{version}",
+            file=sys.stderr,
+        )
 
-    def _close_children(self, children: list, stopped_by: str | None,
-                        lost: dict[str, LostJob]) -> tuple[list[tuple[str, str]], int]:  # fmt: skip
+    def _close_children(
+        self, children: list, stopped_by: str | None, lost: dict[str, LostJob]
+    ) -> tuple[list[tuple[str, str]], int]:
         """Close the children left open (their process is gone): KILLED when this sweep was stopped,
         else FAILED; a run whose Slurm job ended without a result as Slurm's state says, with its reason.
         The (overrides, error) of every child that did not finish, and how many still run."""

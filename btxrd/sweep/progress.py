@@ -40,8 +40,11 @@ def planned_jobs(config: DictConfig) -> int | None:
 def status_line(done: int, failed: int, running: int, total: int | None, elapsed: float) -> str:
     """e.g. 'sweep: 5/12 done (1 failed), 2 running, 6m40s elapsed, about 9m left'."""
     of = f"/{total}" if total else ""
-    parts = [f"sweep: {done}{of} done" + (f" ({failed} failed)" if failed else ""), f"{running} running",
-             f"{_duration(elapsed)} elapsed"]  # fmt: skip
+    parts = [
+        f"sweep: {done}{of} done" + (f" ({failed} failed)" if failed else ""),
+        f"{running} running",
+        f"{_duration(elapsed)} elapsed",
+    ]
     if total and 0 < done < total:
         parts.append(f"about {_duration(elapsed / done * (total - done))} left")
     return ", ".join(parts)

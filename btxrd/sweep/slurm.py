@@ -47,12 +47,17 @@ def wait_for_slurm_jobs(submitit_folder: str, poll_s: float = 2.0) -> dict[str, 
     import submitit
 
     pattern = Path(submitit_folder)
-    jobs = [submitit.SlurmJob(folder=pattern, job_id=pickle.parent.name)
-            for pickle in sorted(pattern.parent.glob("*/*_submitted.pkl"))]  # fmt: skip
+    jobs = [
+        submitit.SlurmJob(folder=pattern, job_id=pickle.parent.name)
+        for pickle in sorted(pattern.parent.glob("*/*_submitted.pkl"))
+    ]
     waiting = [job for job in jobs if not job.done()]
     if waiting:
-        log.info("waiting for %d Slurm job(s) still queued or running: %s", len(waiting),
-                 " ".join(job.job_id for job in waiting))  # fmt: skip
+        log.info(
+            "waiting for %d Slurm job(s) still queued or running: %s",
+            len(waiting),
+            " ".join(job.job_id for job in waiting),
+        )
     while waiting:
         time.sleep(poll_s)
         waiting = [job for job in waiting if not job.done(force_check=True)]

@@ -12,5 +12,14 @@ from btxrd.tasks.base import (
     task_type,
 )
 
-__all__ = ["Calibration", "ScoredPart", "Scores", "Task", "make_task", "register_task", "resample", "task_names",
-           "task_type"]
+__all__ = [
+    "Calibration",
+    "ScoredPart",
+    "Scores",
+    "Task",
+    "make_task",
+    "register_task",
+    "resample",
+    "task_names",
+    "task_type",
+]

@@ -96,11 +96,14 @@ class Task(ABC):
         self.settings = self._own_settings(run.task)
         entry = model_entry(run.model.name)
         if entry.task != self.name:
-            raise ConfigError(f"model={entry.name} is a {entry.task} model but task={self.name}; "
-                              f"choose one of {', '.join(_models_of(self.name))}")  # fmt: skip
+            raise ConfigError(
+                f"model={entry.name} is a {entry.task} model but task={self.name}; "
+                f"choose one of {', '.join(_models_of(self.name))}"
+            )
         if not isinstance(run.model, entry.config):
-            raise ConfigError(f"conf/model/{entry.name}.yaml: its schema must be /schema/model for "
-                              f"{entry.config.__name__}")  # fmt: skip
+            raise ConfigError(
+                f"conf/model/{entry.name}.yaml: its schema must be /schema/model for {entry.config.__name__}"
+            )
         monitor = run.train.monitor
         if monitor != "auto" and monitor not in self.monitors:
             raise ConfigError(f"train.monitor={monitor!r}: task={self.name} reports {', '.join(self.monitors)}")
@@ -151,13 +154,13 @@ class Task(ABC):
     @abstractmethod
     def objective(self, model: nn.Module) -> Objective: ...
 
-    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig
-                  ) -> Calibration:  # fmt: skip
+    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig) -> Calibration:
         """What the validation part (never the test part) fixes for scoring. Nothing by default."""
         return Calibration()
 
-    def predictions(self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
-                    ) -> pd.DataFrame | None:  # fmt: skip
+    def predictions(
+        self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+    ) -> pd.DataFrame | None:
         """The per-image table of ``part`` alone (no pictures), for out-of-fold results; None: the task has none."""
         return None
 
@@ -167,8 +170,16 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
+    def score(
+        self,
+        model: nn.Module,
+        part: ScoredPart,
+        device: torch.device,
+        out_dir: Path,
+        title: str,
+        evaluation: EvalConfig,
+        calibration: Calibration,
+    ) -> Scores:
         """Metrics with confidence intervals, pictures and the per-image table of ``model`` on ``part``.
 
         The one scoring path: a run's test phase and evaluate.py both call it.
@@ -196,8 +207,9 @@ class Task(ABC):
         return {}
 
     @classmethod
-    def with_intervals(cls, per_image: pd.DataFrame, point: dict[str, float], evaluation: EvalConfig,
-                       prefix: str) -> dict[str, float]:  # fmt: skip
+    def with_intervals(
+        cls, per_image: pd.DataFrame, point: dict[str, float], evaluation: EvalConfig, prefix: str
+    ) -> dict[str, float]:
         """``point`` (metric -> value, as computed by the task) with each metric's bootstrap interval
         over the part's patient-proxy groups (``_ci_low`` / ``_ci_high``)."""
         weights = resample(per_image, evaluation)
@@ -214,8 +226,9 @@ _TASKS: dict[str, type[Task]] = {}
 
 def resample(per_image: pd.DataFrame, evaluation: EvalConfig) -> np.ndarray:
     """Bootstrap weights over a per-image table's patient-proxy groups (``group``), stratified by ``label``."""
-    return group_bootstrap(per_image["group"].to_numpy(), per_image["label"].to_numpy(), evaluation.n_bootstrap,
-                           evaluation.bootstrap_seed)  # fmt: skip
+    return group_bootstrap(
+        per_image["group"].to_numpy(), per_image["label"].to_numpy(), evaluation.n_bootstrap, evaluation.bootstrap_seed
+    )
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -259,4 +272,3 @@ def _load_tasks() -> None:
     for module in pkgutil.iter_modules(btxrd.tasks.__path__):
         if module.name != "base":
             importlib.import_module(f"btxrd.tasks.{module.name}")
-

@@ -77,8 +77,9 @@ def attention_loss(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def predict_logits(
+    model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits (float32), true labels and dataset indices over ``loader`` (model in eval mode)."""
     was_training = model.training
     model.eval()
@@ -93,8 +94,9 @@ def predict_logits(model: nn.Module, loader: DataLoader, inputs: InputPipeline, 
     return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
 
 
-def predict(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool, temperature: float = 1.0
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def predict(
+    model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities (softmax of the logits / ``temperature``), true labels and dataset indices."""
     logits, labels, indices = predict_logits(model, loader, inputs, amp)
     return softmax(logits, temperature), labels, indices
@@ -103,8 +105,14 @@ def predict(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bo
 class ClassificationObjective:
     """Class-weighted cross-entropy (+ the attention loss on annotated tumour images); val metrics."""
 
-    def __init__(self, inputs: InputSpec, train: TrainConfig, annotations: AnnotationsConfig, image_size: int,
-                 cam_target_name: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        inputs: InputSpec,
+        train: TrainConfig,
+        annotations: AnnotationsConfig,
+        image_size: int,
+        cam_target_name: str,
+    ) -> None:
         self.inputs, self.amp, self.channels_last = inputs, train.amp, train.channels_last
         self.use_class_weights, self.label_smoothing = train.class_weights, train.label_smoothing
         self.cam_loss_weight = annotations.cam_loss_weight if annotations.enabled else 0.0
@@ -128,8 +136,9 @@ class ClassificationObjective:
         # Same forward, same backward: the CAM comes from the captured final features. Images without
         # a lesion mask count 0 (no branch on the host: no sync).
         chosen = batch.has_mask.to(x.device, non_blocking=True)
-        per_image = attention_loss(store["value"], self.head.weight, y, batch.masks.to(x.device, non_blocking=True),
-                                   self.mask_dilation)  # fmt: skip
+        per_image = attention_loss(
+            store["value"], self.head.weight, y, batch.masks.to(x.device, non_blocking=True), self.mask_dilation
+        )
         count = chosen.sum()
         cam_loss = (per_image * chosen).sum() / count.clamp_min(1)
         return loss + self.cam_loss_weight * cam_loss, {"train_cam_loss": (cam_loss * count, count)}
@@ -150,8 +159,13 @@ class ClassifyTask(Task):
     monitors = ("val_macro_f1", "val_accuracy", "val_balanced_accuracy", "val_auroc_macro")
     servable = True
     headline = ("test_macro_f1", "test_accuracy")
-    compared = {"macro_f1": "macro-F1", "malignant_recall": "malignant recall", "auroc_macro": "AUROC",
-                "cam_pointing": "CAM pointing", "cam_energy": "CAM energy in box"}  # fmt: skip
+    compared = {
+        "macro_f1": "macro-F1",
+        "malignant_recall": "malignant recall",
+        "auroc_macro": "AUROC",
+        "cam_pointing": "CAM pointing",
+        "cam_energy": "CAM energy in box",
+    }
     per_image_file = "predictions_{part}.csv"
     report_columns = {
         "test_accuracy": "accuracy",
@@ -191,8 +205,10 @@ Published on the real BTXRD (not measured here; different protocols):
     def check(self) -> None:
         ann = self.run.annotations
         if self.run.train.compile and ann.enabled and ann.cam_loss_weight > 0:
-            raise ConfigError("train.compile=true cannot train with the attention loss (annotations=on hooks into "
-                              "the network); use annotations.cam_loss_weight=0 or train.compile=false")
+            raise ConfigError(
+                "train.compile=true cannot train with the attention loss (annotations=on hooks into "
+                "the network); use annotations.cam_loss_weight=0 or train.compile=false"
+            )
 
     def tags(self) -> dict[str, str]:
         return {"task": self.name, "annotations": "on" if self.run.annotations.enabled else "off"}
@@ -203,11 +219,11 @@ Published on the real BTXRD (not measured here; different protocols):
 
     def objective(self, model: nn.Module) -> ClassificationObjective:
         run = self.run
-        return ClassificationObjective(self.input_spec(), run.train, run.annotations, run.model.image_size,
-                                       model.cam_target_name)  # fmt: skip
+        return ClassificationObjective(
+            self.input_spec(), run.train, run.annotations, run.model.image_size, model.cam_target_name
+        )
 
-    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig
-                  ) -> Calibration:  # fmt: skip
+    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig) -> Calibration:
         """On the validation part: the temperature of its logits (``eval.calibrate``; else 1), then the
         malignant-vs-rest thresholds on the calibrated p(malignant), each the most sensitive one that keeps
         its specificity."""
@@ -215,11 +231,13 @@ Published on the real BTXRD (not measured here; different protocols):
         logits, labels, _ = predict_logits(model, val.loader, inputs, amp=False)  # float32, as test and served
         temperature = fit_temperature(logits, labels) if evaluation.calibrate else 1.0
         negatives = softmax(logits, temperature)[labels != MALIGNANT, MALIGNANT]
-        return Calibration(temperature, {_spec_key(s): threshold_at_specificity(negatives, s)
-                                         for s in evaluation.specificities})  # fmt: skip
+        return Calibration(
+            temperature, {_spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
+        )
 
-    def predictions(self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
-                    ) -> pd.DataFrame:  # fmt: skip
+    def predictions(
+        self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+    ) -> pd.DataFrame:
         """The per-image table of ``part`` without the pictures and Grad-CAM: what a cross-validation sweep
         pools of each fold's validation part (out-of-fold results)."""
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
@@ -234,14 +252,28 @@ Published on the real BTXRD (not measured here; different protocols):
         stacked = pd.concat(tables, ignore_index=True)
         first = stacked.groupby("image_id", sort=True).first()
         mean = stacked.groupby("image_id", sort=True)[probabilities].mean()
-        keep = [c for c in first.columns if c not in probabilities and not c.startswith("logit_")
-                and c not in LOCALIZATION_COLUMNS and c != "predicted"]  # fmt: skip
+        keep = [
+            c
+            for c in first.columns
+            if c not in probabilities
+            and not c.startswith("logit_")
+            and c not in LOCALIZATION_COLUMNS
+            and c != "predicted"
+        ]
         out = pd.concat([first[keep], mean], axis=1).reset_index()
         out["predicted"] = out[probabilities].to_numpy().argmax(axis=1)
         return out
 
-    def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
+    def score(
+        self,
+        model: nn.Module,
+        part: ScoredPart,
+        device: torch.device,
+        out_dir: Path,
+        title: str,
+        evaluation: EvalConfig,
+        calibration: Calibration,
+    ) -> Scores:
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
         amp = False  # scored in float32, as the operating points were chosen and as the logged model serves
@@ -257,8 +289,11 @@ Published on the real BTXRD (not measured here; different protocols):
         for i, name in enumerate(CLASS_NAMES):
             point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
-        annotated = part.rows if part.annotations_read else with_annotations(part.rows, part.root,
-                                                                              InputLimits.of(self.run.data))
+        annotated = (
+            part.rows
+            if part.annotations_read
+            else with_annotations(part.rows, part.root, InputLimits.of(self.run.data))
+        )
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
         per_image = _per_image(part, index, labels, logits, calibration.temperature)
@@ -276,26 +311,39 @@ Published on the real BTXRD (not measured here; different protocols):
                     metric = f"{prefix}malignant_{name}_at_{key}"
                     metrics[metric] = float(value)
                     metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"] = percentile_interval(
-                        reps, evaluation.ci_level)  # fmt: skip
+                        reps, evaluation.ci_level
+                    )
                 metrics[f"malignant_threshold_at_{key}"] = threshold
-                marks.append((1 - spec, sens, f"{key.replace('spec', 'val spec. ')}%: sens. {sens:.2f}, "
-                                              f"spec. {spec:.2f}"))  # fmt: skip
+                marks.append(
+                    (1 - spec, sens, f"{key.replace('spec', 'val spec. ')}%: sens. {sens:.2f}, spec. {spec:.2f}")
+                )
         predictions = out_dir / f"predictions_{part.name}.csv"
         per_image.to_csv(predictions, index=False)
         subgroups = self.subgroups(per_image, evaluation, part.extra_columns)
         subgroups.to_csv(out_dir / f"subgroups_{part.name}.csv", index=False)
-        subgroup_plot = plot_subgroups(subgroups, "macro-F1", point[f"{prefix}macro_f1"],
-                                       out_dir / f"subgroups_{part.name}.png", f"{title}: macro-F1 by subgroup")
+        subgroup_plot = plot_subgroups(
+            subgroups,
+            "macro-F1",
+            point[f"{prefix}macro_f1"],
+            out_dir / f"subgroups_{part.name}.png",
+            f"{title}: macro-F1 by subgroup",
+        )
         artifacts = [
             plot_confusion_matrix(matrix, CLASS_NAMES, out_dir / f"confusion_matrix_{part.name}.png", title),
-            plot_roc_curves(labels, probs, CLASS_NAMES, out_dir / f"roc_{part.name}.png", marks,
-                            f"{title}: ROC ({part.name}); markers: malignant thresholds chosen on val"),
+            plot_roc_curves(
+                labels,
+                probs,
+                CLASS_NAMES,
+                out_dir / f"roc_{part.name}.png",
+                marks,
+                f"{title}: ROC ({part.name}); markers: malignant thresholds chosen on val",
+            ),
             plot_reliability(labels, probs, out_dir / f"reliability_{part.name}.png"),
             predictions,
             out_dir / f"subgroups_{part.name}.csv",
             subgroup_plot,
             *grids,
-        ]  # fmt: skip
+        ]
         return Scores(metrics, artifacts, per_image)
 
     @classmethod
@@ -316,10 +364,16 @@ Published on the real BTXRD (not measured here; different protocols):
         return out
 
     @classmethod
-    def subgroups(cls, per_image: pd.DataFrame, evaluation: EvalConfig,
-                  extra: Sequence[str] = ()) -> pd.DataFrame:  # fmt: skip
-        return subgroup_table(per_image, SUBGROUP_METRICS, evaluation.age_bands, evaluation.ci_level, cls.replicates,
-                              lambda table: resample(table, evaluation), extra)  # fmt: skip
+    def subgroups(cls, per_image: pd.DataFrame, evaluation: EvalConfig, extra: Sequence[str] = ()) -> pd.DataFrame:
+        return subgroup_table(
+            per_image,
+            SUBGROUP_METRICS,
+            evaluation.age_bands,
+            evaluation.ci_level,
+            cls.replicates,
+            lambda table: resample(table, evaluation),
+            extra,
+        )
 
     @classmethod
     def chance_levels(cls, per_image: pd.DataFrame) -> dict[str, float]:
@@ -327,9 +381,13 @@ Published on the real BTXRD (not measured here; different protocols):
         counts = np.bincount(per_image["label"].to_numpy(), minlength=len(CLASS_NAMES))
         majority = int(counts.argmax())
         share = counts[majority] / counts.sum()
-        return {"test_accuracy": float(share), "test_balanced_accuracy": 1 / len(CLASS_NAMES),
-                "test_macro_f1": float(2 * share / (1 + share)) / len(CLASS_NAMES),
-                "test_malignant_recall": float(majority == MALIGNANT), "test_auroc_macro": 0.5}  # fmt: skip
+        return {
+            "test_accuracy": float(share),
+            "test_balanced_accuracy": 1 / len(CLASS_NAMES),
+            "test_macro_f1": float(2 * share / (1 + share)) / len(CLASS_NAMES),
+            "test_malignant_recall": float(majority == MALIGNANT),
+            "test_auroc_macro": 0.5,
+        }
 
     @classmethod
     def paired_tests(cls, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
@@ -339,30 +397,45 @@ Published on the real BTXRD (not measured here; different protocols):
         _, z, p = delong_macro_test(labels, a[columns].to_numpy(), b[columns].to_numpy(), groups)
         correct_a = a["predicted"].to_numpy() == labels
         correct_b = b["predicted"].to_numpy() == labels
-        return {"delong_auroc_macro_z": z, "delong_auroc_macro_p": p, "mcnemar_accuracy_p": mcnemar_test(correct_a,
-                                                                                                        correct_b)}
+        return {
+            "delong_auroc_macro_z": z,
+            "delong_auroc_macro_p": p,
+            "mcnemar_accuracy_p": mcnemar_test(correct_a, correct_b),
+        }
 
 
-def _per_image(part: ScoredPart, index: np.ndarray, labels: np.ndarray, logits: np.ndarray,
-               temperature: float) -> pd.DataFrame:  # fmt: skip
+def _per_image(
+    part: ScoredPart, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, temperature: float
+) -> pd.DataFrame:
     """One row per image of ``part`` (in loader order ``index``): who it is, its label, the calibrated
     probabilities and predicted class, the logits before calibration, the columns subgroups are made of."""
     rows, probs = part.rows.iloc[index], softmax(logits, temperature)
-    return pd.DataFrame({
-        "image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
-        "group": rows["group"].to_numpy(), "label": labels, "predicted": probs.argmax(axis=1),
-        **{column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns) if column in rows},
-        **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
-        **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "image_id": rows["image_id"].to_numpy(),
+            "center": rows["center"].to_numpy(),
+            "group": rows["group"].to_numpy(),
+            "label": labels,
+            "predicted": probs.argmax(axis=1),
+            **{
+                column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns) if column in rows
+            },
+            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
+            **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},
+        }
+    )
 
 
 MALIGNANT = CLASS_NAMES.index("malignant")
 # The per-image columns subgroups are made of (the dataset's; an external table may bring more)
 SUBGROUP_SOURCES = ("age", "gender", "region", "site")
 # Metrics reported per subgroup: replicate name -> name shown
-SUBGROUP_METRICS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "malignant_recall": "malignant recall",
-                    "auroc_macro": "macro AUROC"}  # fmt: skip
+SUBGROUP_METRICS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "malignant_recall": "malignant recall",
+    "auroc_macro": "macro AUROC",
+}
 
 
 def _spec_key(specificity: float) -> str:

@@ -64,9 +64,11 @@ def check_scoring_memory(model: nn.Module, image_size: int, batch: int, device: 
     if need > have:
         fits = max(0, int(batch * have / need))
         advice = f"{batch_key}={fits} fits" if fits else "not even one image fits: use a machine with more memory"
-        raise ConfigError(f"scoring batches of {batch} images at model.image_size={image_size} needs about "
-                          f"{need / 2**30:.1f} GiB of memory on {device} (estimated), {have / 2**30:.1f} GiB are "
-                          f"available: {advice}")  # fmt: skip
+        raise ConfigError(
+            f"scoring batches of {batch} images at model.image_size={image_size} needs about "
+            f"{need / 2**30:.1f} GiB of memory on {device} (estimated), {have / 2**30:.1f} GiB are "
+            f"available: {advice}"
+        )
 
 
 def _without_pretrained_weights(model: ModelConfig) -> ModelConfig:

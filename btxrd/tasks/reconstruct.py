@@ -36,8 +36,9 @@ class ReconstructSettings:
 
 
 @torch.no_grad()
-def reconstruct(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool, keep: int = 0
-                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:  # fmt: skip
+def reconstruct(
+    model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp: bool, keep: int = 0
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Per image (in loader order): dataset row, label, MSE, PSNR (dB), SSIM; and the first ``keep``
     originals and reconstructions as arrays, for pictures."""
     was_training = model.training
@@ -49,9 +50,17 @@ def reconstruct(model: nn.Module, loader: DataLoader, inputs: InputPipeline, amp
             x_hat, _ = model(x)
         x_hat = x_hat.float()
         mse = F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
-        rows.append(pd.DataFrame({"index": batch.index.numpy(), "label": batch.labels.numpy(),
-                                  "mse": mse.double().cpu().numpy(), "psnr": psnr(x_hat, x).double().cpu().numpy(),
-                                  "ssim": ssim(x_hat, x).double().cpu().numpy()}))  # fmt: skip
+        rows.append(
+            pd.DataFrame(
+                {
+                    "index": batch.index.numpy(),
+                    "label": batch.labels.numpy(),
+                    "mse": mse.double().cpu().numpy(),
+                    "psnr": psnr(x_hat, x).double().cpu().numpy(),
+                    "ssim": ssim(x_hat, x).double().cpu().numpy(),
+                }
+            )
+        )
         if sum(len(o) for o in originals) < keep:
             originals.append(x.cpu()[:, 0].numpy())
             outputs.append(x_hat.cpu()[:, 0].numpy())
@@ -87,8 +96,12 @@ class ReconstructionObjective:
         (``val_channel_gates_closed`` / ``_open`` / ``_mean``, the same for spatial) epoch by epoch."""
         with gate_statistics(model) as gates:
             table, _, _ = reconstruct(model, loader, self.pipeline, self.amp)
-        return {"val_loss": table["mse"].mean(), "val_psnr": table["psnr"].mean(), "val_ssim": table["ssim"].mean(),
-                **gates.metrics("val_")}  # fmt: skip
+        return {
+            "val_loss": table["mse"].mean(),
+            "val_psnr": table["psnr"].mean(),
+            "val_ssim": table["ssim"].mean(),
+            **gates.metrics("val_"),
+        }
 
 
 @register_task
@@ -98,9 +111,15 @@ class ReconstructTask(Task):
     monitors = ("val_psnr", "val_ssim")
     headline = ("test_psnr", "test_ssim")
     # per class, and where the CBAM gates sit at the last validation (attention models only)
-    report_columns = {"test_psnr": "PSNR (dB)", "test_ssim": "SSIM", "test_psnr_normal": "PSNR normal",
-                      "test_psnr_benign": "PSNR benign", "test_psnr_malignant": "PSNR malignant",
-                      "val_channel_gates_mean": "channel gates", "val_spatial_gates_mean": "spatial gates"}  # fmt: skip
+    report_columns = {
+        "test_psnr": "PSNR (dB)",
+        "test_ssim": "SSIM",
+        "test_psnr_normal": "PSNR normal",
+        "test_psnr_benign": "PSNR benign",
+        "test_psnr_malignant": "PSNR malignant",
+        "val_channel_gates_mean": "channel gates",
+        "val_spatial_gates_mean": "spatial gates",
+    }
     compared = {"psnr": "PSNR (dB)", "ssim": "SSIM"}
     per_image_file = "reconstruction_{part}.csv"
     chart_metrics = ("test_psnr",)
@@ -117,20 +136,33 @@ class ReconstructTask(Task):
     def objective(self, model: nn.Module) -> ReconstructionObjective:
         return ReconstructionObjective(self.run.train.amp, self.settings.ssim_weight)
 
-    def score(self, model: nn.Module, part: ScoredPart, device: torch.device, out_dir: Path, title: str,
-              evaluation: EvalConfig, calibration: Calibration) -> Scores:  # fmt: skip
+    def score(
+        self,
+        model: nn.Module,
+        part: ScoredPart,
+        device: torch.device,
+        out_dir: Path,
+        title: str,
+        evaluation: EvalConfig,
+        calibration: Calibration,
+    ) -> Scores:
         """PSNR / SSIM / MSE overall and per class (one pass), and a picture of reconstructions."""
         prefix = f"{part.name}_"
         inputs = InputPipeline(device, RAW, self.run.train.channels_last)
         table, originals, outputs = reconstruct(model, part.loader, inputs, amp=False, keep=8)  # float32
         point = {f"{prefix}{name}": float(table[name].mean()) for name in SCORES}
         for label, by_class in table.groupby("label"):
-            point.update({f"{prefix}{name}_{CLASS_NAMES[int(label)]}": float(by_class[name].mean())
-                          for name in SCORES})  # fmt: skip
+            point.update({f"{prefix}{name}_{CLASS_NAMES[int(label)]}": float(by_class[name].mean()) for name in SCORES})
         rows = part.rows.iloc[table["index"].to_numpy()]
-        per_image = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "center": rows["center"].to_numpy(),
-                                  "group": rows["group"].to_numpy(), "label": table["label"].to_numpy(),
-                                  **{name: table[name].to_numpy() for name in SCORES}})  # fmt: skip
+        per_image = pd.DataFrame(
+            {
+                "image_id": rows["image_id"].to_numpy(),
+                "center": rows["center"].to_numpy(),
+                "group": rows["group"].to_numpy(),
+                "label": table["label"].to_numpy(),
+                **{name: table[name].to_numpy() for name in SCORES},
+            }
+        )
         metrics = self.with_intervals(per_image, point, evaluation, prefix)
         scores_csv = out_dir / f"reconstruction_{part.name}.csv"
         per_image.to_csv(scores_csv, index=False)
@@ -145,6 +177,7 @@ class ReconstructTask(Task):
         for label in np.unique(labels):
             of_class = np.where(labels == label, 1.0, 0.0).astype(np.float32)
             for name in SCORES:
-                out[f"{name}_{CLASS_NAMES[int(label)]}"] = mean_replicates(per_image[name].to_numpy(),
-                                                                           weights * of_class)  # fmt: skip
+                out[f"{name}_{CLASS_NAMES[int(label)]}"] = mean_replicates(
+                    per_image[name].to_numpy(), weights * of_class
+                )
         return out

@@ -12,8 +12,9 @@ from btxrd.tracking.stale import close_stale
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m btxrd.tracking", description=stale_doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m btxrd.tracking", description=stale_doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     close = sub.add_parser("close-stale", help="close RUNNING runs whose process on this host is gone")
     close.add_argument("--tracking-uri", default=None, help="default: sqlite:///<project root>/mlflow.db")

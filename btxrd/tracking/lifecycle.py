@@ -68,8 +68,15 @@ class RunRecorder:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._write(lambda tracker, run_id, tags=dict(tags): tracker.set_tags(run_id, tags))
 
-    def log_dataset(self, name: str, digest: str, source: str, context: str, profile: Mapping[str, Any],
-                    tags: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        context: str,
+        profile: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self._write(lambda tracker, run_id: tracker.log_dataset(run_id, name, digest, source, context, profile, tags))
 
     def close(self, status: str, wait: bool = True) -> None:
@@ -89,7 +96,7 @@ class RunRecorder:
                 f"{patience:g} s after the job ended (tracking.outage_patience_s): {len(self.kept)} write(s) "
                 f"of run {self.run_id} were not sent; the run stays RUNNING until the next sweep on the store "
                 "or `python -m btxrd.tracking close-stale` closes it"
-            )  # fmt: skip
+            )
 
     def _write(self, write: Callable[[Tracker, str], None]) -> None:
         if self.tracker is None or self.run_id is None:
@@ -132,10 +139,15 @@ class RunRecorder:
         assert self.cut_off_at is not None
         seconds = time.monotonic() - self.cut_off_at
         self.cut_off_at, self.cut_off_seconds, self.cut_offs = None, self.cut_off_seconds + seconds, self.cut_offs + 1
-        log.warning("the tracking server answers again after %.0f s: the kept writes are sent (%d in all)", seconds,
-                    self.sent_late)  # fmt: skip
-        outage = (f"cut off from the tracking server {self.cut_offs} time(s), {self.cut_off_seconds:.0f} s in all; "
-                  f"{self.sent_late} write(s) were kept and sent once it answered again")  # fmt: skip
+        log.warning(
+            "the tracking server answers again after %.0f s: the kept writes are sent (%d in all)",
+            seconds,
+            self.sent_late,
+        )
+        outage = (
+            f"cut off from the tracking server {self.cut_offs} time(s), {self.cut_off_seconds:.0f} s in all; "
+            f"{self.sent_late} write(s) were kept and sent once it answered again"
+        )
         tracker, run_id = self.tracker, self.run_id
         assert tracker is not None and run_id is not None
         self.kept.append(lambda: tracker.set_tags(run_id, {OUTAGE_TAG: outage}))
@@ -154,8 +166,9 @@ def error_text(exc: BaseException, resumable: bool = False) -> str:
     """The run's ``error`` tag: the exception, or which signal stopped it (and whether it can go on)."""
     if not interrupted(exc):
         return redact_text(f"{type(exc).__name__}: {exc}")
-    stopped = ("stopped: the sweep's launcher is gone" if launcher_gone()
-               else f"interrupted by {stop_signal() or 'SIGINT'}")  # fmt: skip
+    stopped = (
+        "stopped: the sweep's launcher is gone" if launcher_gone() else f"interrupted by {stop_signal() or 'SIGINT'}"
+    )
     return f"{stopped}; its last checkpoint is kept: the same command resumes it" if resumable else stopped
 
 
@@ -233,8 +246,11 @@ def _continued(tracker: Tracker, run_id: str, parent_id: str | None, tags: Mappi
     earlier = tracker.find_run(run_id)
     if earlier is None or earlier.info.experiment_id != tracker.experiment_id:
         return None
-    moved = {k: tags[k] for k in ("resumed_from_epoch", "output_dir", "job_num", "sweep_dir", HOST, PID, STARTED)
-             if k in tags}  # fmt: skip
+    moved = {
+        k: tags[k]
+        for k in ("resumed_from_epoch", "output_dir", "job_num", "sweep_dir", HOST, PID, STARTED)
+        if k in tags
+    }
     if parent_id:
         moved["mlflow.parentRunId"] = parent_id
     tracker.reopen(run_id, moved)
@@ -243,8 +259,9 @@ def _continued(tracker: Tracker, run_id: str, parent_id: str | None, tags: Mappi
 
 def record_skip(tracker: Tracker, name: str, tags: Mapping[str, str], earlier: Any, parent_id: str | None) -> None:
     """A FINISHED child that points at the earlier run of the same configuration and carries its final metrics."""
-    run_id = tracker.start_run(name, {**tags, "skipped": "true", "skipped_for": earlier.info.run_id},
-                               parent_id=parent_id)  # fmt: skip
+    run_id = tracker.start_run(
+        name, {**tags, "skipped": "true", "skipped_for": earlier.info.run_id}, parent_id=parent_id
+    )
     tracker.log_metrics(run_id, earlier.data.metrics)
     tracker.end_run(run_id, "FINISHED")
     log.info("%s: skipped, finished earlier as run %s", name, earlier.info.run_id)

@@ -71,15 +71,19 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 def store_full(exc: BaseException, where: str) -> StoreFull | None:
     """``exc`` as a ``StoreFull`` naming ``where`` when it says a disk is full, else None."""
     full = (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS) or (
-        isinstance(exc, MlflowException) and any(word in str(exc).lower() for word in _FULL))
+        isinstance(exc, MlflowException) and any(word in str(exc).lower() for word in _FULL)
+    )
     store = f"the tracking store {where}" if where else "the tracking store"
     return StoreFull(f"{store} cannot be written: no space left on device") if full else None
 
 
 # MLflow's REST client words every failure to get an answer this way (rest_utils.http_request)
 _NO_ANSWER = re.compile(r"^API request to (?P<url>\S+) failed with (?P<why>.*)", re.DOTALL)
-_WHY = ((re.compile(r"\[Errno -?\d+\] (?P<why>[^'\")]+)"), "{why}"), (re.compile(r"timed? ?out", re.I), "timed out"),
-        (re.compile(r"too many (?P<code>\d{3}) error responses"), "HTTP {code} responses"))  # fmt: skip
+_WHY = (
+    (re.compile(r"\[Errno -?\d+\] (?P<why>[^'\")]+)"), "{why}"),
+    (re.compile(r"timed? ?out", re.I), "timed out"),
+    (re.compile(r"too many (?P<code>\d{3}) error responses"), "HTTP {code} responses"),
+)
 
 
 def unreachable(exc: BaseException) -> TrackingUnreachable | None:
@@ -88,8 +92,9 @@ def unreachable(exc: BaseException) -> TrackingUnreachable | None:
     if found is None:
         return None
     server = without_userinfo(re.split(r"/(?:ajax-)?api/", found["url"])[0])
-    why = next((form.format(**m.groupdict()) for pattern, form in _WHY if (m := pattern.search(found["why"]))),
-               "no answer")  # fmt: skip
+    why = next(
+        (form.format(**m.groupdict()) for pattern, form in _WHY if (m := pattern.search(found["why"]))), "no answer"
+    )
     return TrackingUnreachable(f"the tracking server {server} does not answer ({why.strip()})")
 
 
@@ -110,8 +115,9 @@ def tracker_for(tracking: Any, project_root: str | Path) -> Tracker | None:
     if is_server(uri):  # MLflow's own defaults (7 retries, 120 s) block a call for minutes
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(tracking.http_retries)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(tracking.http_timeout_s)
-    return Tracker(uri, tracking.experiment, tracking.artifact_root, tracking.outage_patience_s,
-                   tracking.connect_timeout_s)  # fmt: skip
+    return Tracker(
+        uri, tracking.experiment, tracking.artifact_root, tracking.outage_patience_s, tracking.connect_timeout_s
+    )
 
 
 def is_server(uri: str) -> bool:
@@ -137,7 +143,8 @@ def database_problem(uri: str, seconds: float) -> str:
     # The drivers whose connect() takes connect_timeout (libpq's psycopg, PyMySQL, mysqlclient); with others
     # one attempt may outlast the budget, never more than one
     timed = (dialect in ("postgresql", "postgres") and driver in ("", "psycopg", "psycopg2")) or (
-        dialect in ("mysql", "mariadb") and driver in ("", "pymysql", "mysqldb"))
+        dialect in ("mysql", "mariadb") and driver in ("", "pymysql", "mysqldb")
+    )
     timeout = {"connect_timeout": max(1, round(seconds))} if timed else {}
     try:
         engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
@@ -204,8 +211,10 @@ def _store_lock(uri: str, shown: str) -> FileLock | contextlib.nullcontext:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"tracking.uri={shown}: cannot create the store's folder {path.parent} "
-                              f"({exc.strerror or exc}); check the path") from None  # fmt: skip
+            raise ConfigError(
+                f"tracking.uri={shown}: cannot create the store's folder {path.parent} "
+                f"({exc.strerror or exc}); check the path"
+            ) from None
         if path.is_dir():
             raise ConfigError(f"tracking.uri={shown}: {path} is a folder, not a database file")
         return FileLock(f"{path}.lock")
@@ -240,8 +249,14 @@ class Tracker:
     the environment are moved there (``btxrd.redaction.move_credentials``); ``shown_uri`` is what any
     message shows, every secret hidden."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None,
-                 outage_patience_s: float = 0.0, connect_timeout_s: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_root: str | Path | None = None,
+        outage_patience_s: float = 0.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
         self.uri, credentials = move_credentials(uri)
         os.environ.update(credentials)
         self.shown_uri = redact_text(self.uri)
@@ -272,8 +287,9 @@ class Tracker:
                 except TrackingUnreachable as exc:
                     raise ConfigError(f"tracking.uri={self.shown_uri}: {exc}") from None
                 except Exception as exc:  # SQLAlchemy, OSError, MlflowException: the store cannot be opened
-                    raise ConfigError(f"tracking.uri={self.shown_uri}: cannot open the tracking store "
-                                      f"({_first_line(exc)})") from None  # fmt: skip
+                    raise ConfigError(
+                        f"tracking.uri={self.shown_uri}: cannot open the tracking store ({_first_line(exc)})"
+                    ) from None
             self._client = client
         return self._client
 
@@ -281,12 +297,16 @@ class Tracker:
         """A tracking server or database server answers within ``connect_timeout_s``, or ConfigError."""
         seconds = self.connect_timeout_s
         if is_server(self.uri) and not self.wait_until_answering(seconds, interval=1.0):
-            raise ConfigError(f"tracking.uri={self.shown_uri}: the tracking server does not answer (waited "
-                              f"{seconds:g} s, tracking.connect_timeout_s); check that it runs and its address")
+            raise ConfigError(
+                f"tracking.uri={self.shown_uri}: the tracking server does not answer (waited "
+                f"{seconds:g} s, tracking.connect_timeout_s); check that it runs and its address"
+            )
         if is_database_server(self.uri) and (problem := database_problem(self.uri, seconds)):
-            raise ConfigError(f"tracking.uri={self.shown_uri}: cannot connect to the database within {seconds:g} "
-                              f"s, tracking.connect_timeout_s ({problem}); check that it runs, its address and "
-                              "the credentials (PGPASSWORD, or the URL's)")  # fmt: skip
+            raise ConfigError(
+                f"tracking.uri={self.shown_uri}: cannot connect to the database within {seconds:g} "
+                f"s, tracking.connect_timeout_s ({problem}); check that it runs, its address and "
+                "the credentials (PGPASSWORD, or the URL's)"
+            )
 
     def answers(self) -> bool:
         """Whether the tracking server answers at all (a local store always does); quick: one
@@ -305,9 +325,14 @@ class Tracker:
 
         verify = MLFLOW_TRACKING_SERVER_CERT_PATH.get() or not MLFLOW_TRACKING_INSECURE_TLS.get()
         try:
-            answer = requests.get(f"{without_userinfo(self.uri).rstrip('/')}/health", headers=auth_headers(self.uri),
-                                  timeout=5, allow_redirects=False, verify=verify,
-                                  cert=MLFLOW_TRACKING_CLIENT_CERT_PATH.get())  # fmt: skip
+            answer = requests.get(
+                f"{without_userinfo(self.uri).rstrip('/')}/health",
+                headers=auth_headers(self.uri),
+                timeout=5,
+                allow_redirects=False,
+                verify=verify,
+                cert=MLFLOW_TRACKING_CLIENT_CERT_PATH.get(),
+            )
         except (requests.RequestException, ValueError):  # refused, timed out, no route, a URL it cannot parse
             return False
         return answer.status_code < 500
@@ -335,8 +360,10 @@ class Tracker:
             raise ConfigError(f"tracking.uri={self.shown_uri}: cannot reach the tracking store ({exc})") from None
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                raise ConfigError(f"tracking.experiment={self.experiment_name!r} is deleted in {self.shown_uri}; "
-                                  "restore it or pick another")
+                raise ConfigError(
+                    f"tracking.experiment={self.experiment_name!r} is deleted in {self.shown_uri}; "
+                    "restore it or pick another"
+                )
             if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made by an older version
                 kind = (EXPERIMENT_KIND_TAG, MODEL_TRAINING)
                 self._retry(lambda: self.client.set_experiment_tag(found.experiment_id, *kind))
@@ -360,16 +387,31 @@ class Tracker:
             query += "&searchFilter=" + quote(f"tags.sweep_dir = '{sweep_dir}'", safe="")
         return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{query}"
 
-    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str,
-                    profile: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def log_dataset(
+        self,
+        run_id: str,
+        name: str,
+        digest: str,
+        source: str,
+        context: str,
+        profile: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Record a dataset the run used (MLflow's dataset tracking: the UI's Dataset column, filters)."""
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
-                          profile=json.dumps(dict(profile)))  # fmt: skip
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(dict(profile)),
+        )
         input_tags = [InputTag("mlflow.data.context", context), *(InputTag(k, v) for k, v in (tags or {}).items())]
         # Jobs of a sweep log the same dataset at once: MLflow looks it up, then inserts it, and the
         # second insert fails on its unique key; tried again, it finds the first one's row.
-        self._retry(lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
-               also=DATASET_KEY_RACE)  # fmt: skip
+        self._retry(
+            lambda: self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=input_tags)]),
+            also=DATASET_KEY_RACE,
+        )
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent_id: str | None = None) -> str:
         all_tags = dict(tags or {})
@@ -384,8 +426,9 @@ class Tracker:
             batch = items[i : i + 100]
             self._retry(lambda batch=batch: self.client.log_batch(run_id, params=batch))
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0,
-                    timestamp_ms: int | None = None) -> None:  # fmt: skip
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None
+    ) -> None:
         """``timestamp_ms``: when the values were measured (a write sent late keeps its time); default now."""
         now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]

@@ -61,12 +61,19 @@ def log_classifier(tracker: Tracker, run_id: str, checkpoint: Path, operating_po
         mlflow.set_tracking_uri(tracker.uri)  # Model.log works on the global URI; a job has one store
         mlflow.set_experiment(experiment_id=tracker.experiment_id)  # else the model lands in experiment Default
         _fail_unfinished_models(tracker, run_id)
-        info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
-                         python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                         artifacts={CHECKPOINT: str(checkpoint)}, signature=_signature(operating_points),
-                         input_example=EXAMPLE_INPUT,  # checked by MLflow: loads and predicts
-                         pip_requirements=_requirements(),
-                         metadata={"btxrd": "needs the btxrd project installed"})  # fmt: skip
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            step=step,
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={CHECKPOINT: str(checkpoint)},
+            signature=_signature(operating_points),
+            input_example=EXAMPLE_INPUT,  # checked by MLflow: loads and predicts
+            pip_requirements=_requirements(),
+            metadata={"btxrd": "needs the btxrd project installed"},
+        )
     except (MlflowException, OSError) as exc:  # a server that does not answer, a full disk: kept for later
         down = (unreachable(exc) if isinstance(exc, MlflowException) else None) or store_full(exc, tracker.shown_uri)
         if down is None:
@@ -100,22 +107,29 @@ def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str
     if not candidates:
         return None
     if len({monitor for _, monitor, _ in candidates}) > 1:
-        raise ConfigError("sweep.register_best: the jobs follow different train.monitor values; "
-                          "no single validation metric picks the best")  # fmt: skip
+        raise ConfigError(
+            "sweep.register_best: the jobs follow different train.monitor values; "
+            "no single validation metric picks the best"
+        )
     score, monitor, best = max(candidates, key=lambda c: c[0])
     client = tracker.client
     try:
         client.get_registered_model(name)
     except Exception:  # not registered yet (MLflow raises its RESOURCE_DOES_NOT_EXIST error)
         client.create_registered_model(name, description="btxrd classifiers: the best run of a sweep by validation")
-    tags = {"sweep_dir": best.data.tags.get("sweep_dir", ""), "run_id": best.info.run_id,
-            "configuration": best.data.tags.get("overrides", ""), f"best_{monitor}": f"{score:.4f}"}  # fmt: skip
+    tags = {
+        "sweep_dir": best.data.tags.get("sweep_dir", ""),
+        "run_id": best.info.run_id,
+        "configuration": best.data.tags.get("overrides", ""),
+        f"best_{monitor}": f"{score:.4f}",
+    }
     metrics = best.data.metrics
     for key in sorted(k for k in metrics if k.startswith("test_") and f"{k}_ci_low" in metrics):
         tags[key] = f"{metrics[key]:.4f} [{metrics[f'{key}_ci_low']:.4f}, {metrics[f'{key}_ci_high']:.4f}]"
     model_id = best.data.tags[LOGGED_MODEL_TAG]
-    version = client.create_model_version(name, source=f"models:/{model_id}", run_id=best.info.run_id,
-                                          tags=tags, model_id=model_id)  # fmt: skip
+    version = client.create_model_version(
+        name, source=f"models:/{model_id}", run_id=best.info.run_id, tags=tags, model_id=model_id
+    )
     log.info("registered %s as %s version %s (best %s %.4f)", best.info.run_name, name, version.version, monitor, score)
     return best.info.run_name, str(version.version)
 
@@ -128,8 +142,9 @@ def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tupl
 
     mlflow.set_tracking_uri(tracker.uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest),
-                                                         tracking_uri=tracker.uri))  # fmt: skip
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest), tracking_uri=tracker.uri)
+        )
     except Exception as exc:  # MlflowException: no such model, version or run
         raise ConfigError(f"model_uri={model_uri}: {str(exc).splitlines()[0]}") from None
     found = sorted(local.glob(f"artifacts/{CHECKPOINT}/*.pt")) + sorted(local.glob("artifacts/*.pt"))

@@ -52,8 +52,10 @@ class ClassifierModel(PythonModel):
                 _refuse(str(exc))
             low, high = int(image.min()), int(image.max())
             if high - low < MIN_CONTRAST:
-                _refuse(f"image {i}: every pixel lies in {low}-{high}, no radiograph: send uint8 values 0-255 (a float "
-                        "picture in 0-1 must be multiplied by 255 first)")  # fmt: skip
+                _refuse(
+                    f"image {i}: every pixel lies in {low}-{high}, no radiograph: send uint8 values 0-255 (a float "
+                    "picture in 0-1 must be multiplied by 255 first)"
+                )
         batch = self.classifier.run.train.eval_batch_size  # a request of thousands is scored a batch at a time
         tables = [self.classifier.predict(np.stack(prepared[i : i + batch]))[0] for i in range(0, len(prepared), batch)]
         return pd.concat(tables, ignore_index=True)

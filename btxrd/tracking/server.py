@@ -26,13 +26,7 @@ from pathlib import Path
 
 from btxrd.errors import ConfigError
 from btxrd.redaction import redact_text
-from btxrd.runtime.daemons import (
-    log_tail,
-    serve_until_stopped,
-    start_daemon,
-    stop_daemon,
-    wait_while,
-)
+from btxrd.runtime.daemons import log_tail, serve_until_stopped, start_daemon, stop_daemon, wait_while
 
 HOST = "127.0.0.1"
 DATABASE = "mlflow"
@@ -79,11 +73,22 @@ class PostgresCluster:
                     raise ConfigError(f"{self.folder}: user postgres cannot enter {parent}; pick a folder it can reach")
             shutil.chown(self.folder, "postgres", "postgres")
         if not (self.data / "PG_VERSION").is_file():
-            self._run(_postgres_bin("initdb"), "-D", str(self.data), "-U", DB_USER, "-A", "trust", "-E", "UTF8",
-                      "--no-instructions")  # fmt: skip
+            self._run(
+                _postgres_bin("initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                DB_USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
         options = f"-h {HOST} -p {self.port} -c unix_socket_directories=''"
-        self._run(_postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
-                  "start")  # fmt: skip
+        self._run(
+            _postgres_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+        )
         try:
             self._run(_postgres_bin("createdb"), "-h", HOST, "-p", str(self.port), "-U", DB_USER, DATABASE)
         except ConfigError as exc:
@@ -111,9 +116,22 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 180.0) -> None:
         self.artifacts.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
-                   "--artifacts-destination", str(self.artifacts), "--host", HOST, "--port", str(self.port),
-                   "--workers", "2"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_store_uri,
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "2",
+        ]
         self.process = start_daemon(command, self.log, dict(os.environ))
         deadline = time.monotonic() + timeout_s  # the first start creates the schema: slow
         while time.monotonic() < deadline:

@@ -99,8 +99,9 @@ def stale_runs(tracker: Tracker) -> list:
     """RUNNING runs of the experiment opened on this host by a process that is gone."""
     query = f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{socket.gethostname()}'"
     found = retry(lambda: tracker.client.search_runs([tracker.experiment_id], query, max_results=10_000))
-    return [run for run in found
-            if not process_alive(int(run.data.tags[PID]), float(run.data.tags.get(STARTED, "nan")))]  # fmt: skip
+    return [
+        run for run in found if not process_alive(int(run.data.tags[PID]), float(run.data.tags.get(STARTED, "nan")))
+    ]
 
 
 def close_stale(tracker: Tracker) -> list:
@@ -108,14 +109,13 @@ def close_stale(tracker: Tracker) -> list:
     closed = stale_runs(tracker)
     for run in closed:
         tags = run.data.tags
-        reason = (f"its process (pid {tags[PID]} on {tags[HOST]}) is gone: killed, or its machine or tracking "
-                  "server went away; closed by the next sweep on this store or close-stale")  # fmt: skip
+        reason = (
+            f"its process (pid {tags[PID]} on {tags[HOST]}) is gone: killed, or its machine or tracking "
+            "server went away; closed by the next sweep on this store or close-stale"
+        )
         kept = read_close_note(tags.get("output_dir"), run.info.run_id)  # what the job itself knew
         tracker.set_tags(run.info.run_id, {"error": kept or tags.get("error", reason)})
         tracker.end_run(run.info.run_id, "KILLED")
         if kept:
             (Path(tags["output_dir"]) / CLOSE_NOTE).unlink(missing_ok=True)
     return closed
-
-
-
