@@ -35,7 +35,7 @@ VARIANTS = ["B", "C-after", "C-residual"]
 
 
 def autoencoder(variant: str, *, base_channels: int = 64, image_size: int = 256) -> ResidualAutoencoder:
-    """Variant B or C (with its CBAM placement) at the plan's latent size: 16 channels, 16x compression."""
+    """Each autoencoder (CBAM placements included) at its configured latent size: 16 channels, 16x compression."""
     sizes = {"in_channels": 1, "base_channels": base_channels, "latent_channels": 16, "image_size": image_size}
     if variant == "B":
         return ResidualAutoencoder(**sizes)

@@ -8,7 +8,7 @@
 - the loader alone, and one loader worker's images/s on this machine's CPU (how many workers a
   GPU needs), with and without annotation-guided crops and masks;
 - host syncs: ``train.sync_every`` 1 (a read-back every step) against 25; ``train.compile``;
-- the autoencoders at the plan's size (256 px, base 64): peak GPU memory per batch, float32 and bf16.
+- the autoencoders at their configured size (256 px, base 64): peak GPU memory per batch, float32 and bf16.
 
 Every figure is the median of ``ROUNDS`` interleaved rounds with its min and max.
 """
@@ -33,7 +33,7 @@ from btxrd.engine.fit import epoch_stream
 from btxrd.runtime.environment import seed_everything
 
 ROUNDS = 3
-# (model, input size, batch): the plan's sizes, at batches as large as timm's own training benchmark uses and
+# (model, input size, batch): the configured input sizes, at batches as large as timm's own training benchmark uses and
 # at the product's own (conf/model/).
 MODELS = (
     ("b0", 224, 256),
@@ -178,7 +178,7 @@ def sync_and_compile(table, device: torch.device, steps: int = 40) -> dict[str, 
 
 
 def autoencoder_memory(device: torch.device) -> dict[str, Any]:
-    """Peak GPU memory of training steps at the plan's size (256 px, base 64), float32 and bf16."""
+    """Peak GPU memory of training steps at their configured size (256 px, base 64), float32 and bf16."""
     out: dict[str, Any] = {}
     variants = {
         "ae_residual": ["model=ae_residual"],

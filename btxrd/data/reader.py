@@ -44,7 +44,7 @@ from btxrd.files import write_atomically
 
 log = logging.getLogger(__name__)
 
-# Rows whose patient-proxy key matches the previous row join its group (see DESIGN.md:
+# Rows whose patient-proxy key matches the previous row join its group (a patient proxy:
 # consecutive views of one patient share these values; the release has no patient id).
 GROUP_KEY_COLUMNS: tuple[str, ...] = (
     ("center", "age", "gender") + ANATOMY_COLUMNS + REGION_COLUMNS + ("tumor", "benign", "malignant")

@@ -1,12 +1,12 @@
-"""Residual autoencoder (variant B) and the same with CBAM in every block (variant C).
+"""Residual autoencoder (``ae_residual``) and the same with CBAM in every block (``ae_attention``).
 
 256 x 256 x 1 -> latent 16 x 16 x 16 (16x compression) -> 256 x 256 x 1 in [0, 1].
 Encoder: stem Conv7x7/1-BN-ReLU, four stages of two blocks (the first of each stride 2):
 base -> 2base -> 4base -> 8base, then BN-ReLU and a 1x1 conv to the latent channels. Decoder
 mirrors it: each stage starts with bilinear x2 upsampling + 1x1 conv, then two blocks; BN-ReLU,
-a final Conv7x7 to one channel and a sigmoid. Variant C puts CBAM in every block: 8 + 8 = 16 modules,
-after the block (``model.cbam_placement=after``, the plan's design) or on its residual branch
-(``residual``, as the CBAM paper's own ResNets).
+a final Conv7x7 to one channel and a sigmoid. ``ae_attention`` puts CBAM in every block: 8 + 8 = 16 modules,
+after the block (``model.cbam_placement=after``) or on its residual branch (``residual``, as the CBAM
+paper's own ResNets; ``ae_attention_residual``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ResidualAutoencoder(nn.Module):
             previous = width
         # Pre-activation blocks leave their sum un-normalised (its variance grows block by block):
         # BN-ReLU before each projection, as pre-activation ResNets end with, keeps the latent and
-        # the output in range (without it the sigmoid starts 99% saturated and variant B barely learns).
+        # the output in range (without it the sigmoid starts 99% saturated and ``ae_residual`` barely learns).
         stages += [nn.BatchNorm2d(previous), nn.ReLU(inplace=False), nn.Conv2d(previous, latent_channels, 1)]
         self.encoder = nn.Sequential(*stages)
         decoder: list[nn.Module] = []

@@ -81,7 +81,7 @@ PLACEMENTS = ("after", "residual")
 class ResidualBlockWithCBAM(nn.Module):
     """A pre-activation residual block with CBAM, in one of two places:
 
-    - ``after``: CBAM on the block's output, identity included (the original plan's variant C):
+    - ``after``: CBAM on the block's output, identity included (``ae_attention``'s default):
       ``cbam(branch(x) + shortcut(x))``; 16 blocks multiply the whole signal by 16 gates in sequence;
     - ``residual``: CBAM on the residual branch before the addition, as the CBAM paper's reference
       code (``out = self.cbam(out); out += residual``) and timm's ResNet do:

@@ -40,7 +40,8 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # per write). Each such error reaches the caller here as an exception, which is said in one line.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-# Our own variable: MLFLOW_RUN_ID in the environment would override parent_run_id (DESIGN.md).
+# Our own variable: MLflow reads MLFLOW_RUN_ID from the environment as the run to resume, which would
+# override the parent_run_id a job opens its run under.
 PARENT_RUN_ENV = "BTXRD_PARENT_RUN_ID"
 # MLflow 3's UI opens an experiment in its GenAI mode unless the experiment says it trains models.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
