@@ -95,10 +95,10 @@ autoencoders: venv demo-data  ## autoencoder B vs C (CBAM after the block / on i
 	$(PY) train.py -m experiment=ae_demo data.root=$(abspath $(DEMO_DATA)) \
 	  model=ae_residual,ae_attention,ae_attention_residual seed=0,1,2 hydra.launcher.n_jobs=2
 
-evidence: venv demo-data  ## regenerate one README table from its sweep: make evidence NAME=annotations-demo (NAME=list)
+evidence: venv demo-data  ## regenerate one measured table of docs/ from its sweep: make evidence NAME=annotations-demo (NAME=list)
 	$(PY) -m btxrd.report.evidence $(NAME) --data-root $(abspath $(DEMO_DATA))
 
-bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json and its README tables
+bench: venv  ## benchmark the data path against the model (b0, 128 and 224 px); writes bench/bench.json and its tables in docs/
 	$(PY) -m btxrd.bench
 
 clean:  ## remove caches and run outputs (keeps mlflow.db and mlruns/)

@@ -39,7 +39,7 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     import torch
 
     from btxrd.bench.cpu import PHASES
-    from btxrd.bench.readme import code_measured, made_by
+    from btxrd.bench.tables import code_measured, made_by
 
     made = made_by(
         ["--only", section] if section != "cpu" else [], 1_795_000_000.0, torch.device("cpu"), code_measured()
@@ -154,7 +154,7 @@ def _saved_results(section: str, efficiency: list[float] | None = None) -> dict:
     }
 
 
-def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_made(tmp_path, capsys) -> None:
+def test_make_bench_writes_its_tables_into_their_blocks_with_how_they_were_made(tmp_path, capsys) -> None:
     import json
 
     from btxrd.bench.__main__ import main
@@ -167,7 +167,7 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     for section in ("cpu", "allocator", "sizes"):
         saved = tmp_path / f"{section}.json"
         saved.write_text(json.dumps(_saved_results(section)))
-        assert main(["--results", str(saved), "--readme", str(readme)]) == 0
+        assert main(["--results", str(saved), "--page", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and "\nold\n" not in text
     cpu_block = text[text.index("<!-- evidence bench-cpu -->") : text.index("<!-- /evidence bench-cpu -->")]
@@ -194,18 +194,18 @@ def test_make_bench_writes_its_tables_into_the_readme_blocks_with_how_they_were_
     assert "256 px, base 64, float32" in text
     assert "| ae_residual | 23.9 M | 437 MB | 6.8 GB | 13.6 GB | 365 MB |" in text
     # Again from the same file: the same README (a re-run's git diff shows only what moved)
-    assert main(["--results", str(tmp_path / "allocator.json"), "--readme", str(readme)]) == 0
+    assert main(["--results", str(tmp_path / "allocator.json"), "--page", str(readme)]) == 0
     assert readme.read_text() == text
 
     # A file whose efficiency is impossible writes nothing; a file that is not a results file is one line
     impossible = tmp_path / "impossible.json"
     impossible.write_text(json.dumps(_saved_results("cpu", efficiency=[1.1, 1.2])))
-    assert main(["--results", str(impossible), "--readme", str(readme)]) == 1
+    assert main(["--results", str(impossible), "--page", str(readme)]) == 1
     assert readme.read_text() == text and "physically impossible figures" in capsys.readouterr().err
     (tmp_path / "other.json").write_text("{}")
     from btxrd.cli import run_cli
 
-    assert run_cli(lambda: main(["--results", str(tmp_path / "other.json"), "--readme", str(readme)])) == 2
+    assert run_cli(lambda: main(["--results", str(tmp_path / "other.json"), "--page", str(readme)])) == 2
     assert capsys.readouterr().err.startswith(f"error: --results {tmp_path / 'other.json'}: not a results file")
 
 
@@ -228,7 +228,7 @@ def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
     readme.write_text("<!-- evidence bench-gpu -->\nold\n<!-- /evidence bench-gpu -->\n")
     saved = tmp_path / "bench_gpu.json"
     saved.write_text(json.dumps(_saved_results("gpu")))
-    assert main(["--results", str(saved), "--readme", str(readme)]) == 0
+    assert main(["--results", str(saved), "--page", str(readme)]) == 0
     text = readme.read_text()
     assert "`python -m btxrd.bench --only gpu`" in text
     assert "NVIDIA H100 80GB HBM3; torch" in text and "CUDA 13.0" in text
@@ -241,15 +241,15 @@ def test_gpu_results_brought_back_write_the_gpu_block(tmp_path) -> None:
 
 
 def test_the_code_measured_is_the_code_when_the_run_started(tmp_path, monkeypatch) -> None:
-    """A section's README write (or an edit while the benchmark runs) is not the measured code."""
+    """A section's page write (or an edit while the benchmark runs) is not the measured code."""
     import json
 
-    from btxrd.bench import cpu, readme
+    from btxrd.bench import cpu, tables
     from btxrd.bench.__main__ import main
 
     edited = []
-    monkeypatch.setattr(readme, "git_commit", lambda: "0123456789abcdef")
-    monkeypatch.setattr(readme, "code_version", lambda commit: commit + ("+e1e1e1e1e1" if edited else ""))
+    monkeypatch.setattr(tables, "git_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(tables, "code_version", lambda commit: commit + ("+e1e1e1e1e1" if edited else ""))
 
     def measured_while_edited() -> dict:
         edited.append(True)
@@ -259,7 +259,7 @@ def test_the_code_measured_is_the_code_when_the_run_started(tmp_path, monkeypatc
     monkeypatch.setattr(cpu, "autoencoder_sizes", measured_while_edited)
     readme_file = tmp_path / "README.md"
     readme_file.write_text("<!-- evidence autoencoder-sizes -->\n<!-- /evidence autoencoder-sizes -->\n")
-    assert main(["--only", "sizes", "--workdir", str(tmp_path), "--readme", str(readme_file)]) == 0
+    assert main(["--only", "sizes", "--workdir", str(tmp_path), "--page", str(readme_file)]) == 0
     made = json.loads((tmp_path / "bench_sizes.json").read_text())["made"]
     assert made["code_version"] == "0123456789abcdef"
     assert "- code: commit 0123456789ab\n" in readme_file.read_text()
@@ -286,7 +286,7 @@ def test_the_start_up_rounds_leave_no_sweep_behind(tmp_path, monkeypatch) -> Non
 @pytest.mark.slow
 def test_make_gpu_check_rehearses_every_step_on_the_cpu_and_writes_the_gpu_block(tmp_path) -> None:
     """What a lent GPU machine's few minutes go to, rehearsed: the suite, the benchmark (both feeds), the
-    grid, one results file that --results turns into the README's bench-gpu block."""
+    grid, one results file that --results turns into the bench-gpu block."""
     import json
     import subprocess
     import sys
@@ -306,7 +306,7 @@ def test_make_gpu_check_rehearses_every_step_on_the_cpu_and_writes_the_gpu_block
     assert [job["status"] for job in results["grid"]["jobs"]] == ["FINISHED", "FINISHED"]
     readme = tmp_path / "README.md"
     readme.write_text("<!-- evidence bench-gpu -->\nold\n<!-- /evidence bench-gpu -->\n")
-    assert main(["--results", str(out), "--readme", str(readme)]) == 0
+    assert main(["--results", str(out), "--page", str(readme)]) == 0
     block = readme.read_text()
     assert "Written by `make gpu-check GPU_CHECK_ARGS=--dry-run`" in block
     assert "The test suite (`make test`'s selection) on this machine:" in block

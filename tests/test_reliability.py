@@ -236,7 +236,9 @@ def test_bad_input_is_named_and_leaves_no_run_running(synth_root: Path, tmp_path
 
 
 def test_documented_servers_bind_to_loopback() -> None:
-    texts = [(PROJECT_ROOT / name).read_text() for name in ("README.md", "Makefile")]
+    from btxrd.report.blocks import pages
+
+    texts = [path.read_text() for path in (*pages(PROJECT_ROOT), PROJECT_ROOT / "Makefile")]
     commands = [line for text in texts for line in text.splitlines() if "mlflow ui" in line or "mlflow server" in line]
     commands = [c for c in commands if ".venv/bin/mlflow" in c or c.strip().startswith(("mlflow", "$(VENV)"))]
     assert commands and all("--host 127.0.0.1" in c for c in commands), commands

@@ -174,7 +174,7 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     assert "- machine: not recorded (runs made before runs named their machine)\n" in markdown
 
 
-def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_rest(
+def test_evidence_writes_a_block_from_a_finished_sweep_and_leaves_the_rest_of_the_page(
     sweep, tmp_path: Path, capsys
 ) -> None:
     from btxrd.report.evidence import main
@@ -185,7 +185,7 @@ def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_res
     before, after = "# Title\n\nprose before\n\n", "\n\nprose after\n"
     old = "<!-- evidence annotations-demo -->\nold table\n<!-- /evidence annotations-demo -->"
     readme.write_text(before + old + after)
-    assert main(["annotations-demo", "--sweep", str(out), "--readme", str(readme)]) == 0
+    assert main(["annotations-demo", "--sweep", str(out), "--page", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith(before + "<!-- evidence annotations-demo -->\nWritten by `make evidence NAME=annotations-")
     assert text.endswith("<!-- /evidence annotations-demo -->" + after) and "old table" not in text
@@ -206,14 +206,14 @@ def test_evidence_writes_a_readme_block_from_a_finished_sweep_and_leaves_the_res
     assert text == readme.read_text() and capsys.readouterr().out.startswith("<!-- evidence annotations-demo -->")
 
     # The same again gives the same file: what a re-run changes is what git diff shows
-    assert main(["annotations-demo", "--sweep", str(out), "--readme", str(readme)]) == 0
+    assert main(["annotations-demo", "--sweep", str(out), "--page", str(readme)]) == 0
     assert readme.read_text() == text
 
 
-def test_evidence_refuses_a_readme_without_the_block_and_every_block_names_a_section(tmp_path: Path) -> None:
-    from btxrd.bench.readme import BLOCKS
+def test_evidence_refuses_a_page_without_the_block_and_every_block_names_a_section(tmp_path: Path) -> None:
+    from btxrd.bench.tables import BLOCKS
     from btxrd.errors import ConfigError
-    from btxrd.report.blocks import blocks_in, write_block
+    from btxrd.report.blocks import blocks_in, page_holding, pages, write_block
     from btxrd.report.evidence import SECTIONS
 
     from .conftest import PROJECT_ROOT
@@ -224,9 +224,20 @@ def test_evidence_refuses_a_readme_without_the_block_and_every_block_names_a_sec
     with pytest.raises(ConfigError, match=r"README.md: no block <!-- evidence showcase --> \.\.\. "):
         write_block(readme, "showcase", "x")
     assert readme.read_text() == "no blocks\n"
+    with pytest.raises(ConfigError, match=r"block <!-- evidence showcase --> must be in exactly one .*found in: none"):
+        page_holding(tmp_path, "showcase")
+    (tmp_path / "docs").mkdir()
+    for page in ("a.md", "b.md"):
+        (tmp_path / "docs" / page).write_text("<!-- evidence showcase -->\n<!-- /evidence showcase -->\n")
+    with pytest.raises(ConfigError, match=r"found in: docs/a.md, docs/b.md\)"):
+        page_holding(tmp_path, "showcase")
+
+    # The project's own pages: every block is a known one, each in exactly one page
     written_by_bench = {name for names in BLOCKS.values() for name in names}
-    assert set(blocks_in(PROJECT_ROOT / "README.md")) <= set(SECTIONS) | written_by_bench
-    assert "annotations-demo" in blocks_in(PROJECT_ROOT / "README.md")
+    held = [name for page in pages(PROJECT_ROOT) for name in blocks_in(page)]
+    assert sorted(held) == sorted(set(SECTIONS) | written_by_bench)
+    assert page_holding(PROJECT_ROOT, "annotations-demo") == PROJECT_ROOT / "docs" / "annotations.md"
+    assert page_holding(PROJECT_ROOT, "bench-gpu") == PROJECT_ROOT / "docs" / "performance.md"
     for section in SECTIONS.values():  # each sweep's first job composes
         compose_config([o.split(",")[0] for o in section.overrides if not o.startswith("hydra.")])
 

@@ -104,7 +104,7 @@ def test_the_bootstrap_resamples_whole_groups_within_each_class() -> None:
 def test_coverage_of_the_95_percent_interval_on_grouped_data(unit: str) -> None:
     """Accuracy and AUROC with a known true value, patients with 1-3 correlated views: the grouped
     bootstrap's intervals cover the truth 93-97% of the time; resampling images ignores the
-    correlation and covers less (printed with -s, quoted in the README)."""
+    correlation and covers less (printed with -s, quoted in docs/statistics.md)."""
     rng = np.random.default_rng(2026)
     true_accuracy, separation, spread = 0.8, 1.5, 0.8
     true_auroc = norm.cdf(separation / np.sqrt(2 * (1 + spread**2)))

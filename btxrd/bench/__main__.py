@@ -1,7 +1,8 @@
 """python -m btxrd.bench [--only cpu|sizes|gpu|allocator|startup]: writes bench/bench.json (CPU, start-up
 included), bench/bench_sizes.json (the autoencoders' memory), bench/bench_gpu.json (GPU), and
 bench/bench_startup.json / bench_allocator.json (when asked for alone); and each section's tables into
-README.md's blocks (``--no-readme``: not; ``--results FILE``: from a saved file, measuring nothing)."""
+the blocks of docs/performance.md and docs/autoencoders.md (``--no-write``: not; ``--results FILE``: from a
+saved file, measuring nothing)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Any
 
 import torch
 
-from btxrd.bench import cpu, readme
+from btxrd.bench import cpu, tables
 from btxrd.cli import run_cli
 from btxrd.config import project_root
 from btxrd.errors import ConfigError
+from btxrd.report.blocks import page_holding
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,16 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-rounds", type=int, default=3, help="cold + warm 2-job sweeps")
     parser.add_argument("--workdir", default=str(Path(project_root()) / "bench"))
     parser.add_argument(
-        "--readme",
+        "--page",
         type=Path,
-        default=Path(project_root()) / "README.md",
-        help="the file whose blocks the tables are written into",
+        default=None,
+        help="the file whose blocks the tables are written into (default: the project page holding each)",
     )
-    parser.add_argument("--no-readme", action="store_true", help="print the tables, write no README block")
+    parser.add_argument("--no-write", action="store_true", help="print the tables, write no page")
     parser.add_argument(
-        "--results", type=Path, default=None, help="measure nothing: write the README blocks of a saved results file"
+        "--results", type=Path, default=None, help="measure nothing: write the blocks of a saved results file"
     )
     args = parser.parse_args(argv)
+    if not args.no_write and args.page is None:  # a block that no page holds fails now, not after the measuring
+        for names in tables.BLOCKS.values():
+            for name in names:
+                page_holding(Path(project_root()), name)
     if args.results is not None:
         try:
             results = json.loads(args.results.read_text())
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": ("bench_sizes.json", cpu.autoencoder_sizes),
         "gpu": ("bench_gpu.json", lambda: _gpu_section(work)),
     }
-    code = readme.code_measured()
+    code = tables.code_measured()
     for section in [args.only] if args.only else ["cpu", "sizes", "gpu"]:
         if section == "gpu" and not torch.cuda.is_available():
             print("no CUDA GPU here: GPU section skipped")
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         results = measure()
         device = torch.device("cuda" if section == "gpu" else "cpu")
-        results.update(section=section, made=readme.made_by(argv, started, device, code))
+        results.update(section=section, made=tables.made_by(argv, started, device, code))
         (work / file_name).write_text(json.dumps(results, indent=2))
         print(f"\nwritten {work / file_name}")
         if not _report(section, results, args):
@@ -92,7 +98,7 @@ def _gpu_section(work: Path) -> dict[str, Any]:
 
 
 def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Print the section's tables and write them into the README; False (nothing written) when a figure
+    """Print the section's tables and write them into their pages; False (nothing written) when a figure
     is physically impossible."""
     flagged = cpu.implausible(results) if section == "cpu" else []
     if flagged:  # never a table
@@ -102,10 +108,10 @@ def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> 
             file=sys.stderr,
         )
         return False
-    for text in readme.blocks(section, results).values():
+    for text in tables.blocks(section, results).values():
         print(f"\n{text}")
-    if not args.no_readme:
-        readme.write(args.readme, section, results)
+    if not args.no_write:
+        tables.write(args.page, section, results)
     return True
 
 

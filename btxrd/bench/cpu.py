@@ -52,7 +52,7 @@ PHASES = (
     ("first_step", "loaders, optimiser, first training step"),
 )
 # Allocator tunables tried by `--only allocator`: the product no longer applies them (no gain beyond the noise;
-# README, Performance)
+# docs/performance.md)
 GLIBC_TUNABLES = (
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824"
 )
@@ -325,8 +325,8 @@ def autoencoder_sizes(
     models: tuple[str, ...] = ("ae_residual", "ae_attention", "ae_attention_residual"),
     batches: tuple[int, ...] = (16, 32),
 ) -> dict[str, Any]:
-    """Each autoencoder at its configured size (the plan's: 256 px, base 64): parameters and the activation
-    memory of one float32 training step (btxrd.models.memory: counted, not timed, so one round)."""
+    """Each autoencoder at its configured size (256 px, base 64, meant for a GPU): parameters and the
+    activation memory of one float32 training step (btxrd.models.memory: counted, not timed, so one round)."""
     from btxrd.config import compose_run
     from btxrd.models import build_model
     from btxrd.models.memory import activation_bytes

@@ -14,8 +14,8 @@ installs them into a folder of its own and runs, within ``--budget-s`` (480 s by
 
 Each step is written into the results file (``bench/gpu_check.json``) as soon as it ends, so a step cut
 off by the budget still leaves the others; ``python -m btxrd.bench --results bench/gpu_check.json`` turns
-it into README's ``bench-gpu`` block. ``--dry-run`` runs the same steps, small, on the CPU: a rehearsal
-here that costs no GPU time.
+it into the ``bench-gpu`` block of docs/performance.md. ``--dry-run`` runs the same steps, small, on the
+CPU: a rehearsal here that costs no GPU time.
 
     python -m btxrd.bench.gpucheck wheels .whl
     python -m btxrd.bench.gpucheck run [--dry-run] [--budget-s 480] [--out bench/gpu_check.json]
@@ -189,16 +189,7 @@ def _bench(dry_run: bool, timeout: float, work: Path, env: dict[str, str]) -> di
         )
         command = [sys.executable, "-c", code, str(work / "bench")]
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "btxrd.bench",
-            "--only",
-            "gpu",
-            "--no-readme",
-            "--workdir",
-            str(work / "bench"),
-        ]
+        command = [sys.executable, "-m", "btxrd.bench", "--only", "gpu", "--no-write", "--workdir", str(work / "bench")]
     (work / "bench").mkdir(parents=True, exist_ok=True)
     exit_code, seconds = _timed(command, timeout, work / "bench.log", env)
     measured = work / "bench" / ("bench_gpu.json" if exit_code == 0 else "bench_gpu.partial.json")
@@ -300,7 +291,7 @@ def check(out: Path, dry_run: bool, budget_s: float) -> dict[str, Any]:
     """The whole check (the module's docstring); the results, also written to ``out`` after every step."""
     import torch
 
-    from btxrd.bench.readme import code_measured, made_by
+    from btxrd.bench.tables import code_measured, made_by
 
     if not dry_run and not torch.cuda.is_available():
         raise ConfigError("gpu-check: no CUDA GPU here (--dry-run rehearses it on the CPU)")

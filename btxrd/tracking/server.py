@@ -6,7 +6,7 @@
 Without ``--backend-store-uri`` it runs a PostgreSQL cluster of its own under ``--dir``
 (created on first use, reused after) and stops it again on exit. Runs until Ctrl-C or
 SIGTERM. The server listens on 127.0.0.1 only: MLflow has no authentication of its own,
-so colleagues reach it through an SSH tunnel (README, "Scaling out").
+so colleagues reach it through an SSH tunnel (docs/scaling-out.md).
 """
 
 from __future__ import annotations

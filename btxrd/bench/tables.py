@@ -1,10 +1,10 @@
-"""The benchmark's tables as README.md shows them, written there by the benchmark itself.
+"""The benchmark's tables as the documentation shows them, written there by the benchmark itself.
 
 Each results file (bench/bench.json, bench_sizes.json, bench_startup.json, bench_allocator.json,
-bench_gpu.json) holds
-its section's name and how it was made (command, code, machine, when); ``blocks`` turns it into the
-README blocks it measures, which ``make bench`` writes, and ``python -m btxrd.bench --results FILE``
-writes again from a saved file (a GPU machine's results brought back, say).
+bench_gpu.json) holds its section's name and how it was made (command, code, machine, when); ``blocks``
+turns it into the blocks it measures, which ``make bench`` writes into the pages that hold them
+(docs/performance.md, docs/autoencoders.md), and ``python -m btxrd.bench --results FILE`` writes again
+from a saved file (a GPU machine's results brought back, say).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import torch
 
 from btxrd.bench.common import described_efficiency, shown
 from btxrd.bench.cpu import PHASES
-from btxrd.report.blocks import closing, opening, write_block
+from btxrd.config import project_root
+from btxrd.report.blocks import closing, opening, page_holding, write_block
 from btxrd.report.render import code_line, machine_line, markdown_table, utc
 from btxrd.runtime.environment import machine_tags
 from btxrd.runtime.provenance import code_version, git_commit
 
-# README block of each section's results (the CPU section's results hold its start-up table too)
+# the blocks of each section's results (the CPU section's results hold its start-up table too)
 BLOCKS = {
     "cpu": ("bench-cpu", "bench-startup"),
     "startup": ("bench-startup",),
@@ -33,7 +34,7 @@ BLOCKS = {
 
 
 def code_measured() -> dict[str, str]:
-    """The code a benchmark run measures, read before it starts: its own README writes (and any edit
+    """The code a benchmark run measures, read before it starts: its own page writes (and any edit
     made while it runs) would otherwise count as uncommitted changes of a later section."""
     commit = git_commit()
     return {"mlflow.source.git.commit": commit, "code_version": code_version(commit=commit)}
@@ -52,7 +53,7 @@ def made_by(argv: list[str], started: float, device: torch.device, code: dict[st
 
 
 def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
-    """The README blocks of a section's results, by name."""
+    """The blocks of a section's results, by name."""
     made = results["made"]
     render = {
         "bench-cpu": lambda: _cpu(results),
@@ -67,10 +68,12 @@ def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def write(readme: Path, section: str, results: dict[str, Any]) -> None:
+def write(page: Path | None, section: str, results: dict[str, Any]) -> None:
+    """Write the section's blocks into ``page``, or else into the project page that holds each."""
     for name, text in blocks(section, results).items():
-        write_block(readme, name, text)
-    print(f"\nwritten to {readme}: {', '.join(BLOCKS[section])} (git diff shows what moved)")
+        target = page or page_holding(Path(project_root()), name)
+        write_block(target, name, text)
+        print(f"written to {target}: {name} (git diff shows what moved)")
 
 
 def _provenance(made: dict[str, Any]) -> list[str]:
@@ -342,7 +345,7 @@ def _gpu_autoencoders(measured: dict[str, Any]) -> str:
         ],
     )
     return (
-        "The autoencoders at the plan's size (256 px, base 64), peak GPU memory of training steps (activations, "
+        "The autoencoders at their configured size (256 px, base 64), peak GPU memory of training steps (activations, "
         f"gradients, AdamW state, cuDNN workspaces):\n\n{memory}"
     )
 
