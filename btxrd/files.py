@@ -86,6 +86,14 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
+def file_version(path: str | Path) -> str:
+    """What changes when the file does, without reading it: its size and modification time, the key of every
+    memo and cache built from files (a file rewritten in place within the same nanosecond and size is not
+    told apart; reading every byte to hash it would cost what the memos save)."""
+    info = os.stat(path)
+    return f"{info.st_size}|{info.st_mtime_ns}"
+
+
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` then a rename onto ``path``: a process reading meanwhile, or a kill, sees the whole
     file or none. On failure the temporary file is removed; a write that failed for want of room (or a

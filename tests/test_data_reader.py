@@ -186,13 +186,13 @@ def test_generator_is_deterministic_and_follows_release_proportions(tmp_path: Pa
 
 
 def test_probe_memo_skips_known_files_but_sees_changes(synth_copy: Path, tmp_path: Path, monkeypatch) -> None:
-    from btxrd.data import reader
+    from btxrd.data import probe
 
     load_dataset(synth_copy, memo_dir=tmp_path)
     probed: list[int] = []
-    real_probe = reader._probe_all
+    real_probe = probe._probe_all
     monkeypatch.setattr(
-        reader, "_probe_all", lambda paths, *limits: probed.append(len(paths)) or real_probe(paths, *limits)
+        probe, "_probe_all", lambda paths, *limits: probed.append(len(paths)) or real_probe(paths, *limits)
     )
     load_dataset(synth_copy, memo_dir=tmp_path)
     assert probed == [0]  # every image known and unchanged
@@ -226,9 +226,9 @@ def test_the_sheet_is_read_once_and_again_when_edited(synth_copy: Path, tmp_path
 @pytest.mark.slow
 def test_two_processes_probe_a_new_dataset_once(synth_root: Path, tmp_path: Path) -> None:
     outputs = run_python_at_once(
-        "import time; from btxrd.data import reader; from btxrd.data.reader import load_dataset;"
-        "slow = reader._probe_all;"
-        "reader._probe_all = lambda paths, *limits: (time.sleep(1.5), slow(paths, *limits))[1];"
+        "import time; from btxrd.data import probe; from btxrd.data.reader import load_dataset;"
+        "slow = probe._probe_all;"
+        "probe._probe_all = lambda paths, *limits: (time.sleep(1.5), slow(paths, *limits))[1];"
         f"t = load_dataset({str(synth_root)!r}, memo_dir={str(tmp_path)!r}); print('rows', len(t))"
     )
     assert all("rows 160" in out for out in outputs), outputs

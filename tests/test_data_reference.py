@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from btxrd.data.annotations import read_annotation
-from btxrd.data.reader import patient_groups, read_sheet
+from btxrd.data.sheet import patient_groups, read_sheet
 from btxrd.data.splits import make_split
 from btxrd.settings import StratifiedSplitConfig
 

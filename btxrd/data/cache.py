@@ -7,8 +7,8 @@ resized keeping its aspect ratio, optionally contrast-enhanced (CLAHE, OpenCV),
 and centred on a square canvas of the *source* size (``data.cache_source_size``).
 Every smaller canvas any run asks for is resized from that source file, so a sweep
 over several input sizes decodes each JPEG once in total; a larger one is decoded
-directly. Files: ``<cache_dir>/<fingerprint>_<size>_<preprocess>[_from<source>].npy``
-plus a JSON of geometry. The fingerprint covers the image files (name, size, mtime),
+directly. Files: ``<cache_dir>/<files digest>_<size>_<preprocess>[_from<source>].npy``
+plus a JSON of geometry. The files digest covers the image files (name, size, mtime),
 so a changed dataset gets a new cache. A file lock makes concurrent jobs of a sweep
 build each file once: one builds, the others wait and reuse. Written here rather
 than with a generic cache library because the whole data set stays one mmap that
@@ -36,7 +36,7 @@ from btxrd.data.dicom import open_radiograph
 from btxrd.data.limits import DEFAULT_LIMITS, InputLimits
 from btxrd.data.pixels import TRANSPOSED, orientation, to_gray8, upright, upright_size
 from btxrd.errors import DataError, StorageError
-from btxrd.files import MB, room_left, write_atomically
+from btxrd.files import MB, file_version, room_left, write_atomically
 from btxrd.settings import DataConfig
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,11 @@ def canvas_size(image_size: int, canvas_scale: float) -> int:
     return int(round(image_size * canvas_scale))
 
 
-def fingerprint(table: pd.DataFrame) -> str:
-    """Hash of the image files' names, sizes and modification times."""
+def files_digest(table: pd.DataFrame) -> str:
+    """Hash of the image files' names and versions (size, modification time): a cache's key."""
     digest = hashlib.sha1(f"v{CACHE_VERSION}".encode())
     for image_id, path in zip(table["image_id"], table["path"], strict=True):
-        stat = os.stat(path)
-        digest.update(f"{image_id}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{image_id}|{file_version(path)}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -148,10 +147,10 @@ def _build(
     image_ids: list[str],
     describe: Callable[[int], str],
 ) -> None:
-    tmp_data = data_path.with_suffix(".u8.tmp")
-    try:
+    scale, offset, extent = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2), dtype=int)
+
+    def fill(tmp_data: Path) -> None:
         pixels = _allocated_memmap(tmp_data, (n, size, size))
-        scale, offset, extent = np.zeros((n, 2)), np.zeros((n, 2)), np.zeros((n, 2), dtype=int)
 
         def work(i: int) -> str | None:
             try:
@@ -165,10 +164,8 @@ def _build(
         if failures:
             raise DataError(f"cannot decode {len(failures)} image(s): {', '.join(failures[:5])}")
         pixels.flush()
-        os.replace(tmp_data, data_path)
-    except BaseException:
-        tmp_data.unlink(missing_ok=True)
-        raise
+
+    write_atomically(data_path, fill)
     meta = {
         "image_ids": image_ids,
         "scale": scale.tolist(),
@@ -245,7 +242,7 @@ def cache_images(
     cache_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or max(1, os.cpu_count() or 1)
     image_ids = table["image_id"].tolist()
-    prefix = f"{fingerprint(table)}_"
+    prefix = f"{files_digest(table)}_"
 
     def decoded(at: int) -> ImageCache:
         def build(data_path: Path, meta_path: Path) -> None:

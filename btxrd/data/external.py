@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from btxrd.data.limits import InputLimits
-from btxrd.data.reader import PROBED, probe_images
+from btxrd.data.probe import PROBED, probe_images
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import DataError
 from btxrd.files import inside

@@ -1,7 +1,7 @@
 """Train/val/test splits: stratified, by centre, k-fold; all patient-proxy grouped.
 
 The release has no patient id, and consecutive rows are often views of one patient
-(see ``reader.patient_groups``): splitting image by image would put views of one
+(see ``sheet.patient_groups``): splitting image by image would put views of one
 patient on both sides. Every split here assigns whole groups to parts (unless
 ``group_patients`` is off), stratified by class and centre, deterministically
 from the seed. The result is one part name per image: ``train``, ``val``,
