@@ -98,26 +98,14 @@ class Trainer:
         self.run = replace(run, train=replace(run.train, **train))
         self.model = build_model(self.run.model)
         self.objective = make_task(self.run).objective(self.model)
-        self.training, self.inputs, self.scaler, self.stepper = set_up_training(
+        self.training, self.stepper = set_up_training(
             self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10
         )
         self.epoch = 0
 
     def run_epoch(self, batches: Iterable[Batch]) -> EpochStats:
-        stats = train_one_epoch(
-            self.stepper,
-            batches,
-            self.objective,
-            self.training.optimizer,
-            self.training.scheduler,
-            self.scaler,
-            self.inputs,
-            epoch=self.epoch,
-            generator=torch.Generator(self.inputs.device).manual_seed(self.epoch),
-            amp=self.run.train.amp,
-            grad_clip=0.0,
-            sync_every=self.run.train.sync_every,
-        )
+        generator = torch.Generator(self.stepper.inputs.device).manual_seed(self.epoch)
+        stats = train_one_epoch(self.stepper, batches, self.objective, epoch=self.epoch, generator=generator)
         self.epoch += 1
         return stats
 

@@ -58,7 +58,7 @@ def _epochs(trainer: Trainer, next_epoch: Callable[[], Iterable], epochs: int) -
     images, start = 0, time.perf_counter()
     for _ in range(epochs):
         images += trainer.run_epoch(next_epoch()).images
-    _synchronize(trainer.inputs.device)
+    _synchronize(trainer.stepper.inputs.device)
     return images / (time.perf_counter() - start)
 
 

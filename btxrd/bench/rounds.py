@@ -112,7 +112,7 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
 def gradcam_over_forward(trainer: Trainer, batch: Batch, repeats: int = 3) -> float:
     """Seconds of Grad-CAM (forward + backward to the target layer) over seconds of a forward pass."""
     model = trainer.model.eval()
-    x = trainer.inputs(batch.images)
+    x = trainer.stepper.inputs(batch.images)
     with torch.no_grad():
         model(x)
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from btxrd.data.feed import DeviceFeed
 from btxrd.data.loaders import EpochBatches
 from btxrd.engine.checkpoint import save_checkpoint, weights_mismatch, without_resume_state
 from btxrd.engine.inputs import InputPipeline, amp_dtype, place_model
-from btxrd.engine.loop import Objective, train_one_epoch
+from btxrd.engine.loop import EpochStats, Objective, Stepper, train_one_epoch
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
 from btxrd.errors import ConfigError
 from btxrd.settings import TrainConfig, parse_auto_bool
@@ -96,26 +96,28 @@ class _Training:
 def set_up_training(
     model: nn.Module,
     objective: Objective,
-    train: TrainConfig,
+    settings: TrainConfig,
     device: torch.device,
     train_labels: np.ndarray,
     steps_per_epoch: int,
-) -> tuple[_Training, InputPipeline, torch.amp.GradScaler, nn.Module]:
-    """Model on the device, objective, optimiser, schedule, loss scaler, input pipeline; and the module
-    the training steps call (compiled with ``train.compile``)."""
-    place_model(model, device, train.channels_last)
-    inputs = InputPipeline(device, objective.inputs, train.channels_last)
+) -> tuple[_Training, Stepper]:
+    """Model on the device, objective, optimiser, schedule, loss scaler, input pipeline: what training
+    saves to resume from, and what each step uses."""
+    place_model(model, device, settings.channels_last)
+    inputs = InputPipeline(device, objective.inputs, settings.channels_last)
     objective.setup(model, device, train_labels)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = warmup_cosine(
-        train.epochs * steps_per_epoch, round(train.warmup_epochs * steps_per_epoch), train.min_lr_ratio
+        settings.epochs * steps_per_epoch, round(settings.warmup_epochs * steps_per_epoch), settings.min_lr_ratio
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_scaler = train.amp and amp_dtype(device) == torch.float16  # bf16 needs no loss scaling
+    use_scaler = settings.amp and amp_dtype(device) == torch.float16  # bf16 needs no loss scaling
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    # Training steps may run compiled; validation, checkpoints and Grad-CAM use the module itself.
-    stepper = torch.compile(model) if train.compile else model
-    return _Training(model, optimizer, scheduler, EarlyStopping(train.patience)), inputs, scaler, stepper
+    module = torch.compile(model) if settings.compile else model
+    stepper = Stepper(
+        module, optimizer, scheduler, scaler, inputs, settings.amp, settings.grad_clip, settings.sync_every
+    )
+    return _Training(model, optimizer, scheduler, EarlyStopping(settings.patience)), stepper
 
 
 def epoch_stream(loader: DataLoader | DeviceFeed, start_epoch: int) -> Callable[[], Iterable]:
@@ -132,10 +134,10 @@ def epoch_stream(loader: DataLoader | DeviceFeed, start_epoch: int) -> Callable[
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader | DeviceFeed,
+    train_batches: DataLoader | DeviceFeed,
     val_loader: DataLoader,
     objective: Objective,
-    train: TrainConfig,
+    settings: TrainConfig,
     *,
     monitor: str,
     seed: int,
@@ -154,51 +156,26 @@ def fit(
     ``extra_state``: stored in every checkpoint (e.g. the config, the code version).
     """
     out_dir = Path(out_dir)
-    training, inputs, scaler, stepper = set_up_training(
-        model, objective, train, device, np.asarray(train_loader.dataset.labels), len(train_loader)
+    training, stepper = set_up_training(
+        model, objective, settings, device, np.asarray(train_batches.dataset.labels), len(train_batches)
     )
     if resume is not None:
         training.resume_from(resume, out_dir)
-    progress = parse_auto_bool(train.progress)
+    progress = parse_auto_bool(settings.progress)
     show_bar = sys.stderr.isatty() if progress is None else progress
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     first_step_at = math.nan
-    next_epoch = epoch_stream(train_loader, training.epoch)
-    while training.epoch < train.epochs and not training.stopper.should_stop:
+    next_epoch = epoch_stream(train_batches, training.epoch)
+    while training.epoch < settings.epochs and not training.stopper.should_stop:
         epoch = training.epoch
         batches = next_epoch()
-        bar = (
-            tqdm(batches, total=len(train_loader), desc=f"epoch {epoch + 1}/{train.epochs}", leave=False)
-            if show_bar
-            else None
-        )
-        stats = train_one_epoch(
-            stepper,
-            batches,
-            objective,
-            training.optimizer,
-            training.scheduler,
-            scaler,
-            inputs,
-            epoch=epoch,
-            generator=torch.Generator(device).manual_seed(seed * 7919 + epoch),
-            amp=train.amp,
-            grad_clip=train.grad_clip,
-            sync_every=train.sync_every,
-            bar=bar,
-        )
+        described = f"epoch {epoch + 1}/{settings.epochs}"
+        bar = tqdm(batches, total=len(train_batches), desc=described, leave=False) if show_bar else None
+        generator = torch.Generator(device).manual_seed(seed * 7919 + epoch)
+        stats = train_one_epoch(stepper, batches, objective, epoch=epoch, generator=generator, bar=bar)
         if math.isnan(first_step_at):
             first_step_at = stats.first_step_at
-        validation_start = time.perf_counter()
-        row = {
-            "train_loss": stats.loss,
-            **stats.extras,
-            **objective.validate(model, val_loader, device),
-            "lr": training.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": stats.seconds + time.perf_counter() - validation_start,
-            "train_images_per_second": stats.images / stats.seconds,
-        }
-        row = {k: float(v) for k, v in row.items()}  # plain floats: checkpoints load with weights_only=True
+        row = _epoch_row(stats, objective, model, val_loader, device, training.optimizer)
         training.epoch = epoch + 1
         training.history.append(row)
         if logger is not None:
@@ -219,3 +196,24 @@ def fit(
         training.history,
         first_step_at,
     )
+
+
+def _epoch_row(
+    stats: EpochStats,
+    objective: Objective,
+    model: nn.Module,
+    val_loader: DataLoader,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, float]:
+    """An epoch's metrics: training loss and extras, validation, learning rate, time and throughput."""
+    validation_start = time.perf_counter()
+    row = {
+        "train_loss": stats.loss,
+        **stats.extras,
+        **objective.validate(model, val_loader, device),
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch_seconds": stats.seconds + time.perf_counter() - validation_start,
+        "train_images_per_second": stats.images / stats.seconds,
+    }
+    return {k: float(v) for k, v in row.items()}  # plain floats: checkpoints load with weights_only=True

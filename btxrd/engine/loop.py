@@ -97,32 +97,42 @@ class _Running:
             )
 
 
+@dataclass
+class Stepper:
+    """What an optimiser step uses: the module it calls (compiled with ``train.compile``; validation,
+    checkpoints and Grad-CAM use the model itself), the optimiser and its schedule, the loss scaler, the
+    input pipeline, and the step's settings (``train.amp``, ``grad_clip``, ``sync_every``)."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    inputs: InputPipeline
+    amp: bool
+    grad_clip: float
+    sync_every: int
+
+
 def train_one_epoch(
-    model: nn.Module,
+    stepper: Stepper,
     batches: Iterable[Batch],
     objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    inputs: InputPipeline,
     *,
     epoch: int,
     generator: torch.Generator,
-    amp: bool,
-    grad_clip: float,
-    sync_every: int,
     bar: tqdm | None = None,
 ) -> EpochStats:
-    """Train ``model`` on ``batches`` (one epoch's; epochs count from 0); ``bar``, if given, wraps them."""
+    """Train on ``batches`` (one epoch's; epochs count from 0); ``bar``, if given, wraps them."""
+    model, optimizer, scaler, inputs = stepper.module, stepper.optimizer, stepper.scaler, stepper.inputs
     device = inputs.device
-    check_every = sync_every if device.type == "cuda" else 1
+    check_every = stepper.sync_every if device.type == "cuda" else 1
     model.train()
     start = time.perf_counter()
     running = _Running(device)
     first_step_at = math.nan
     for step, batch in enumerate(bar if bar is not None else batches):
         x = inputs(batch.images, generator)
-        with autocast(device, amp):
+        with autocast(device, stepper.amp):
             loss, extras = objective.loss(model, x, batch)
         running.add(step, loss, len(batch), extras)
         if step % check_every == 0:
@@ -131,12 +141,12 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{float(running.loss) / running.images:.4f}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if grad_clip > 0:
+        if stepper.grad_clip > 0:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            nn.utils.clip_grad_norm_(model.parameters(), stepper.grad_clip)
         scaler.step(optimizer)  # with fp16 loss scaling this syncs to skip steps with inf gradients
         scaler.update()
-        scheduler.step()
+        stepper.scheduler.step()
         if math.isnan(first_step_at):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # sync point, once: when the first step has really run
