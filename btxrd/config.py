@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from btxrd.errors import ConfigError
-from btxrd.settings import MODEL_FAMILIES, SPLITS, EvaluateConfig, RunConfig, check
+from btxrd.setting_fields import check
+from btxrd.settings import MODEL_FAMILIES, SPLITS, EvaluateConfig, RunConfig
 
 PROJECT_ROOT_ENV = "BTXRD_PROJECT_ROOT"
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -4,7 +4,7 @@ The values live in ``conf/`` (YAML), once: these dataclasses declare what each k
 allowed range or choices), never its value, so every field defaults to MISSING. Hydra merges the
 YAML onto them (``btxrd.config`` registers them in its ConfigStore), which refuses an unknown
 key or a value of the wrong type at composition with an error naming the key. Ranges and
-choices, which OmegaConf cannot express, are field metadata checked by ``check`` right after
+choices, which OmegaConf cannot express, are field metadata (``btxrd.setting_fields``) checked right after
 composition, before any file is read: a bad value fails in one line naming its full key.
 
 Plain dataclasses, standard library only: the data, models and engine layers may take these
@@ -14,108 +14,11 @@ each task's own module (``btxrd.tasks``), so that a new task is one module and o
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from btxrd.errors import ConfigError
-
-MISSING = "???"  # OmegaConf's marker of a mandatory value (omegaconf.MISSING), without importing OmegaConf
-
-
-def setting(
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    lt: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-    check: Callable[[Any], str | None] | None = None,
-) -> Any:
-    """A field without a default (the value comes from conf/) and with the range it must lie in.
-
-    ``check(value)`` returns what is wrong with a value (e.g. "must be auto or an integer >= 0"), or None.
-    """
-    return field(default=MISSING, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "check": check})
-
-
-def _problem(value: Any, meta: dict[str, Any]) -> str | None:
-    if value is None:  # Optional fields: None is checked by the type, not the range
-        return None
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return "choose one of " + ", ".join(str(c) for c in meta["choices"])
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number"
-        bounds = (
-            ("ge", ">=", value >= (meta["ge"] if meta.get("ge") is not None else -math.inf)),
-            ("gt", ">", value > (meta["gt"] if meta.get("gt") is not None else -math.inf)),
-            ("le", "<=", value <= (meta["le"] if meta.get("le") is not None else math.inf)),
-            ("lt", "<", value < (meta["lt"] if meta.get("lt") is not None else math.inf)),
-        )
-        broken = [f"{sign} {meta[key]:g}" for key, sign, ok in bounds if not ok]
-        if broken:
-            return "must be " + " and ".join(broken)
-    if meta.get("check") is not None:
-        return meta["check"](value)
-    return None
-
-
-def check(settings: Any, prefix: str = "") -> None:
-    """Check every field's range and choices, recursively; raise ConfigError naming the first bad key."""
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value):
-            check(value, f"{key}.")
-            continue
-        problem = _problem(value, dict(f.metadata))
-        if problem:
-            raise ConfigError(f"{key}={value!r}: {problem}")
-    validate = getattr(settings, "validate", None)
-    if validate is not None:  # relations between fields (e.g. split fractions summing to 1); names its keys
-        problem = validate()
-        if problem:
-            raise ConfigError(problem)
-
-
-def auto_or_int(minimum: int) -> Callable[[Any], str | None]:
-    """For settings that are ``auto`` or a whole number (threads, loader workers)."""
-
-    def test(value: Any) -> str | None:
-        if str(value) == "auto":
-            return None
-        try:
-            ok = int(str(value)) >= minimum
-        except ValueError:
-            ok = False
-        return None if ok else f"must be auto or a whole number >= {minimum}"
-
-    return test
-
-
-def auto_or_bool(value: Any) -> str | None:
-    return None if str(value).lower() in ("auto", "true", "false") else "must be auto, true or false"
-
-
-def device_name(value: Any) -> str | None:
-    text = str(value)
-    if text in ("auto", "cpu", "cuda", "mps") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return None
-    return "must be auto, cpu, cuda or cuda:N"
-
-
-def parse_auto_int(value: Any) -> int | None:
-    """``auto`` -> None, else the number."""
-    return None if str(value) == "auto" else int(str(value))
-
-
-def parse_auto_bool(value: Any) -> bool | None:
-    """``auto`` -> None, else the boolean."""
-    text = str(value).lower()
-    return None if text == "auto" else text == "true"
-
+from btxrd.setting_fields import auto_bool, auto_int, auto_or_bool, auto_or_int, device_name, setting
 
 # ----------------------------------------------------------------------------------- groups
 
@@ -155,6 +58,10 @@ class DataConfig:
     hflip: bool = setting()
     brightness: float = setting(ge=0, le=1)
     contrast: float = setting(ge=0, le=1)
+
+    @property
+    def worker_count(self) -> int | None:
+        return auto_int(self.num_workers)
 
     def validate(self) -> str | None:
         if not self.root.strip():  # Path("") is the working folder: it would be read as the dataset
@@ -287,6 +194,22 @@ class TrainConfig:
     resume: str = setting(check=auto_or_bool)
     checkpoint_dir: str = setting()
 
+    @property
+    def thread_count(self) -> int | None:
+        return auto_int(self.num_threads)
+
+    @property
+    def strict_determinism(self) -> bool | None:
+        return auto_bool(self.deterministic)
+
+    @property
+    def progress_bar(self) -> bool | None:
+        return auto_bool(self.progress)
+
+    @property
+    def resume_mode(self) -> bool | None:
+        return auto_bool(self.resume)
+
 
 @dataclass
 class TrackingConfig:
@@ -395,6 +318,10 @@ class EvaluateConfig:
     num_threads: str = setting(check=auto_or_int(1))
     batch_size: int | None = setting(ge=1)  # images scored at once; null: the run's train.eval_batch_size
     data: EvaluateDataConfig = field(default_factory=EvaluateDataConfig)
+
+    @property
+    def thread_count(self) -> int | None:
+        return auto_int(self.num_threads)
 
     def validate(self) -> str | None:
         if sum(bool(source) for source in (self.run_id, self.checkpoint, self.model_uri)) != 1:

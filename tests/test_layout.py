@@ -11,6 +11,7 @@ PACKAGE = PROJECT_ROOT / "btxrd"
 LAYERS = {
     "errors": 0,
     "settings": 0,
+    "setting_fields": 0,
     "cli": 0,
     "redaction": 0,
     "files": 0,
@@ -31,7 +32,19 @@ LAYERS = {
     "predict": 8,
 }
 # no Hydra, no MLflow
-PLAIN = ("settings", "errors", "redaction", "files", "runtime", "data", "models", "engine", "metrics", "cam")
+PLAIN = (
+    "settings",
+    "setting_fields",
+    "errors",
+    "redaction",
+    "files",
+    "runtime",
+    "data",
+    "models",
+    "engine",
+    "metrics",
+    "cam",
+)
 
 
 def _imports() -> dict[str, set[str]]:

@@ -29,7 +29,7 @@ from btxrd.engine.inputs import InputPipeline, amp_dtype, place_model
 from btxrd.engine.loop import EpochStats, Objective, Stepper, train_one_epoch
 from btxrd.engine.schedule import EarlyStopping, warmup_cosine
 from btxrd.errors import ConfigError
-from btxrd.settings import TrainConfig, parse_auto_bool
+from btxrd.settings import TrainConfig
 
 
 class MetricLogger(Protocol):
@@ -161,7 +161,7 @@ def fit(
     )
     if resume is not None:
         training.resume_from(resume, out_dir)
-    progress = parse_auto_bool(settings.progress)
+    progress = settings.progress_bar
     show_bar = sys.stderr.isatty() if progress is None else progress
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     first_step_at = math.nan

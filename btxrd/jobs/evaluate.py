@@ -21,7 +21,7 @@ from btxrd.jobs.context import job_context
 from btxrd.jobs.parts import load_evaluation_part, load_external_part, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.runtime.environment import job_runtime, machine_tags, seed_everything
-from btxrd.settings import EvaluateConfig, parse_auto_bool, parse_auto_int
+from btxrd.settings import EvaluateConfig
 from btxrd.tasks import Calibration, make_task
 from btxrd.tasks.inference import check_scoring_memory, restore_model
 from btxrd.tracking import Tracker, job_run, source_tags, tracker_for
@@ -48,9 +48,9 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         if settings.batch_size is not None:
             run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batch_size=settings.batch_size))
         task = make_task(run)
-        threads = parse_auto_int(settings.num_threads)
+        threads = settings.thread_count
         with job_runtime(settings.device, threads, jobs_per_gpu=run.train.jobs_per_gpu) as runtime:
-            seed_everything(run.seed, parse_auto_bool(run.train.deterministic), runtime.device)  # as the run scored
+            seed_everything(run.seed, run.train.strict_determinism, runtime.device)  # as the run scored
             recorder.set_tags(machine_tags(runtime.device))
             check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
             if settings.external:

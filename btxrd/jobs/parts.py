@@ -26,7 +26,7 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.data.splits import PARTS, make_split, write_split_csv
 from btxrd.errors import DataError
 from btxrd.runtime.environment import Runtime
-from btxrd.settings import RunConfig, parse_auto_int
+from btxrd.settings import RunConfig
 from btxrd.tasks import ScoredPart, Task
 from btxrd.tracking import RunRecorder
 
@@ -63,7 +63,7 @@ def scored_part(
     """A part to score: its whole images, in order, batched by ``train.eval_batch_size``. ``external``:
     ``ScoredPart``'s fields of an external table (its extra columns, annotations already read)."""
     dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
-    workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
+    workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
     loader = make_loader(dataset, run.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
     return ScoredPart(name, rows, loader, cache, root, **external)
 
@@ -119,7 +119,7 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
     if feed == "device":
         train: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
     else:
-        workers = loader_workers(parse_auto_int(run.data.num_workers), runtime.device, runtime.threads)
+        workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
         train = make_loader(
             train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device, seed=run.seed
         )

@@ -32,7 +32,7 @@ from btxrd.models import build_model
 from btxrd.redaction import redact_config
 from btxrd.runtime.environment import Runtime, job_runtime, machine_tags, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
-from btxrd.settings import RunConfig, parse_auto_bool, parse_auto_int
+from btxrd.settings import RunConfig
 from btxrd.tasks import Task, make_task
 from btxrd.tracking import RunRecorder, flatten, job_run, parent_from_env, record_skip, source_tags, tracker_for
 
@@ -63,7 +63,7 @@ def train_job(cfg: DictConfig) -> float:
             return float(earlier.data.metrics.get(f"best_{task.optimized_metric}", math.nan))
     with checkpoint_folder(Path(settings.train.checkpoint_dir) / identity) as folder:
         version = code_version(commit=commit)
-        resume = find_resume(folder, parse_auto_bool(settings.train.resume), version)
+        resume = find_resume(folder, settings.train.resume_mode, version)
         if resume is not None and resume.not_resumed:
             log.warning(
                 "%s: starting afresh, not resuming: %s (train.resume=true forces it)", job.run_name, resume.not_resumed
@@ -84,7 +84,7 @@ def train_job(cfg: DictConfig) -> float:
             continued = resume if resume is not None and not resume.not_resumed else None
             with job_runtime(
                 settings.train.device,
-                parse_auto_int(settings.train.num_threads),
+                settings.train.thread_count,
                 job.n_jobs,
                 job.cpus_per_job,
                 settings.train.jobs_per_gpu,
@@ -197,7 +197,7 @@ def _start_run(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot write the job's output folder {out_dir} ({exc.strerror or exc})") from None
-    strict = seed_everything(settings.seed, parse_auto_bool(settings.train.deterministic), runtime.device)
+    strict = seed_everything(settings.seed, settings.train.strict_determinism, runtime.device)
     recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
     if fresh:
         recorder.log_params(

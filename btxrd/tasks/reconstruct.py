@@ -22,7 +22,8 @@ from btxrd.metrics.reconstruction import psnr, save_reconstruction_grid, ssim
 from btxrd.metrics.uncertainty import mean_replicates
 from btxrd.models.hooks import gate_statistics
 from btxrd.models.memory import autoencoder_params
-from btxrd.settings import EvalConfig, setting
+from btxrd.setting_fields import setting
+from btxrd.settings import EvalConfig
 from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task
 
 RAW = InputSpec()  # the images as they are, in [0, 1]
