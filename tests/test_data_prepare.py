@@ -12,7 +12,7 @@ import pytest
 
 from btxrd.data.cache import cache_for
 from btxrd.data.reader import load_dataset
-from btxrd.sweep.callback import prepare_data
+from btxrd.sweep.launch import prepare_data
 
 from .helpers import compose_config, settings, tiny
 
@@ -59,5 +59,5 @@ def test_a_preparation_that_cannot_start_leaves_the_work_to_the_jobs(
     def no_process(*args: object) -> None:
         raise OSError("Resource temporarily unavailable")
 
-    monkeypatch.setattr("btxrd.sweep.callback.start_preparing", no_process)
+    monkeypatch.setattr("btxrd.sweep.launch.start_preparing", no_process)
     assert prepare_data(compose_config(tiny(synth_root, tmp_path), with_hydra=True)) is None

@@ -13,7 +13,8 @@ skips ``on_multirun_end`` when a job fails, so the parent is also closed from an
 launching process is stopped (SIGTERM: kill, a scheduler, a container stop; or Ctrl-C),
 the hook still runs: the parent and the jobs' runs left open end KILLED, saying so. On Slurm
 the sweep first waits for all of its jobs and closes the run of a job that Slurm ended without
-a result (scancel, time limit, node failure) with Slurm's reason (``sweep/slurm.py``).
+a result (scancel, time limit, node failure) with Slurm's reason (``sweep/slurm.py``). What is done
+before the first job is in ``sweep/launch.py``, what is done at the end in ``sweep/closing.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,91 +29,24 @@ from urllib.parse import urlparse
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from btxrd.cli import USER_ERROR_EXIT
 from btxrd.config import typed_settings
-from btxrd.data.prepare import start_preparing
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import is_submitit
 from btxrd.redaction import has_secret, redact_text
 from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
-from btxrd.settings import DataConfig, EvalConfig
+from btxrd.settings import EvalConfig
+from btxrd.sweep.closing import account_jobs, end_parent, end_without_jobs, wait_for_store
+from btxrd.sweep.launch import check_launcher, describe_sweep, pass_to_jobs, prepare_data, task_overrides
 from btxrd.sweep.progress import SweepProgress, planned_jobs
-from btxrd.sweep.slurm import LostJob, is_slurm, wait_for_slurm_jobs
-from btxrd.tracking import (
-    PARENT_RUN_ENV,
-    TRACKING_URI_ENV,
-    Tracker,
-    active_statuses,
-    error_text,
-    is_server,
-    source_tags,
-    tracker_for,
-)
+from btxrd.sweep.slurm import is_slurm, wait_for_slurm_jobs
+from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, error_text, is_server, source_tags, tracker_for
 from btxrd.tracking.stale import close_stale, owner_tags
 
 log = logging.getLogger(__name__)
-
-
-def _quoted(value: str) -> str:
-    """A Hydra override value that parses back to ``value`` (backslashes are escaped only before a quote)."""
-    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
-
-
-def check_launcher(launcher: DictConfig) -> None:
-    """Launcher settings that cannot work, named before any job is launched."""
-    n_jobs = launcher.get("n_jobs")
-    if n_jobs is not None and int(n_jobs) == 0:
-        raise ConfigError("hydra.launcher.n_jobs=0: give the jobs to run at once (1 or more; -1: one per core)")
-
-
-def task_overrides(config: DictConfig) -> str:
-    """The sweep's command-line overrides, as they are shown and stored: secrets hidden."""
-    return redact_text(" ".join(config.hydra.overrides.task))
-
-
-def describe_sweep(config: DictConfig, total: int | None) -> str:
-    """The parent run's description (MLflow shows it on the run's page): what the sweep is and where to look."""
-    swept = task_overrides(config)
-    return (
-        f"Sweep of {total if total else 'several'} jobs: `{swept}`.\n\n"
-        "Each job is a child run (expand this run in the runs table). To compare them, add the columns "
-        "Metrics > test_macro_f1, test_macro_f1_ci_low / _ci_high, test_auroc_macro, test_malignant_recall, "
-        "test_cam_pointing (Columns button), or open the Chart view. The statistics (intervals, seeds "
-        "aggregated, tested differences) are in this run's artifacts: report/sweep_report.md."
-    )
-
-
-def pass_to_jobs(config: DictConfig, env: dict[str, str]) -> None:
-    """Set environment variables in every job of this multirun, wherever the launcher runs it."""
-    overrides = [f"++hydra.job.env_set.{name}={_quoted(value)}" for name, value in env.items()]
-    with read_write(config.hydra):
-        config.hydra.overrides.hydra.extend(overrides)
-
-
-def prepare_data(config: DictConfig) -> subprocess.Popen | None:
-    """A local sweep's dataset probed and decoded into its image cache by a process of its own, started
-    now (``btxrd.data.prepare``; its log: ``prepare_data.log`` in the sweep folder), stopped with this one.
-    Not with sweep.prepare_data=false, nor for Slurm, whose jobs run on other nodes, nor with settings
-    that every job will refuse anyway."""
-    if not config.sweep.prepare_data or is_slurm(config.hydra.launcher):
-        return None
-    try:
-        data = typed_settings(OmegaConf.to_container(config.data, resolve=True), DataConfig, "data.")
-        image_size = int(config.model.image_size)
-    except (ConfigError, ValueError, TypeError):  # each job says what is wrong, in its own run
-        return None
-    if not Path(data.root).expanduser().is_dir():
-        return None
-    try:
-        process = start_preparing(data, image_size, Path(config.hydra.sweep.dir) / "prepare_data.log")
-    except OSError:  # no process to spare, or no sweep folder: the jobs prepare it themselves
-        return None
-    atexit.register(lambda: process.poll() is None and process.terminate())  # a stopped sweep stops it too
-    return process
 
 
 class MLflowSweepCallback(Callback):
@@ -239,49 +171,18 @@ class MLflowSweepCallback(Callback):
                 stopped_by = stop_signal() or "SIGINT"
         if self.progress is not None:
             self.progress.stop()
-        if not tracker.answers():  # a server restarting: the parent is closed once it answers again
-            patience = tracker.outage_patience_s
-            print(
-                f"sweep: the tracking server {tracker.shown_uri} does not answer; waiting up to {patience:g} s "
-                "(tracking.outage_patience_s) to close the sweep's runs",
-                file=sys.stderr,
-            )
-            if not tracker.wait_until_answering(patience):
-                print(
-                    f"error: sweep: the tracking server {tracker.shown_uri} did not answer for {patience:g} s: the "
-                    f"parent run {parent_id} stays RUNNING until the next sweep on the store or `python -m "
-                    "btxrd.tracking close-stale` closes it",
-                    file=sys.stderr,
-                )
-                raise SystemExit(1)
-        children = tracker.children(parent_id)
-        failed, running_on = self._close_children(children, stopped_by, lost)
-        # Every launched job has its folder <sweep dir>/<job number>; one without a child run here
-        # failed before it could open one (or logged elsewhere): the sweep must not look complete.
-        launched = {p.name for p in Path(self.sweep_dir).glob("*") if p.is_dir() and p.name.isdigit()}
-        logged = {run.data.tags.get("job_num") for run in children}
-        unlogged = sorted((launched | set(lost)) - logged, key=int)
-        for job in unlogged:
-            no_run = f"no run of this job under the parent; see {self.sweep_dir}/{job}"
-            why = lost[job].reason if job in lost else no_run
-            failed.append((f"job {job}", why))
-        n_jobs = len(children) + len(unlogged)
-        tracker.set_tags(parent_id, {"n_jobs": n_jobs, "n_failed": len(failed)})
-        if n_jobs == 0:  # the launcher failed before its first job (a sweep value that does not compose)
-            status, stopped = ("KILLED", f" (stopped by {stopped_by})") if stopped_by else ("FAILED", "")
-            tracker.set_tags(parent_id, {"error": f"no job was launched{stopped}"})
-            tracker.end_run(parent_id, status)
-            print(f"sweep: no job was launched; the parent run ended {status}", file=sys.stderr)
+        wait_for_store(tracker, parent_id)
+        outcome = account_jobs(tracker, parent_id, self.sweep_dir, stopped_by, lost, self.jobs_outlive_launcher)
+        if outcome.n_jobs == 0:
+            end_without_jobs(tracker, parent_id, stopped_by)
             return
-        if failed:  # the parent says which jobs did not finish, and why
-            tracker.set_tags(
-                parent_id,
-                {
-                    "not_finished": "\n".join(
-                        f"[{overrides}] {error.splitlines()[0] if error else ''}" for overrides, error in failed
-                    )[:5000]
-                },
-            )
+        self._write_report(tracker, parent_id)
+        if self.register_as and not stopped_by:
+            self._register_best(tracker, parent_id)
+        end_parent(tracker, parent_id, outcome, stopped_by, self.how_to_look)
+
+    def _write_report(self, tracker: Tracker, parent_id: str) -> None:
+        """The sweep report, into the sweep folder and the parent run; a failure is said, never raised."""
         try:
             if self.evaluation is None:
                 raise ConfigError(self.report_error)
@@ -291,27 +192,6 @@ class MLflowSweepCallback(Callback):
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
         except Exception as exc:  # the report must never keep the parent run open
             print(redact_text(f"sweep report failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        if self.register_as and not stopped_by:
-            self._register_best(tracker, parent_id)
-        if stopped_by:
-            tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
-            tracker.end_run(parent_id, "KILLED")
-            still = f" ({running_on} still running under the launcher: they close their own runs)" if running_on else ""
-            print(
-                f"sweep: stopped by {stopped_by}; {len(failed) + running_on} of {n_jobs} launched job(s) did not "
-                f"finish{still}. The same command with sweep.skip_finished=true skips the finished jobs and "
-                "resumes the interrupted ones from their last checkpoints.",
-                file=sys.stderr,
-            )
-        else:
-            tracker.end_run(parent_id, "FAILED" if failed or not children else "FINISHED")
-            if failed:
-                print(f"sweep: {len(failed)} of {n_jobs} job(s) failed:", file=sys.stderr)
-            else:
-                print(f"sweep: all {len(children)} job(s) finished; parent run {parent_id}", file=sys.stderr)
-        print(f"See the runs side by side: {self.how_to_look}", file=sys.stderr)
-        for overrides, error in failed:
-            print(f"  [{overrides}] {error.splitlines()[0] if error else ''}", file=sys.stderr)
 
     def _register_best(self, tracker: Tracker, parent_id: str) -> None:
         """sweep.register_best: the best run by validation into the Model Registry; a failure is said, not raised."""
@@ -331,34 +211,3 @@ class MLflowSweepCallback(Callback):
             f"sweep: registered {run_name} (best by validation) as models:/{self.register_as}/{version}",
             file=sys.stderr,
         )
-
-    def _close_children(
-        self, children: list, stopped_by: str | None, lost: dict[str, LostJob]
-    ) -> tuple[list[tuple[str, str]], int]:
-        """Close the children left open (their process is gone): KILLED when this sweep was stopped,
-        else FAILED; a run whose Slurm job ended without a result as Slurm's state says, with its reason.
-        The (overrides, error) of every child that did not finish, and how many still run."""
-        failed, running_on = [], 0
-        for run in children:
-            status, error = run.info.status, run.data.tags.get("error", run.info.status)
-            job = lost.get(run.data.tags.get("job_num", ""))
-            if job is not None and status != "FINISHED":
-                error = job.reason if status in active_statuses() else f"{job.reason}; {error}"
-                self.tracker.set_tags(run.info.run_id, {"error": error})
-                if status in active_statuses():
-                    status = job.run_status
-                    self.tracker.end_run(run.info.run_id, status)
-            if status in active_statuses() and stopped_by and self.jobs_outlive_launcher:
-                running_on += 1  # not this process's to close: the job ends it, whatever its outcome
-                continue
-            if status in active_statuses():
-                status, error = (
-                    ("KILLED", f"the sweep was stopped by {stopped_by}")
-                    if stopped_by
-                    else ("FAILED", "the job ended without closing its run")
-                )
-                self.tracker.set_tags(run.info.run_id, {"error": error})
-                self.tracker.end_run(run.info.run_id, status)
-            if status != "FINISHED":
-                failed.append((run.data.tags.get("overrides", ""), error))
-        return failed, running_on
