@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.report import write_report
+from btxrd.report.sweep import write_report
 from btxrd.tracking import Tracker
 
 from .helpers import settings

@@ -20,7 +20,7 @@ from btxrd.data.dataset import BTXRDImages
 from btxrd.errors import DataError
 from btxrd.jobs.evaluate import evaluate_job
 from btxrd.jobs.train import train_job
-from btxrd.predict import image_files, predict_files
+from btxrd.predict.images import image_files, predict_files
 from btxrd.tasks.inference import Classifier
 from btxrd.tracking import PARENT_RUN_ENV, Tracker
 from btxrd.tracking.models import register_best

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from btxrd.data.schema import CLASS_NAMES
-from btxrd.report import write_report
+from btxrd.report.sweep import write_report
 from btxrd.tracking import Tracker
 
 from .helpers import settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from btxrd.cli import run_cli
 from btxrd.config import project_root
 from btxrd.predict import __doc__ as predict_doc
-from btxrd.predict import image_files, predict_files
+from btxrd.predict.images import image_files, predict_files
 from btxrd.tracking import default_tracking_uri
 from btxrd.tracking.models import load_classifier
 

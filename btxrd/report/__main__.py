@@ -8,7 +8,7 @@ import sys
 from btxrd.cli import run_cli
 from btxrd.config import compose_run, project_root
 from btxrd.report import __doc__ as report_doc
-from btxrd.report import find_parent, write_report
+from btxrd.report.sweep import find_parent, write_report
 from btxrd.tracking import Tracker, default_tracking_uri
 
 

@@ -186,7 +186,7 @@ class MLflowSweepCallback(Callback):
         try:
             if self.evaluation is None:
                 raise ConfigError(self.report_error)
-            from btxrd.report import write_report  # torch, scipy, matplotlib: not before the jobs start
+            from btxrd.report.sweep import write_report  # torch, scipy, matplotlib: not before the jobs start
 
             write_report(tracker, parent_id, self.sweep_dir, self.evaluation)
             print(f"sweep report: {self.sweep_dir}/sweep_report.md", file=sys.stderr)
