@@ -13,7 +13,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from btxrd.metrics.subgroups import MIN_GROUPS, age_band, subgroup_table
 from btxrd.settings import EvalConfig
 from btxrd.tasks import resample
-from btxrd.tasks.classify import SUBGROUP_METRICS, ClassifyTask
+from btxrd.tasks.classify import ClassifyTask
+from btxrd.tasks.classify_metrics import SUBGROUP_METRICS
 
 EVALUATION = EvalConfig(
     ci_level=0.95, n_bootstrap=300, bootstrap_seed=0, specificities=[0.9], calibrate=True, age_bands=[18, 40, 65]

@@ -41,13 +41,19 @@ from btxrd.metrics.uncertainty import (
     calibration_error,
     classification_replicates,
     mean_replicates,
-    operating_point_replicates,
-    percentile_interval,
     threshold_at_specificity,
 )
 from btxrd.models import capture_activation
 from btxrd.settings import AnnotationsConfig, EvalConfig, TrainConfig
 from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task, resample
+from btxrd.tasks.classify_metrics import (
+    MALIGNANT,
+    SUBGROUP_METRICS,
+    binary_auroc,
+    operating_point_metrics,
+    per_image_table,
+    spec_key,
+)
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -232,7 +238,7 @@ Published on the real BTXRD (not measured here; different protocols):
         temperature = fit_temperature(logits, labels) if evaluation.calibrate else 1.0
         negatives = softmax(logits, temperature)[labels != MALIGNANT, MALIGNANT]
         return Calibration(
-            temperature, {_spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
+            temperature, {spec_key(s): threshold_at_specificity(negatives, s) for s in evaluation.specificities}
         )
 
     def predictions(
@@ -242,7 +248,7 @@ Published on the real BTXRD (not measured here; different protocols):
         pools of each fold's validation part (out-of-fold results)."""
         inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
         logits, labels, index = predict_logits(model, part.loader, inputs, amp=False)
-        return _per_image(part, index, labels, logits, calibration.temperature)
+        return per_image_table(part, index, labels, logits, calibration.temperature)
 
     @classmethod
     def pooled(cls, tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -287,7 +293,7 @@ Published on the real BTXRD (not measured here; different protocols):
         point[f"{prefix}brier_uncalibrated"] = brier_score(labels, softmax(logits))
         point["temperature"] = calibration.temperature
         for i, name in enumerate(CLASS_NAMES):
-            point[f"{prefix}auroc_{name}"] = _binary_auroc(labels == i, probs[:, i])
+            point[f"{prefix}auroc_{name}"] = binary_auroc(labels == i, probs[:, i])
         # The part's annotations are read here, after prediction, only to score the maps.
         annotated = (
             part.rows
@@ -296,27 +302,16 @@ Published on the real BTXRD (not measured here; different protocols):
         )
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})
-        per_image = _per_image(part, index, labels, logits, calibration.temperature)
+        per_image = per_image_table(part, index, labels, logits, calibration.temperature)
         per_image = per_image.assign(**{name: cams.loc[index, name].to_numpy() for name in cams.columns})
         metrics = self.with_intervals(per_image, point, evaluation, prefix)
         marks = []
         if calibration.operating_points:
             weights = resample(per_image, evaluation)
-            positive, scores = labels == MALIGNANT, probs[:, MALIGNANT]
-            for key, threshold in calibration.operating_points.items():
-                ones = np.ones((1, len(labels)), dtype=np.float32)
-                (sens,), (spec,) = operating_point_replicates(scores, positive, threshold, ones)
-                sens_reps, spec_reps = operating_point_replicates(scores, positive, threshold, weights)
-                for name, value, reps in (("sensitivity", sens, sens_reps), ("specificity", spec, spec_reps)):
-                    metric = f"{prefix}malignant_{name}_at_{key}"
-                    metrics[metric] = float(value)
-                    metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"] = percentile_interval(
-                        reps, evaluation.ci_level
-                    )
-                metrics[f"malignant_threshold_at_{key}"] = threshold
-                marks.append(
-                    (1 - spec, sens, f"{key.replace('spec', 'val spec. ')}%: sens. {sens:.2f}, spec. {spec:.2f}")
-                )
+            found, marks = operating_point_metrics(
+                labels, probs, calibration.operating_points, weights, evaluation, prefix
+            )
+            metrics.update(found)
         predictions = out_dir / f"predictions_{part.name}.csv"
         per_image.to_csv(predictions, index=False)
         subgroups = self.subgroups(per_image, evaluation, part.extra_columns)
@@ -402,48 +397,3 @@ Published on the real BTXRD (not measured here; different protocols):
             "delong_auroc_macro_p": p,
             "mcnemar_accuracy_p": mcnemar_test(correct_a, correct_b),
         }
-
-
-def _per_image(
-    part: ScoredPart, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, temperature: float
-) -> pd.DataFrame:
-    """One row per image of ``part`` (in loader order ``index``): who it is, its label, the calibrated
-    probabilities and predicted class, the logits before calibration, the columns subgroups are made of."""
-    rows, probs = part.rows.iloc[index], softmax(logits, temperature)
-    return pd.DataFrame(
-        {
-            "image_id": rows["image_id"].to_numpy(),
-            "center": rows["center"].to_numpy(),
-            "group": rows["group"].to_numpy(),
-            "label": labels,
-            "predicted": probs.argmax(axis=1),
-            **{
-                column: rows[column].to_numpy() for column in (*SUBGROUP_SOURCES, *part.extra_columns) if column in rows
-            },
-            **{f"p_{name}": probs[:, i] for i, name in enumerate(CLASS_NAMES)},
-            **{f"logit_{name}": logits[:, i] for i, name in enumerate(CLASS_NAMES)},
-        }
-    )
-
-
-MALIGNANT = CLASS_NAMES.index("malignant")
-# The per-image columns subgroups are made of (the dataset's; an external table may bring more)
-SUBGROUP_SOURCES = ("age", "gender", "region", "site")
-# Metrics reported per subgroup: replicate name -> name shown
-SUBGROUP_METRICS = {
-    "accuracy": "accuracy",
-    "macro_f1": "macro-F1",
-    "malignant_recall": "malignant recall",
-    "auroc_macro": "macro AUROC",
-}
-
-
-def _spec_key(specificity: float) -> str:
-    """0.9 -> 'spec90', 0.95 -> 'spec95' (metric names)."""
-    return f"spec{round(specificity * 100):d}"
-
-
-def _binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else float("nan")

@@ -32,7 +32,7 @@ from btxrd.models.memory import scoring_bytes
 from btxrd.runtime.environment import available_memory
 from btxrd.settings import ModelConfig, RunConfig
 from btxrd.tasks.base import Calibration, make_task
-from btxrd.tasks.classify import MALIGNANT
+from btxrd.tasks.classify_metrics import MALIGNANT
 
 MIN_SIDE = 32  # pixels: anything smaller is no radiograph (an icon, a thumbnail, a mistake)
 
