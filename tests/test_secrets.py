@@ -269,7 +269,7 @@ def test_a_url_whose_user_info_cannot_be_read_is_refused_without_showing_it() ->
 def test_what_a_server_that_does_not_answer_is_called_holds_no_token() -> None:
     from mlflow.exceptions import MlflowException
 
-    from btxrd.tracking.mlflow_store import unreachable
+    from btxrd.tracking.reach import unreachable
 
     said = unreachable(
         MlflowException(

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from btxrd.tracking import Tracker, flatten, job_run
-from btxrd.tracking.mlflow_store import TrackingUnreachable, unreachable
+from btxrd.tracking.reach import TrackingUnreachable, unreachable
 
 N_WORKERS = 4
 

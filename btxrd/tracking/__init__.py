@@ -8,10 +8,10 @@ from btxrd.tracking.mlflow_store import (
     active_statuses,
     default_tracking_uri,
     flatten,
-    is_server,
     parent_from_env,
     tracker_for,
 )
+from btxrd.tracking.reach import is_server
 
 __all__ = [
     "PARENT_RUN_ENV",

@@ -20,7 +20,8 @@ from typing import Any
 
 from btxrd.redaction import redact_text
 from btxrd.runtime.process import interrupted, launcher_gone, stop_signal
-from btxrd.tracking.mlflow_store import PROBE_INTERVAL_S, Tracker, TrackingUnreachable, active_statuses
+from btxrd.tracking.mlflow_store import PROBE_INTERVAL_S, Tracker, active_statuses
+from btxrd.tracking.reach import TrackingUnreachable
 from btxrd.tracking.stale import HOST, PID, STARTED, CloseNote, owner_tags
 
 log = logging.getLogger(__name__)

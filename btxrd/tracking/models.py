@@ -20,7 +20,8 @@ import numpy as np
 from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
 from btxrd.redaction import move_credentials, redact_text
-from btxrd.tracking.mlflow_store import Tracker, store_full, unreachable
+from btxrd.tracking.mlflow_store import Tracker
+from btxrd.tracking.reach import store_full, unreachable
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name within its run

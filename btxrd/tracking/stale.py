@@ -19,7 +19,8 @@ from pathlib import Path
 
 from btxrd.redaction import redact_text
 from btxrd.runtime.provenance import process_alive, process_start_time
-from btxrd.tracking.mlflow_store import Tracker, retry
+from btxrd.tracking.mlflow_store import Tracker
+from btxrd.tracking.reach import retry
 
 log = logging.getLogger(__name__)
 
