@@ -23,7 +23,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from btxrd.metrics.comparison import bootstrap_difference, holm
+from btxrd.metrics.comparison import Difference, bootstrap_difference, holm
 from btxrd.metrics.uncertainty import percentile_interval
 from btxrd.report.runs import SEED, RunRecord
 from btxrd.settings import EvalConfig
@@ -124,7 +124,6 @@ def seed_summary(
 def comparisons(configs: list[Configuration], replicates: Replicates, shown: list[str]) -> pd.DataFrame:
     """Every pair of configurations that differ in exactly one choice, every compared metric
     (``shown``: the choices the sweep varies, to say what else the pair shares)."""
-    evaluation = replicates.evaluation
     rows = []
     for a, b in combinations(configs, 2):
         differing = [k for k in dict(a.choices) | dict(b.choices) if dict(a.choices).get(k) != dict(b.choices).get(k)]
@@ -151,18 +150,7 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
             "seeds": len(pairs),
             "paired": paired,
         }
-        for metric, title in task.compared.items():
-            points, reps = [], []
-            for x, y in pairs:
-                (px, rx), (py, ry) = replicates.of(x), replicates.of(y)
-                if metric not in px or metric not in py:  # e.g. no Grad-CAM scores in these tables
-                    break
-                points.append(px[metric] - py[metric])
-                reps.append(rx[metric] - ry[metric])  # paired: the same resamples; else independent ones
-            if len(points) < len(pairs) or not np.isfinite(points).all():
-                continue
-            delta, combined = _over_seeds(points, reps, evaluation.bootstrap_seed)
-            result = bootstrap_difference(delta, combined, evaluation.ci_level)
+        for title, result in _bootstrap_differences(task.compared, pairs, replicates):
             rows.append(
                 {
                     **common,
@@ -199,6 +187,27 @@ def comparisons(configs: list[Configuration], replicates: Replicates, shown: lis
         table.loc[chosen, "p_holm"] = holm(table.loc[chosen, "p"].tolist())
     table["real"] = table["p_holm"] < ALPHA
     return table
+
+
+def _bootstrap_differences(
+    compared: dict[str, str], pairs: list[tuple[RunRecord, RunRecord]], replicates: Replicates
+) -> list[tuple[str, Difference]]:
+    """Each compared metric's difference A - B over the replicate pairs, with its bootstrap interval and p;
+    a metric that a run lacks (no Grad-CAM scores, say) or that is not finite is left out."""
+    evaluation, found = replicates.evaluation, []
+    for metric, title in compared.items():
+        points, reps = [], []
+        for x, y in pairs:
+            (px, rx), (py, ry) = replicates.of(x), replicates.of(y)
+            if metric not in px or metric not in py:
+                break
+            points.append(px[metric] - py[metric])
+            reps.append(rx[metric] - ry[metric])  # paired: the same resamples; else independent ones
+        if len(points) < len(pairs) or not np.isfinite(points).all():
+            continue
+        delta, combined = _over_seeds(points, reps, evaluation.bootstrap_seed)
+        found.append((title, bootstrap_difference(delta, combined, evaluation.ci_level)))
+    return found
 
 
 def seeds_varied(records: list[RunRecord]) -> bool:
