@@ -216,11 +216,18 @@ def _cached(cache_dir: Path, stem: str, image_ids: list[str], build: Callable[[P
 
 def _resized(source: ImageCache, i: int, size: int) -> Geometry:
     """Image ``i`` of the source cache letterboxed at ``size``, exactly as a fresh decode would place it."""
-    (ox, oy), (ew, eh) = source.offset[i].astype(int), source.extent[i]
-    original = (ew / source.scale[i][0], eh / source.scale[i][1])
-    region = Image.fromarray(np.asarray(source.pixels[i, oy : oy + eh, ox : ox + ew]))
+    return _letterboxed_again((source.pixels[i], source.scale[i], source.offset[i], source.extent[i]), size)
+
+
+def _letterboxed_again(canvas: Geometry, size: int) -> Geometry:
+    """A letterboxed canvas (with its geometry) letterboxed at ``size``: its picture resized from the
+    canvas, as a fresh decode would place it (the canvas is already preprocessed)."""
+    pixels, scale, offset, extent = canvas
+    (ox, oy), (ew, eh) = np.asarray(offset).astype(int), extent
+    original = (ew / scale[0], eh / scale[1])
+    region = Image.fromarray(np.asarray(pixels[oy : oy + eh, ox : ox + ew]))
     resized = region.resize(_fitted(*original, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return _placed(np.asarray(resized), size, original)  # the source is already preprocessed
+    return _placed(np.asarray(resized), size, original)
 
 
 def cache_images(
@@ -317,11 +324,7 @@ def model_input(image: Image.Image, image_size: int, data: DataConfig, name: str
     canvas = canvas_size(image_size, data.canvas_scale)
     source = data.cache_source_size
     if source and canvas < source:
-        pixels, scale, offset, extent = letterbox_image(image, source, preprocess, name)
-        one = ImageCache(
-            pixels[None], (name,), np.asarray([scale]), np.asarray([offset]), np.asarray([extent]), source, Path(name)
-        )
-        pixels = _resized(one, 0, canvas)[0]
+        pixels = _letterboxed_again(letterbox_image(image, source, preprocess, name), canvas)[0]
     else:
         pixels = letterbox_image(image, canvas, preprocess, name)[0]
     if canvas == image_size:

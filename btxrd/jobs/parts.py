@@ -27,7 +27,7 @@ from btxrd.data.splits import PARTS, make_split, write_split_csv
 from btxrd.errors import DataError
 from btxrd.runtime.environment import Runtime
 from btxrd.settings import RunConfig
-from btxrd.tasks import ScoredPart, Task
+from btxrd.tasks import PartToScore, Task
 from btxrd.tracking import RunRecorder
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class RunData:
     unused: int  # images the split leaves out
     train: DataLoader | DeviceFeed
     feed: str  # where training batches are made: workers | device (data.feed)
-    val: ScoredPart
-    test: ScoredPart
+    val: PartToScore
+    test: PartToScore
     cache: ImageCache
     split_csv: Path
 
@@ -57,23 +57,23 @@ def log_datasets(recorder: RunRecorder, root: str, parts: dict[str, pd.DataFrame
         recorder.log_dataset(Path(root).name, digest, str(Path(root).resolve()), part, profile, {"split": split})
 
 
-def scored_part(
+def part_to_score(
     run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime, root: str, **external: Any
-) -> ScoredPart:
+) -> PartToScore:
     """A part to score: its whole images, in order, batched by ``train.eval_batch_size``. ``external``:
-    ``ScoredPart``'s fields of an external table (its extra columns, annotations already read)."""
+    ``PartToScore``'s fields of an external table (its extra columns, annotations already read)."""
     dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
     workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
     loader = make_loader(dataset, run.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
-    return ScoredPart(name, rows, loader, cache, root, **external)
+    return PartToScore(name, rows, loader, cache, root, **external)
 
 
-def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_dir: str | None = None) -> ScoredPart:
+def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_dir: str | None = None) -> PartToScore:
     """An external test set (``btxrd.data.external``) as a part to score, prepared as the run prepares its
     own test images (the same cache settings, input size and loader)."""
     rows, extra = read_external(table_path, InputLimits.of(run.data))
     cache = cache_for(rows, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
-    return scored_part(
+    return part_to_score(
         run,
         "external",
         rows,
@@ -123,8 +123,8 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
         train = make_loader(
             train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device, seed=run.seed
         )
-    val = scored_part(run, "val", rows["val"], cache, runtime, run.data.root)
-    test = scored_part(run, "test", rows["test"], cache, runtime, run.data.root)
+    val = part_to_score(run, "val", rows["val"], cache, runtime, run.data.root)
+    test = part_to_score(run, "test", rows["test"], cache, runtime, run.data.root)
     return RunData(rows, unused, train, feed, val, test, cache, split_csv)
 
 
@@ -135,7 +135,7 @@ def load_evaluation_part(
     data_root: str | None = None,
     cache_dir: str | None = None,
     expected_split: pd.DataFrame | None = None,
-) -> ScoredPart:
+) -> PartToScore:
     """The part of a trained run to re-score: ``part`` of its own split, or all images of another dataset.
 
     ``data_root`` None: the run's dataset and split (``expected_split``, the run's logged split CSV,
@@ -166,4 +166,4 @@ def load_evaluation_part(
     if len(rows) == 0:
         raise DataError(f"no image in part '{part}' of {root}")
     cache = cache_for(table, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
-    return scored_part(run, part, rows, cache, runtime, root)
+    return part_to_score(run, part, rows, cache, runtime, root)

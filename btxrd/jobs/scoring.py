@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from btxrd.settings import EvalConfig
-from btxrd.tasks import Calibration, ScoredPart, Task
+from btxrd.tasks import Calibration, PartToScore, Task
 from btxrd.tracking import RunRecorder
 
 
 def score_part(
     task: Task,
     model: nn.Module,
-    part: ScoredPart,
+    part: PartToScore,
     device: torch.device,
     out_dir: Path,
     title: str,

@@ -2,7 +2,7 @@
 
 from btxrd.tasks.base import (
     Calibration,
-    ScoredPart,
+    PartToScore,
     Scores,
     Task,
     make_task,
@@ -14,7 +14,7 @@ from btxrd.tasks.base import (
 
 __all__ = [
     "Calibration",
-    "ScoredPart",
+    "PartToScore",
     "Scores",
     "Task",
     "make_task",

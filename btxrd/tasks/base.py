@@ -30,7 +30,7 @@ from btxrd.settings import EvalConfig, RunConfig
 
 
 @dataclass
-class ScoredPart:
+class PartToScore:
     """A part of a dataset to score: its rows (in loader order), loader, image cache and dataset root."""
 
     name: str  # train | val | test | all
@@ -154,12 +154,14 @@ class Task(ABC):
     @abstractmethod
     def objective(self, model: nn.Module) -> Objective: ...
 
-    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig) -> Calibration:
+    def calibrate(
+        self, model: nn.Module, val: PartToScore, device: torch.device, evaluation: EvalConfig
+    ) -> Calibration:
         """What the validation part (never the test part) fixes for scoring. Nothing by default."""
         return Calibration()
 
     def predictions(
-        self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+        self, model: nn.Module, part: PartToScore, device: torch.device, calibration: Calibration
     ) -> pd.DataFrame | None:
         """The per-image table of ``part`` alone (no pictures), for out-of-fold results; None: the task has none."""
         return None
@@ -173,7 +175,7 @@ class Task(ABC):
     def score(
         self,
         model: nn.Module,
-        part: ScoredPart,
+        part: PartToScore,
         device: torch.device,
         out_dir: Path,
         title: str,

@@ -45,7 +45,7 @@ from btxrd.metrics.uncertainty import (
 )
 from btxrd.models import capture_activation
 from btxrd.settings import AnnotationsConfig, EvalConfig, TrainConfig
-from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task, resample
+from btxrd.tasks.base import Calibration, PartToScore, Scores, Task, register_task, resample
 from btxrd.tasks.classify_metrics import (
     MALIGNANT,
     SUBGROUP_METRICS,
@@ -229,7 +229,9 @@ Published on the real BTXRD (not measured here; different protocols):
             self.input_spec(), run.train, run.annotations, run.model.image_size, model.cam_target_name
         )
 
-    def calibrate(self, model: nn.Module, val: ScoredPart, device: torch.device, evaluation: EvalConfig) -> Calibration:
+    def calibrate(
+        self, model: nn.Module, val: PartToScore, device: torch.device, evaluation: EvalConfig
+    ) -> Calibration:
         """On the validation part: the temperature of its logits (``eval.calibrate``; else 1), then the
         malignant-vs-rest thresholds on the calibrated p(malignant), each the most sensitive one that keeps
         its specificity."""
@@ -242,7 +244,7 @@ Published on the real BTXRD (not measured here; different protocols):
         )
 
     def predictions(
-        self, model: nn.Module, part: ScoredPart, device: torch.device, calibration: Calibration
+        self, model: nn.Module, part: PartToScore, device: torch.device, calibration: Calibration
     ) -> pd.DataFrame:
         """The per-image table of ``part`` without the pictures and Grad-CAM: what a cross-validation sweep
         pools of each fold's validation part (out-of-fold results)."""
@@ -273,7 +275,7 @@ Published on the real BTXRD (not measured here; different protocols):
     def score(
         self,
         model: nn.Module,
-        part: ScoredPart,
+        part: PartToScore,
         device: torch.device,
         out_dir: Path,
         title: str,

@@ -10,11 +10,11 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.metrics.calibration import softmax
 from btxrd.metrics.uncertainty import operating_point_replicates, percentile_interval
 from btxrd.settings import EvalConfig
-from btxrd.tasks.base import ScoredPart
+from btxrd.tasks.base import PartToScore
 
 
 def per_image_table(
-    part: ScoredPart, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, temperature: float
+    part: PartToScore, index: np.ndarray, labels: np.ndarray, logits: np.ndarray, temperature: float
 ) -> pd.DataFrame:
     """One row per image of ``part`` (in loader order ``index``): who it is, its label, the calibrated
     probabilities and predicted class, the logits before calibration, the columns subgroups are made of."""

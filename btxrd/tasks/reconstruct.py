@@ -24,7 +24,7 @@ from btxrd.models.hooks import gate_statistics
 from btxrd.models.memory import autoencoder_params
 from btxrd.setting_fields import setting
 from btxrd.settings import EvalConfig
-from btxrd.tasks.base import Calibration, ScoredPart, Scores, Task, register_task
+from btxrd.tasks.base import Calibration, PartToScore, Scores, Task, register_task
 
 RAW = InputSpec()  # the images as they are, in [0, 1]
 SCORES = ("mse", "psnr", "ssim")
@@ -140,7 +140,7 @@ class ReconstructTask(Task):
     def score(
         self,
         model: nn.Module,
-        part: ScoredPart,
+        part: PartToScore,
         device: torch.device,
         out_dir: Path,
         title: str,
