@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import pytest
 from btxrd.data.synth import generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = PROJECT_ROOT.parent / "shared" / "btxrd-reference"
+# Files of the real release (its metadata sheet, image sizes, annotation files) to test the reader on, kept
+# outside the project: BTXRD_REFERENCE, else a shared folder beside the project.
+REFERENCE = Path(os.environ.get("BTXRD_REFERENCE") or PROJECT_ROOT.parent / "shared" / "btxrd-reference")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The reader against the real release's metadata and annotation files (no pixels).
 
-Uses ../shared/btxrd-reference/ (never copied into the project); skips when absent.
+Uses the release's files at ``conftest.REFERENCE`` (never copied into the project); skips when absent.
 """
 
 from __future__ import annotations
