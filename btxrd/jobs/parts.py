@@ -39,7 +39,7 @@ class RunData:
 
     rows: dict[str, pd.DataFrame]  # train / val / test rows (train and val as the task trains on them)
     unused: int  # images the split leaves out
-    train: DataLoader | DeviceFeed
+    train_batches: DataLoader | DeviceFeed  # the training part's batches, each epoch
     feed: str  # where training batches are made: workers | device (data.feed)
     val: PartToScore
     test: PartToScore
@@ -117,15 +117,15 @@ def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -
     )
     feed = feed_kind(run.data.feed, runtime.device)
     if feed == "device":
-        train: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
+        train_batches: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
     else:
         workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
-        train = make_loader(
+        train_batches = make_loader(
             train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device, seed=run.seed
         )
     val = part_to_score(run, "val", rows["val"], cache, runtime, run.data.root)
     test = part_to_score(run, "test", rows["test"], cache, runtime, run.data.root)
-    return RunData(rows, unused, train, feed, val, test, cache, split_csv)
+    return RunData(rows, unused, train_batches, feed, val, test, cache, split_csv)
 
 
 def load_evaluation_part(

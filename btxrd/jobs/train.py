@@ -89,7 +89,7 @@ def train_job(cfg: DictConfig) -> float:
                 job.cpus_per_job,
                 settings.train.jobs_per_gpu,
             ) as runtime:
-                best = _train(
+                best = _train_in_run(
                     settings, task, job, recorder, runtime, stored_config, folder, continued, version, job_start
                 )
         (folder / "last.pt").unlink(missing_ok=True)  # finished: nothing left to resume
@@ -112,7 +112,7 @@ def _job_tags(settings: RunConfig, job: JobContext, commit: str) -> dict[str, st
     }
 
 
-def _train(
+def _train_in_run(
     settings: RunConfig,
     task: Task,
     job: JobContext,
@@ -145,7 +145,7 @@ def _train(
         log.info("%s: resuming after epoch %d from %s", job.run_name, resume.epoch, folder)
     result = fit(
         model,
-        data.train,
+        data.train_batches,
         data.val.loader,
         task.objective(model),
         settings.train,
