@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from btxrd.cam import class_activation_map, grad_cam
+from btxrd.cam.guidance import attention_loss
 from btxrd.metrics.localization import (
     cam_iou,
     energy_in_boxes,
@@ -14,7 +15,6 @@ from btxrd.metrics.localization import (
     pointing_hit,
 )
 from btxrd.models import build_model, cam_target, list_models
-from btxrd.tasks.classify import attention_loss
 
 from .helpers import settings
 

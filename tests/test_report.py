@@ -273,3 +273,39 @@ def test_a_metric_a_configuration_does_not_have_is_a_blank_cell_not_nan() -> Non
     assert "| model=ae_residual | 3 | 27.660 ± 0.720 [26.960, 28.410] |  |" in table  # B has no gates
     assert "| model=ae_attention | 3 | 23.840 ± 1.640 [22.000, 25.110] | 0.510 ± 0.004 |" in table
     assert "nan" not in table
+
+
+def test_the_baseline_line_says_which_runs_clear_it_by_their_whole_interval() -> None:
+    """A newcomer reads whether every model learnt: a run counts only if the lower end of its interval lies
+    above the majority-class level on balanced accuracy, macro-F1 and AUROC alike."""
+    from btxrd.report.render import chance_markdown
+    from btxrd.report.runs import RunRecord
+    from btxrd.tasks.classify import ClassifyTask
+
+    per_image = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)], "label": [0] * 6 + [1] * 2 + [2] * 2})
+    # majority share 0.6: balanced accuracy 1/3, macro-F1 2 * 0.6 / 1.6 / 3 = 0.25, AUROC 0.5
+    lows = {"learnt": (0.50, 0.40, 0.70), "f1 below": (0.50, 0.24, 0.70), "auroc below": (0.50, 0.40, 0.45)}
+    records = [
+        RunRecord(
+            job,
+            f"run{job}",
+            name,
+            "FINISHED",
+            ClassifyTask,
+            {"split": "stratified"},
+            "0",
+            "",
+            dict(zip(["test_balanced_accuracy_ci_low", "test_macro_f1_ci_low", "test_auroc_macro_ci_low"], low)),
+            1.0,
+            "",
+            "",
+            f"run{job}",
+            per_image=per_image,
+        )
+        for job, (name, low) in enumerate(lows.items())
+    ]
+    text = chance_markdown(records, ClassifyTask.report_columns, ["split"])
+    assert "- split=stratified test part (10 images): accuracy 0.600, bal. acc. 0.333, macro-F1 0.250" in text
+    assert text.rstrip().endswith(
+        "Runs whose whole interval lies above it on bal. acc., macro-F1, AUROC: 1 of 3 (not: f1 below, auroc below)"
+    )

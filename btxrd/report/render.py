@@ -99,19 +99,30 @@ def runs_markdown(runs: pd.DataFrame, columns: dict[str, str], varied: list[str]
 
 
 def chance_markdown(records: list[RunRecord], columns: dict[str, str], shown: list[str]) -> str:
-    """One line per distinct test part: what a model that learnt nothing scores on it."""
-    lines, seen = [], set()
+    """One line per distinct test part: what a model that learnt nothing scores on it, and how many of the
+    runs scored on it clear that level by the whole of their interval (``Task.learnt_beyond``)."""
+    parts: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        if r.per_image is None or r.task is None:
+        if r.per_image is not None and r.task is not None:
+            parts.setdefault(tuple(r.per_image["image_id"]), []).append(r)
+    lines = []
+    for runs in parts.values():
+        first = runs[0]
+        levels = first.task.chance_levels(first.per_image)
+        if not levels:
             continue
-        key = tuple(r.per_image["image_id"])
-        levels = r.task.chance_levels(r.per_image)
-        if key in seen or not levels:
-            continue
-        seen.add(key)
-        part = ", ".join(f"{k}={v}" for k, v in r.choices.items() if k in shown and k.startswith("split")) or "the"
+        part = ", ".join(f"{k}={v}" for k, v in first.choices.items() if k in shown and k.startswith("split")) or "the"
         values = ", ".join(f"{columns.get(k, k)} {v:.3f}" for k, v in levels.items())
-        lines.append(f"- {part} test part ({len(r.per_image)} images): {values}")
+        line = f"- {part} test part ({len(first.per_image)} images): {values}"
+        judged = [k for k in first.task.learnt_beyond if k in levels]
+        if judged:
+            cleared = [r for r in runs if all(r.metrics.get(f"{k}_ci_low", math.nan) > levels[k] for k in judged)]
+            missed = [r.name for r in runs if r not in cleared]
+            line += (
+                f". Runs whose whole interval lies above it on {', '.join(columns.get(k, k) for k in judged)}: "
+                f"{len(cleared)} of {len(runs)}" + (f" (not: {', '.join(missed)})" if missed else "")
+            )
+        lines.append(line)
     if not lines:
         return ""
     return "Majority-class baseline (always the most frequent class):\n" + "\n".join(lines) + "\n"

@@ -86,6 +86,8 @@ class Task(ABC):
     chart_metrics: ClassVar[tuple[str, ...]]  # test metrics drawn in the sweep report's chart
     chart_unit: ClassVar[str] = "test score"
     report_notes: ClassVar[str] = ""  # appended to a sweep report holding runs of this task
+    # chance levels (``chance_levels``) a run that learnt must clear by its whole interval (the report says which do)
+    learnt_beyond: ClassVar[tuple[str, ...]] = ()
     reads_annotations: ClassVar[bool] = False  # whether training may read the lesion annotations
     required_classes: ClassVar[Sequence[int]] = ()  # classes every split part must hold
     compared: ClassVar[dict[str, str]]  # metric -> title: what the sweep report compares between configurations
