@@ -122,7 +122,7 @@ def _group_defaults() -> DictConfig:
         group: option
         for entry in top.defaults
         if isinstance(entry, DictConfig)
-        for group, option in entry.items()
+        for group, option in entry.items_ex(resolve=False)  # entries may interpolate other choices
         if group in _FILLED_GROUPS
     }
     return OmegaConf.create(

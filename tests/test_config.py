@@ -49,7 +49,7 @@ def test_task_reconstruct_alone_picks_an_autoencoder() -> None:
     run = settings(["task=reconstruct"])
     assert isinstance(run.model, AutoencoderConfig) and run.model.name == "ae_residual"
     task = make_task(run)
-    assert (task.name, task.monitor, task.settings.normal_only) == ("reconstruct", "val_psnr", False)
+    assert (task.name, task.monitor, task.task_settings.normal_only) == ("reconstruct", "val_psnr", False)
     assert settings(["task=reconstruct", "model=ae_attention"]).model.name == "ae_attention"
     assert settings(["experiment=ae_demo"]).model.image_size == 128
 

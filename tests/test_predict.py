@@ -86,7 +86,7 @@ def test_an_image_is_prepared_exactly_as_the_evaluation_prepares_it(sweep, synth
     table = pd.DataFrame({"image_id": ["IMG000001.jpeg", "IMG000002.jpeg"]})
     table["path"] = [str(synth_root / "images" / i) for i in table["image_id"]]
     table["label"] = 0
-    cache = cache_for(table, classifier.image_size, classifier.run.data, work / "cache")
+    cache = cache_for(table, classifier.image_size, classifier.settings.data, work / "cache")
     evaluation = BTXRDImages(table, cache, classifier.image_size, train=False)
     for i, path in enumerate(table["path"]):
         with Image.open(path) as image:

@@ -295,7 +295,13 @@ def test_the_baseline_line_says_which_runs_clear_it_by_their_whole_interval() ->
             {"split": "stratified"},
             "0",
             "",
-            dict(zip(["test_balanced_accuracy_ci_low", "test_macro_f1_ci_low", "test_auroc_macro_ci_low"], low)),
+            dict(
+                zip(
+                    ["test_balanced_accuracy_ci_low", "test_macro_f1_ci_low", "test_auroc_macro_ci_low"],
+                    low,
+                    strict=True,
+                )
+            ),
             1.0,
             "",
             "",

@@ -95,11 +95,11 @@ class Trainer:
 
     def __init__(self, overrides: list[str], device: torch.device, labels: np.ndarray, **train: Any) -> None:
         run = compose_run(["model.pretrained=false", *overrides])
-        self.run = replace(run, train=replace(run.train, **train))
-        self.model = build_model(self.run.model)
-        self.objective = make_task(self.run).objective(self.model)
+        self.settings = replace(run, train=replace(run.train, **train))
+        self.model = build_model(self.settings.model)
+        self.objective = make_task(self.settings).objective(self.model)
         self.training, self.stepper = set_up_training(
-            self.model, self.objective, self.run.train, device, labels, steps_per_epoch=10
+            self.model, self.objective, self.settings.train, device, labels, steps_per_epoch=10
         )
         self.epoch = 0
 

@@ -84,7 +84,7 @@ def throughput(params: dict[str, Any]) -> dict[str, float]:
             training_loader(table, size, batch, device, workers, cache_dir=Path(params["cache_dir"]))
         )
         feeds["device_feed"] = iter(training_feed(table, size, batch, device, cache_dir=Path(params["cache_dir"])))
-        naive_images = NaiveImages(table, size, trainer.run.data.canvas_scale)
+        naive_images = NaiveImages(table, size, trainer.settings.data.canvas_scale)
         feeds["naive"] = endless(
             DataLoader(
                 naive_images,

@@ -44,25 +44,29 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
     }
     with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir, parent_id=source_run) as recorder:
         state = load_checkpoint(checkpoint)
-        run, model = restore_model(state, checkpoint)
+        trained, model = restore_model(state, checkpoint)
         if settings.batch_size is not None:
-            run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batch_size=settings.batch_size))
-        task = make_task(run)
+            trained = dataclasses.replace(
+                trained, train=dataclasses.replace(trained.train, eval_batch_size=settings.batch_size)
+            )
+        task = make_task(trained)
         threads = settings.thread_count
-        with job_runtime(settings.device, threads, jobs_per_gpu=run.train.jobs_per_gpu) as runtime:
-            seed_everything(run.seed, run.train.strict_determinism, runtime.device)  # as the run scored
+        with job_runtime(settings.device, threads, jobs_per_gpu=trained.train.jobs_per_gpu) as runtime:
+            seed_everything(trained.seed, trained.train.strict_determinism, runtime.device)  # as the run scored
             recorder.set_tags(machine_tags(runtime.device))
-            check_scoring_memory(model, run.model.image_size, run.train.eval_batch_size, runtime.device, "batch_size")
+            check_scoring_memory(
+                model, trained.model.image_size, trained.train.eval_batch_size, runtime.device, "batch_size"
+            )
             if settings.external:
-                part = load_external_part(run, settings.external, runtime, settings.data.cache_dir)
+                part = load_external_part(trained, settings.external, runtime, settings.data.cache_dir)
             else:
                 part = load_evaluation_part(
-                    run, settings.part, runtime, settings.data.root, settings.data.cache_dir, expected_split
+                    trained, settings.part, runtime, settings.data.root, settings.data.cache_dir, expected_split
                 )
-            place_model(model, runtime.device, run.train.channels_last)
-            log_datasets(recorder, part.root, {part.name: part.rows}, run.split.name)
+            place_model(model, runtime.device, trained.train.channels_last)
+            log_datasets(recorder, part.root, {part.name: part.rows}, trained.split.name)
             title = f"{Path(checkpoint).name} on {part.name}"
-            evaluation = settings.eval.applied_to(run.eval)
+            evaluation = settings.eval.applied_to(trained.eval)
             metrics = score_part(
                 task, model, part, runtime.device, out_dir, title, evaluation, Calibration.of(state), recorder
             )

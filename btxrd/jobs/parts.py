@@ -58,23 +58,25 @@ def log_datasets(recorder: RunRecorder, root: str, parts: dict[str, pd.DataFrame
 
 
 def part_to_score(
-    run: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime, root: str, **external: Any
+    settings: RunConfig, name: str, rows: pd.DataFrame, cache: ImageCache, runtime: Runtime, root: str, **external: Any
 ) -> PartToScore:
     """A part to score: its whole images, in order, batched by ``train.eval_batch_size``. ``external``:
     ``PartToScore``'s fields of an external table (its extra columns, annotations already read)."""
-    dataset = BTXRDImages(rows, cache, run.model.image_size, train=False)
-    workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
-    loader = make_loader(dataset, run.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
+    dataset = BTXRDImages(rows, cache, settings.model.image_size, train=False)
+    workers = loader_workers(settings.data.worker_count, runtime.device, runtime.threads)
+    loader = make_loader(dataset, settings.train.eval_batch_size, train=False, workers=workers, device=runtime.device)
     return PartToScore(name, rows, loader, cache, root, **external)
 
 
-def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_dir: str | None = None) -> PartToScore:
+def load_external_part(
+    settings: RunConfig, table_path: str, runtime: Runtime, cache_dir: str | None = None
+) -> PartToScore:
     """An external test set (``btxrd.data.external``) as a part to score, prepared as the run prepares its
     own test images (the same cache settings, input size and loader)."""
-    rows, extra = read_external(table_path, InputLimits.of(run.data))
-    cache = cache_for(rows, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
+    rows, extra = read_external(table_path, InputLimits.of(settings.data))
+    cache = cache_for(rows, settings.model.image_size, settings.data, cache_dir, workers=runtime.threads)
     return part_to_score(
-        run,
+        settings,
         "external",
         rows,
         cache,
@@ -85,51 +87,56 @@ def load_external_part(run: RunConfig, table_path: str, runtime: Runtime, cache_
     )
 
 
-def load_run_data(run: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
-    """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training run."""
+def load_run_data(settings: RunConfig, task: Task, runtime: Runtime, out_dir: Path) -> RunData:
+    """Read, split (kept as ``split.csv`` in ``out_dir``), cache and load the data of a training settings."""
     table = load_dataset(
-        run.data.root,
-        on_bad_image=run.data.on_bad_image,
+        settings.data.root,
+        on_bad_image=settings.data.on_bad_image,
         read_annotations=task.reads_annotations,
-        memo_dir=run.data.cache_dir,
-        duplicate_distance=run.data.duplicate_distance,
-        limits=InputLimits.of(run.data),
+        memo_dir=settings.data.cache_dir,
+        duplicate_distance=settings.data.duplicate_distance,
+        limits=InputLimits.of(settings.data),
     )
-    parts = make_split(table, run.split, required_classes=task.required_classes)
+    parts = make_split(table, settings.split, required_classes=task.required_classes)
     unused = int((parts == "unused").sum())
     if unused:  # centres in neither list, or training images duplicated in the test centres
         log.warning(
-            "split=%s leaves %d of %d images unused (see split.csv, part 'unused')", run.split.name, unused, len(parts)
+            "split=%s leaves %d of %d images unused (see split.csv, part 'unused')",
+            settings.split.name,
+            unused,
+            len(parts),
         )
     split_csv = write_split_csv(table, parts, out_dir / "split.csv")
-    cache = cache_for(table, run.model.image_size, run.data, workers=runtime.threads)
+    cache = cache_for(table, settings.model.image_size, settings.data, workers=runtime.threads)
     rows = {part: table[parts == part].reset_index(drop=True) for part in PARTS}
     rows["train"], rows["val"] = (task.training_rows(p, rows[p]) for p in ("train", "val"))
-    crop = CropSettings(run.data.crop_min_scale, run.data.crop_max_scale, run.data.hflip)
+    crop = CropSettings(settings.data.crop_min_scale, settings.data.crop_max_scale, settings.data.hflip)
     train_set = BTXRDImages(
         rows["train"],
         cache,
-        run.model.image_size,
+        settings.model.image_size,
         train=True,
         crop=crop,
-        seed=run.seed,
+        seed=settings.seed,
         **task.training_dataset_options(),
     )
-    feed = feed_kind(run.data.feed, runtime.device)
+    feed = feed_kind(settings.data.feed, runtime.device)
     if feed == "device":
-        train_batches: DataLoader | DeviceFeed = DeviceFeed(train_set, run.model.batch_size, runtime.device, run.seed)
-    else:
-        workers = loader_workers(run.data.worker_count, runtime.device, runtime.threads)
-        train_batches = make_loader(
-            train_set, run.model.batch_size, train=True, workers=workers, device=runtime.device, seed=run.seed
+        train_batches: DataLoader | DeviceFeed = DeviceFeed(
+            train_set, settings.model.batch_size, runtime.device, settings.seed
         )
-    val = part_to_score(run, "val", rows["val"], cache, runtime, run.data.root)
-    test = part_to_score(run, "test", rows["test"], cache, runtime, run.data.root)
+    else:
+        workers = loader_workers(settings.data.worker_count, runtime.device, runtime.threads)
+        train_batches = make_loader(
+            train_set, settings.model.batch_size, train=True, workers=workers, device=runtime.device, seed=settings.seed
+        )
+    val = part_to_score(settings, "val", rows["val"], cache, runtime, settings.data.root)
+    test = part_to_score(settings, "test", rows["test"], cache, runtime, settings.data.root)
     return RunData(rows, unused, train_batches, feed, val, test, cache, split_csv)
 
 
 def load_evaluation_part(
-    run: RunConfig,
+    settings: RunConfig,
     part: str,
     runtime: Runtime,
     data_root: str | None = None,
@@ -142,19 +149,19 @@ def load_evaluation_part(
     must match: a mismatch means the dataset changed). A path: external validation on that
     dataset (``part='all'`` unless another part is asked).
     """
-    external = data_root is not None and Path(data_root).expanduser().resolve() != Path(run.data.root).resolve()
-    root = str(data_root) if data_root else run.data.root
+    external = data_root is not None and Path(data_root).expanduser().resolve() != Path(settings.data.root).resolve()
+    root = str(data_root) if data_root else settings.data.root
     table = load_dataset(
         root,
-        on_bad_image=run.data.on_bad_image,
+        on_bad_image=settings.data.on_bad_image,
         read_annotations=False,
-        duplicate_distance=run.data.duplicate_distance,
-        limits=InputLimits.of(run.data),
+        duplicate_distance=settings.data.duplicate_distance,
+        limits=InputLimits.of(settings.data),
     )
     if part == "all" or (external and part == "test"):
         part, rows = "all", table.reset_index(drop=True)
     else:
-        parts = make_split(table, run.split)
+        parts = make_split(table, settings.split)
         if expected_split is not None:
             same = (
                 expected_split["image_id"].tolist() == table["image_id"].tolist()
@@ -165,5 +172,5 @@ def load_evaluation_part(
         rows = table[parts == part].reset_index(drop=True)
     if len(rows) == 0:
         raise DataError(f"no image in part '{part}' of {root}")
-    cache = cache_for(table, run.model.image_size, run.data, cache_dir, workers=runtime.threads)
-    return part_to_score(run, part, rows, cache, runtime, root)
+    cache = cache_for(table, settings.model.image_size, settings.data, cache_dir, workers=runtime.threads)
+    return part_to_score(settings, part, rows, cache, runtime, root)

@@ -93,23 +93,23 @@ class Task(ABC):
     compared: ClassVar[dict[str, str]]  # metric -> title: what the sweep report compares between configurations
     per_image_file: ClassVar[str]  # the per-image table a scored part leaves, e.g. "predictions_{part}.csv"
 
-    def __init__(self, run: RunConfig) -> None:
-        self.run = run
-        self.settings = self._own_settings(run.task)
-        entry = model_entry(run.model.name)
+    def __init__(self, settings: RunConfig) -> None:
+        self.settings = settings  # the run's settings (RunConfig)
+        self.task_settings = self._own_settings(settings.task)
+        entry = model_entry(settings.model.name)
         if entry.task != self.name:
             raise ConfigError(
                 f"model={entry.name} is a {entry.task} model but task={self.name}; "
                 f"choose one of {', '.join(_models_of(self.name))}"
             )
-        if not isinstance(run.model, entry.config):
+        if not isinstance(settings.model, entry.config):
             raise ConfigError(
                 f"conf/model/{entry.name}.yaml: its schema must be /schema/model for {entry.config.__name__}"
             )
-        monitor = run.train.monitor
+        monitor = settings.train.monitor
         if monitor != "auto" and monitor not in self.monitors:
             raise ConfigError(f"train.monitor={monitor!r}: task={self.name} reports {', '.join(self.monitors)}")
-        optimized = run.optimized_metric
+        optimized = settings.optimized_metric
         if optimized != "auto" and optimized not in self.monitors:
             raise ConfigError(f"optimized_metric={optimized!r}: task={self.name} reports {', '.join(self.monitors)}")
         self.check()
@@ -124,12 +124,12 @@ class Task(ABC):
     @property
     def monitor(self) -> str:
         """The validation metric that picks the best checkpoint and stops early."""
-        return self.monitors[0] if self.run.train.monitor == "auto" else self.run.train.monitor
+        return self.monitors[0] if self.settings.train.monitor == "auto" else self.settings.train.monitor
 
     @property
     def optimized_metric(self) -> str:
         """The validation metric whose best value the job returns to a Hydra sweeper (Optuna)."""
-        return self.monitor if self.run.optimized_metric == "auto" else self.run.optimized_metric
+        return self.monitor if self.settings.optimized_metric == "auto" else self.settings.optimized_metric
 
     # --- data
     def training_rows(self, part: str, rows: pd.DataFrame) -> pd.DataFrame:
@@ -255,9 +255,9 @@ def task_type(name: str) -> type[Task]:
     return _TASKS[name]
 
 
-def make_task(run: RunConfig) -> Task:
-    """The task ``run.task.name`` names, with its settings checked (no file is read)."""
-    return task_type(str(dict(run.task).get("name")))(run)
+def make_task(settings: RunConfig) -> Task:
+    """The task ``settings.task.name`` names, with its settings checked (no file is read)."""
+    return task_type(str(dict(settings.task).get("name")))(settings)
 
 
 def _models_of(task: str) -> list[str]:

@@ -184,32 +184,32 @@ Published on the real BTXRD (not measured here; different protocols):
     @property
     def reads_annotations(self) -> bool:
         """Training reads the lesion annotations only with annotations=on."""
-        return self.run.annotations.enabled
+        return self.settings.annotations.enabled
 
     def training_dataset_options(self) -> dict[str, bool]:
-        ann = self.run.annotations
+        ann = self.settings.annotations
         return {"lesion_crops": ann.enabled and ann.lesion_crops, "with_masks": ann.enabled and ann.cam_loss_weight > 0}
 
     def run_name_part(self) -> str:
-        return f"ann-{'on' if self.run.annotations.enabled else 'off'}"
+        return f"ann-{'on' if self.settings.annotations.enabled else 'off'}"
 
     def check(self) -> None:
-        ann = self.run.annotations
-        if self.run.train.compile and ann.enabled and ann.cam_loss_weight > 0:
+        ann = self.settings.annotations
+        if self.settings.train.compile and ann.enabled and ann.cam_loss_weight > 0:
             raise ConfigError(
                 "train.compile=true cannot train with the attention loss (annotations=on hooks into "
                 "the network); use annotations.cam_loss_weight=0 or train.compile=false"
             )
 
     def tags(self) -> dict[str, str]:
-        return {"task": self.name, "annotations": "on" if self.run.annotations.enabled else "off"}
+        return {"task": self.name, "annotations": "on" if self.settings.annotations.enabled else "off"}
 
     def input_spec(self) -> InputSpec:
-        d = self.run.data
+        d = self.settings.data
         return InputSpec(mean=d.mean, std=d.std, brightness=d.brightness, contrast=d.contrast)
 
     def objective(self, model: nn.Module) -> ClassificationObjective:
-        run = self.run
+        run = self.settings
         return ClassificationObjective(
             self.input_spec(), run.train, run.annotations, run.model.image_size, model.cam_target_name
         )
@@ -220,7 +220,7 @@ Published on the real BTXRD (not measured here; different protocols):
         """On the validation part: the temperature of its logits (``eval.calibrate``; else 1), then the
         malignant-vs-rest thresholds on the calibrated p(malignant), each the most sensitive one that keeps
         its specificity."""
-        inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
+        inputs = InputPipeline(device, self.input_spec(), self.settings.train.channels_last)
         logits, labels, _ = predict_logits(model, val.loader, inputs, amp=False)  # float32, as test and served
         temperature = fit_temperature(logits, labels) if evaluation.calibrate else 1.0
         negatives = softmax(logits, temperature)[labels != MALIGNANT, MALIGNANT]
@@ -233,7 +233,7 @@ Published on the real BTXRD (not measured here; different protocols):
     ) -> pd.DataFrame:
         """The per-image table of ``part`` without the pictures and Grad-CAM: what a cross-validation sweep
         pools of each fold's validation part (out-of-fold results)."""
-        inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
+        inputs = InputPipeline(device, self.input_spec(), self.settings.train.channels_last)
         logits, labels, index = predict_logits(model, part.loader, inputs, amp=False)
         return per_image_table(part, index, labels, logits, calibration.temperature)
 
@@ -268,7 +268,7 @@ Published on the real BTXRD (not measured here; different protocols):
         calibration: Calibration,
     ) -> Scores:
         prefix = f"{part.name}_"
-        inputs = InputPipeline(device, self.input_spec(), self.run.train.channels_last)
+        inputs = InputPipeline(device, self.input_spec(), self.settings.train.channels_last)
         amp = False  # scored in float32, as the operating points were chosen and as the logged model serves
         logits, labels, index = predict_logits(model, part.loader, inputs, amp)
         probs = softmax(logits, calibration.temperature)
@@ -285,7 +285,7 @@ Published on the real BTXRD (not measured here; different protocols):
         annotated = (
             part.rows
             if part.annotations_read
-            else with_annotations(part.rows, part.root, InputLimits.of(self.run.data))
+            else with_annotations(part.rows, part.root, InputLimits.of(self.settings.data))
         )
         cams, grids = explain_rows(model, part.loader, inputs, amp, annotated, part.cache, out_dir / "gradcam", title)
         point.update({f"{prefix}{k}": v for k, v in localization_scores(cams).items()})

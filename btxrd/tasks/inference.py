@@ -82,22 +82,22 @@ class Classifier:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
         state = load_checkpoint(checkpoint)
-        self.run, model = restore_model(state, checkpoint)
-        self.task = make_task(self.run)
+        self.settings, model = restore_model(state, checkpoint)
+        self.task = make_task(self.settings)
         if not self.task.servable:
             raise DataError(f"{checkpoint}: a {self.task.name} model, not a classifier")
         self.model = model
         self.to(device)
         self.calibration = Calibration.of(state)  # the temperature and thresholds fixed on the validation part
         self.operating_points = self.calibration.operating_points
-        self.image_size = self.run.model.image_size
-        self.limits = InputLimits.of(self.run.data)
+        self.image_size = self.settings.model.image_size
+        self.limits = InputLimits.of(self.settings.data)
 
     def to(self, device: str | torch.device) -> Classifier:
         """Run on ``device`` (the model, and its inputs placed there)."""
         self.device = torch.device(device)
-        self.model = place_model(self.model, self.device, self.run.train.channels_last)
-        self.inputs = InputPipeline(self.device, self.task.input_spec(), self.run.train.channels_last)
+        self.model = place_model(self.model, self.device, self.settings.train.channels_last)
+        self.inputs = InputPipeline(self.device, self.task.input_spec(), self.settings.train.channels_last)
         return self
 
     def prepare(self, image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
@@ -108,7 +108,7 @@ class Classifier:
         if min(width, height) < MIN_SIDE:
             raise DataError(f"{name}: {width} x {height} px is no radiograph (at least {MIN_SIDE} px a side)")
         self.limits.check_pixels(width, height, name)
-        return model_input(picture, self.image_size, self.run.data, name)
+        return model_input(picture, self.image_size, self.settings.data, name)
 
     def predict(self, inputs: np.ndarray, with_cam: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
         """Prepared inputs (N, S, S) uint8 -> (a table of probabilities, predicted class and the

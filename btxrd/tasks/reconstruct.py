@@ -127,15 +127,15 @@ class ReconstructTask(Task):
     chart_unit = "dB"
 
     def training_rows(self, part: str, rows: pd.DataFrame) -> pd.DataFrame:
-        if self.settings.normal_only:
+        if self.task_settings.normal_only:
             return rows[rows["label"] == 0].reset_index(drop=True)
         return rows
 
     def describe_model(self, model: nn.Module) -> dict[str, str]:
-        return autoencoder_params(model, self.run.model.image_size)
+        return autoencoder_params(model, self.settings.model.image_size)
 
     def objective(self, model: nn.Module) -> ReconstructionObjective:
-        return ReconstructionObjective(self.run.train.amp, self.settings.ssim_weight)
+        return ReconstructionObjective(self.settings.train.amp, self.task_settings.ssim_weight)
 
     def score(
         self,
@@ -149,7 +149,7 @@ class ReconstructTask(Task):
     ) -> Scores:
         """PSNR / SSIM / MSE overall and per class (one pass), and a picture of reconstructions."""
         prefix = f"{part.name}_"
-        inputs = InputPipeline(device, RAW, self.run.train.channels_last)
+        inputs = InputPipeline(device, RAW, self.settings.train.channels_last)
         table, originals, outputs = reconstruct(model, part.loader, inputs, amp=False, keep=8)  # float32
         point = {f"{prefix}{name}": float(table[name].mean()) for name in SCORES}
         for label, by_class in table.groupby("label"):

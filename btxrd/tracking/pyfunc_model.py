@@ -56,7 +56,7 @@ class ClassifierModel(PythonModel):
                     f"image {i}: every pixel lies in {low}-{high}, no radiograph: send uint8 values 0-255 (a float "
                     "picture in 0-1 must be multiplied by 255 first)"
                 )
-        batch = self.classifier.run.train.eval_batch_size  # a request of thousands is scored a batch at a time
+        batch = self.classifier.settings.train.eval_batch_size  # a request of thousands is scored a batch at a time
         tables = [self.classifier.predict(np.stack(prepared[i : i + batch]))[0] for i in range(0, len(prepared), batch)]
         return pd.concat(tables, ignore_index=True)
 
