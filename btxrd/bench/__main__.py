@@ -20,7 +20,6 @@ from btxrd.bench import cpu, tables
 from btxrd.cli import run_cli
 from btxrd.config import project_root
 from btxrd.errors import ConfigError
-from btxrd.report.blocks import page_holding
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,17 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         "--results", type=Path, default=None, help="measure nothing: write the blocks of a saved results file"
     )
     args = parser.parse_args(argv)
-    if not args.no_write and args.page is None:  # a block that no page holds fails now, not after the measuring
-        for names in tables.BLOCKS.values():
-            for name in names:
-                page_holding(Path(project_root()), name)
+    pages = {} if args.no_write else tables.block_pages(args.page)
     if args.results is not None:
         try:
             results = json.loads(args.results.read_text())
             section = results["section"]
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"--results {args.results}: not a results file of this benchmark ({exc})") from None
-        return 0 if _report(section, results, args) else 1
+        return 0 if _report(section, results, pages) else 1
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     sections: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -86,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         results.update(section=section, made=tables.made_by(argv, started, device, code))
         (work / file_name).write_text(json.dumps(results, indent=2))
         print(f"\nwritten {work / file_name}")
-        if not _report(section, results, args):
+        if not _report(section, results, pages):
             return 1
     return 0
 
@@ -97,9 +93,9 @@ def _gpu_section(work: Path) -> dict[str, Any]:
     return gpu.gpu_section(work)
 
 
-def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Print the section's tables and write them into their pages; False (nothing written) when a figure
-    is physically impossible."""
+def _report(section: str, results: dict[str, Any], pages: dict[str, Path]) -> bool:
+    """Print the section's tables and write them into their pages (none: only print); False (nothing
+    written) when a figure is physically impossible."""
     flagged = cpu.implausible(results) if section == "cpu" else []
     if flagged:  # never a table
         print(
@@ -110,8 +106,8 @@ def _report(section: str, results: dict[str, Any], args: argparse.Namespace) -> 
         return False
     for text in tables.blocks(section, results).values():
         print(f"\n{text}")
-    if not args.no_write:
-        tables.write(args.page, section, results)
+    if pages:
+        tables.write(pages, section, results)
     return True
 
 

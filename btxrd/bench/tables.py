@@ -68,12 +68,18 @@ def blocks(section: str, results: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def write(page: Path | None, section: str, results: dict[str, Any]) -> None:
-    """Write the section's blocks into ``page``, or else into the project page that holds each."""
+def block_pages(page: Path | None) -> dict[str, Path]:
+    """Where each block is written: ``page``, or else the project page that holds it (found before any
+    measuring: a block that no page holds fails at once, not after the benchmark)."""
+    names = [name for section in BLOCKS.values() for name in section]
+    return {name: page or page_holding(Path(project_root()), name) for name in names}
+
+
+def write(pages: dict[str, Path], section: str, results: dict[str, Any]) -> None:
+    """Write the section's blocks into their pages (``block_pages``)."""
     for name, text in blocks(section, results).items():
-        target = page or page_holding(Path(project_root()), name)
-        write_block(target, name, text)
-        print(f"written to {target}: {name} (git diff shows what moved)")
+        write_block(pages[name], name, text)
+        print(f"written to {pages[name]}: {name} (git diff shows what moved)")
 
 
 def _provenance(made: dict[str, Any]) -> list[str]:

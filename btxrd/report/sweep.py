@@ -71,13 +71,18 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
             *[f"- {problem}\n" for problem in missing],
         ]
     markdown += [f"\n{task.report_notes}" for task in tasks if task.report_notes]
-    search = _search_result(tracker, parent_id, out_dir)
-    if search:
+    search_file = out_dir / "optimization_results.yaml"  # written by the Optuna sweeper when it ends
+    searched = search_file.is_file()
+    if searched and (search := _search_result(tracker, parent_id, search_file)):
         markdown.insert(0, search)
 
     (out_dir / "sweep_report.md").write_text("\n".join(markdown))
-    tables = {"sweep_report.csv": runs, "sweep_configurations.csv": summary, "sweep_comparisons.csv": tested}
-    tables |= {"sweep_subgroups.csv": subgroups}
+    tables = {
+        "sweep_report.csv": runs,
+        "sweep_configurations.csv": summary,
+        "sweep_comparisons.csv": tested,
+        "sweep_subgroups.csv": subgroups,
+    }
     if not crossval.empty:
         tables["sweep_crossvalidation.csv"] = crossval
     for name, table in tables.items():
@@ -85,20 +90,16 @@ def write_report(tracker: Tracker, parent_id: str, out_dir: str | Path, evaluati
     chart_metrics = tuple(dict.fromkeys(m for task in tasks for m in task.chart_metrics))
     unit = " / ".join(dict.fromkeys(task.chart_unit for task in tasks)) or "test score"
     chart = render.plot(summary, records, chart_metrics, unit, out_dir / "sweep_report.png")
-    searched = ["optimization_results.yaml"] if (out_dir / "optimization_results.yaml").is_file() else []
-    logged = ["sweep_report.md", *tables, *searched]
+    logged = ["sweep_report.md", *tables, *([search_file.name] if searched else [])]
     for path in [*(out_dir / name for name in logged), *([chart] if chart else [])]:
         tracker.log_artifact(parent_id, path, "report")
     return runs
 
 
-def _search_result(tracker: Tracker, parent_id: str, out_dir: Path) -> str:
-    """A hyper-parameter search's best value and parameters (the Optuna sweeper's
+def _search_result(tracker: Tracker, parent_id: str, search_file: Path) -> str:
+    """A hyper-parameter search's best value and parameters (``search_file``: the Optuna sweeper's
     ``optimization_results.yaml``), tagged on the parent run; the report's first line, or ''."""
-    search = out_dir / "optimization_results.yaml"
-    if not search.is_file():
-        return ""
-    best = OmegaConf.to_container(OmegaConf.load(search))
+    best = OmegaConf.to_container(OmegaConf.load(search_file))
     if "best_value" not in best:
         return ""
     params = " ".join(f"{k}={v}" for k, v in best["best_params"].items())
