@@ -14,6 +14,7 @@ each task's own module (``btxrd.tasks``), so that a new task is one module and o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,13 +225,27 @@ class TrackingConfig:
     connect_timeout_s: float = setting(gt=0)
     http_retries: int = setting(ge=0, le=10)  # MLflow refuses more than 10
     http_timeout_s: int = setting(ge=1)
+    system_metrics_interval_s: float | None = setting(gt=0)
+
+
+def _model_name(name: str) -> str | None:
+    """MLflow's rule for a registered model's name."""
+    return "must not be blank, nor hold '/' or ':'" if not name.strip() or set(name) & {"/", ":"} else None
+
+
+def _model_alias(alias: str) -> str | None:
+    """MLflow's rule for an alias, checked before the sweep runs rather than when it registers."""
+    if re.fullmatch(r"[\w-]+", alias) and alias.lower() != "latest" and not re.fullmatch(r"[vV]\d+", alias):
+        return None
+    return "letters, digits, '_' and '-' only; not 'latest' nor a version such as 'v3' (MLflow reserves those)"
 
 
 @dataclass
 class SweepConfig:
     skip_finished: bool = setting()
     register_best: bool = setting()
-    model_name: str = setting()
+    model_name: str = setting(check=_model_name)
+    model_alias: str | None = setting(check=_model_alias)
     prepare_data: bool = setting()
 
 

@@ -30,6 +30,7 @@ LAYERS = {
     "entry": 8,
     "bench": 8,
     "predict": 8,
+    "export": 9,
 }
 # no Hydra, no MLflow
 PLAIN = (

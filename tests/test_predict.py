@@ -4,6 +4,7 @@ on new radiographs (JPEG, PNG, DICOM) with `python -m btxrd.predict`."""
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -188,22 +189,39 @@ def test_a_crafted_pickle_in_a_model_folder_is_refused(sweep, tmp_path: Path) ->
     assert not list(folder.rglob("python_model.pkl"))  # the model is stored as code, never as a pickle
 
 
-def test_the_best_run_by_validation_is_registered_and_evaluated_by_its_uri(sweep, tmp_path: Path) -> None:
+def test_the_best_run_by_validation_is_registered_with_its_card_and_alias_and_evaluated_by_its_uri(
+    sweep, tmp_path: Path
+) -> None:
     tracker, parent, work = sweep
     children = tracker.children(parent)
     best = max(children, key=lambda r: r.data.metrics["best_val_macro_f1"])
-    registered = register_best(tracker, parent, "btxrd-test")
+    # As in a sweep's launching process, whose global tracking URI points elsewhere: MLflow resolved a
+    # models:/<id> source through it, and registering failed ("Logged model with ID ... not found").
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    registered = register_best(tracker, parent, "btxrd-test", alias="champion")
     assert registered == (best.info.run_name, "1")
     version = tracker.client.get_model_version("btxrd-test", "1")
     assert version.run_id == best.info.run_id and version.tags["run_id"] == best.info.run_id
     assert version.tags["best_val_macro_f1"] == f"{best.data.metrics['best_val_macro_f1']:.4f}"  # chosen by validation
     low, high = best.data.metrics["test_macro_f1_ci_low"], best.data.metrics["test_macro_f1_ci_high"]
     assert version.tags["test_macro_f1"] == f"{best.data.metrics['test_macro_f1']:.4f} [{low:.4f}, {high:.4f}]"
-    assert register_best(tracker, parent, "btxrd-test")[1] == "2"  # a second sweep's best: the next version
+    # The model card: what it is, its data (part sizes), every test metric with its interval, its limits
+    card = version.description
+    metrics = best.data.metrics
+    assert f"`val_macro_f1` = {metrics['best_val_macro_f1']:.4f}" in card
+    assert "**Trained and tested on generated data**" in card  # the tests' dataset is synth's
+    assert f"| test | {int(best.data.params['data.n_test'])} | " in card
+    assert f"| macro_f1 | {metrics['test_macro_f1']:.3f} [{low:.3f}, {high:.3f}] |" in card
+    assert f"| spec90 | {metrics['malignant_threshold_at_spec90']:.4f} |" in card
+    assert "## Subgroups (test part, macro-F1)" in card and "| centre | 1 |" in card
+    assert "## Intended use" in card and "Not a medical device" in card and len(card) <= 5000
+    assert tracker.client.get_model_version_by_alias("btxrd-test", "champion").version == 1
+    assert register_best(tracker, parent, "btxrd-test", alias="champion")[1] == "2"  # a second sweep's: the next
+    assert tracker.client.get_model_version_by_alias("btxrd-test", "champion").version == 2
 
     metrics = evaluate_job(
         compose_config(
-            ["model_uri=models:/btxrd-test/1", f"paths.root={work}", f"tracking.uri={tracker.uri}"], "evaluate"
+            ["model_uri=models:/btxrd-test@champion", f"paths.root={work}", f"tracking.uri={tracker.uri}"], "evaluate"
         )
     )
     for key in ("test_macro_f1", "test_accuracy", "test_auroc_macro", "test_macro_f1_ci_low"):
@@ -239,3 +257,41 @@ def test_the_served_model_answers_400_to_input_it_cannot_score(sweep, synth_root
     assert status == 400 and "no radiograph: send uint8 values 0-255" in message
     status, message = ask([[[128]]])
     assert status == 400 and "image 0: 1 x 1 px is no radiograph (at least 32 px a side)" in message
+
+
+def test_the_exported_onnx_graph_scores_like_the_logged_model_without_btxrd(
+    sweep, synth_root: Path, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime
+
+    tracker, parent, work = sweep
+    run = _child(tracker, parent, "on")
+    out = tmp_path / "exported" / "model.onnx"
+    command = [sys.executable, "-m", "btxrd.export", run.info.run_id, "--onnx", str(out), "--log"]
+    done = subprocess.run(
+        [*command, "--tracking-uri", tracker.uri], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # checked against the logged model on the run's own test images, within 1e-4 (float32)
+    checked = re.search(r"on (\d+) test image\(s\) of the run .*: largest probability difference (\S+)", done.stdout)
+    assert checked and int(checked[1]) == min(64, int(run.data.params["data.n_test"])) and float(checked[2]) < 1e-4
+    # What a deployer has: onnxruntime, no btxrd. A dynamic batch of prepared uint8 inputs, probabilities out.
+    metadata = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert metadata["classes"] == '["normal", "benign", "malignant"]' and metadata["temperature"]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    [given] = session.get_inputs()
+    assert given.type == "tensor(uint8)" and given.shape[1:] == [64, 64] and not isinstance(given.shape[0], int)
+    predictions = pd.read_csv(tracker.download_artifact(run.info.run_id, "predictions_test.csv", tmp_path / "dl"))
+    from btxrd.tracking.models import load_classifier
+
+    classifier = load_classifier(f"models:/{run.data.tags['logged_model_id']}", tracker.uri)
+    for batch in (1, 5):
+        files = predictions["image_id"][:batch]
+        inputs = np.stack([classifier.prepare(Image.open(synth_root / "images" / name)) for name in files])
+        [probabilities] = session.run(None, {"images": inputs})
+        assert probabilities.shape == (batch, 3)
+        np.testing.assert_allclose(probabilities, predictions.loc[: batch - 1, list(CLASSES)].to_numpy(), atol=1e-4)
+    # --log: the file beside the logged model
+    listed = tracker.client.list_logged_model_artifacts(run.data.tags["logged_model_id"], "onnx")
+    assert [Path(a.path).name for a in listed] == ["model.onnx"]

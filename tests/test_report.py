@@ -58,6 +58,7 @@ def sweep(tmp_path: Path) -> tuple[Tracker, str, Path]:
                 "machine.accelerator": "none",
                 "machine.torch": "2.14.1",
                 "machine.cuda": "none",
+                "environment.digest": "c0ffee" * 2 if job else "d1ff" * 3,
             }
             run = tracker.start_run(
                 f"{model} | ann-{ann}",
@@ -112,6 +113,11 @@ def test_the_report_aggregates_seeds_and_finds_only_the_real_differences(sweep) 
     assert "- command: `python train.py -m model=b0,b3 annotations=on,off seed=0,1,2`" in markdown
     assert f"- code: commit {'b' * 12} with uncommitted changes (0123456789) (1 job), {'a' * 12} (8 jobs)" in markdown
     assert "- machine: AMD EPYC 7B13, 2 cores, no GPU; torch 2.14.1\n" in markdown
+    listed = "(each run's environment/requirements.txt)"
+    assert (
+        f"- environment: packages {'d1ff' * 3} {listed} (1 job), packages {'c0ffee' * 2} {listed} (8 jobs)\n"
+        in markdown
+    )
     assert re.search(r"- runs: 20\d\d-\d\d-\d\d \d\d:\d\d UTC to 20\d\d-\d\d-\d\d \d\d:\d\d UTC", markdown)
     labels = pd.read_csv(out.parent / "predictions_0" / "predictions_test.csv")["label"]
     share = labels.value_counts(normalize=True).max()  # what always answering "normal" scores
@@ -172,6 +178,7 @@ def test_one_seed_adds_delong_and_mcnemar_and_a_different_test_part_is_unpaired(
     markdown = (tmp_path / "report" / "sweep_report.md").read_text()
     assert "UNPAIRED (different test images)" in markdown
     assert "- machine: not recorded (runs made before runs named their machine)\n" in markdown
+    assert "- environment: not recorded\n" in markdown
 
 
 def test_evidence_writes_a_block_from_a_finished_sweep_and_leaves_the_rest_of_the_page(

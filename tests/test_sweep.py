@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from btxrd.jobs.evaluate import evaluate_job
 from btxrd.runtime.environment import cpu_model
+from btxrd.runtime.software import environment_digest
 
 from .helpers import compose_config, mlflow_ui, run_script, runs, start_script, sweep_runs, tiny
 
@@ -47,6 +48,7 @@ def test_multirun_logs_parent_and_its_finished_children(synth_root: Path, tmp_pa
             assert key in child.data.metrics, key
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.json", "split.csv", "confusion_matrix_test.png", "predictions_test.csv"} <= artifacts
+        assert "environment" in artifacts and child.data.tags["environment.digest"] == environment_digest()
         assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert "sweep: all 2 job(s) finished" in result.stderr
 
@@ -269,3 +271,66 @@ def _parent_of(proc: Path) -> int:
     except OSError:
         return 0
     return 0 if fields[0] == "Z" else int(fields[1])
+
+
+@pytest.mark.integration  # a real 2-job multirun with logged models (make test's time budget)
+def test_a_sweep_registers_its_best_model_with_a_card_and_alias_when_artifacts_live_elsewhere(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    # Started from another folder than the store's, with the artifacts in a third: registering failed
+    # ("Logged model with ID ... not found": MLflow looked in the default store, ./mlflow.db), and the sweep
+    # still exited 0.
+    elsewhere, started_in = tmp_path / "artifact-store", tmp_path / "elsewhere"
+    started_in.mkdir()
+    args = [
+        "-m",
+        *tiny(synth_root, tmp_path),
+        "seed=0,1",
+        "hydra.launcher.n_jobs=2",  # jobs in worker processes: the launching one never logs a model itself
+        "sweep.register_best=true",
+        "tracking.log_model=true",
+        f"tracking.artifact_root={elsewhere}",
+        "tracking.system_metrics_interval_s=1",
+    ]
+    result = run_script("train.py", args, cwd=started_in)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, [parent], children = runs_by_role(tmp_path)
+    best = max(children, key=lambda c: c.data.metrics["best_val_macro_f1"])
+    assert not list(started_in.iterdir())  # no MLflow default store made where the sweep started
+    version = client.get_model_version_by_alias("btxrd-classifier", "champion")
+    assert version.version == 1 and version.run_id == best.info.run_id
+    assert version.source.startswith(elsewhere.as_uri()) and "## Test results" in version.description
+    assert parent.info.status == "FINISHED" and parent.data.tags["registered_model"] == "models:/btxrd-classifier/1"
+    assert "models:/btxrd-classifier@champion points at it" in result.stderr
+    # Every run: its machine's use over time, and its software
+    digests = set()
+    for child in children:
+        assert client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")
+        assert "system/system_memory_usage_megabytes" in child.data.metrics
+        [listed] = client.list_artifacts(child.info.run_id, "environment")
+        assert listed.path == "environment/requirements.txt"
+        digests.add(child.data.tags["environment.digest"])
+    [digest] = digests
+    report = (Path(parent.data.tags["sweep_dir"]) / "sweep_report.md").read_text()
+    assert f"- environment: packages {digest} (each run's environment/requirements.txt)" in report
+
+
+def test_a_registration_that_fails_ends_the_sweep_failed_with_exit_code_1(tmp_path: Path, capsys) -> None:
+    from btxrd.sweep import MLflowSweepCallback
+    from btxrd.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "btxrd", tmp_path / "mlruns")
+    parent = tracker.start_run("sweep", {"sweep": "parent"})
+    tags = {"job_num": "0", "monitor": "val_macro_f1", "logged_model_id": "m-0123456789abcdef0123456789abcdef"}
+    child = tracker.start_run("job 0", tags, parent_id=parent)  # its logged model is gone
+    tracker.log_metrics(child, {"best_val_macro_f1": 0.5})
+    tracker.end_run(child, "FINISHED")
+    callback = MLflowSweepCallback()
+    callback.tracker, callback.parent_id, callback.sweep_dir = tracker, parent, str(tmp_path / "sweep")
+    callback.register_as = "btxrd-classifier"
+    with pytest.raises(SystemExit) as stopped:
+        callback.on_multirun_end(config=None)
+    assert stopped.value.code == 1
+    ended = tracker.get_run(parent)
+    assert ended.info.status == "FAILED" and ended.data.tags["error"].startswith("registering the best model failed: ")
+    assert "error: sweep: all 1 job(s) finished, but registering the best model failed: " in capsys.readouterr().err

@@ -18,9 +18,10 @@ from btxrd.config import evaluate_settings
 from btxrd.engine import load_checkpoint, place_model
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import job_context
+from btxrd.jobs.machine import record_machine
 from btxrd.jobs.parts import load_evaluation_part, load_external_part, log_datasets
 from btxrd.jobs.scoring import score_part
-from btxrd.runtime.environment import job_runtime, machine_tags, seed_everything
+from btxrd.runtime.environment import job_runtime, seed_everything
 from btxrd.settings import EvaluateConfig
 from btxrd.tasks import Calibration, make_task
 from btxrd.tasks.inference import check_scoring_memory, restore_model
@@ -42,7 +43,14 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         "external": str(settings.external or ""),
         **source_tags("evaluate.py"),
     }
-    with job_run(tracker, f"eval {settings.part} | {name}", tags, output_dir=out_dir, parent_id=source_run) as recorder:
+    with job_run(
+        tracker,
+        f"eval {settings.part} | {name}",
+        tags,
+        output_dir=out_dir,
+        parent_id=source_run,
+        system_metrics_interval_s=settings.tracking.system_metrics_interval_s,
+    ) as recorder:
         state = load_checkpoint(checkpoint)
         trained, model = restore_model(state, checkpoint)
         if settings.batch_size is not None:
@@ -53,7 +61,7 @@ def evaluate_job(cfg: DictConfig) -> dict[str, float]:
         threads = settings.thread_count
         with job_runtime(settings.device, threads, jobs_per_gpu=trained.train.jobs_per_gpu) as runtime:
             seed_everything(trained.seed, trained.train.strict_determinism, runtime.device)  # as the run scored
-            recorder.set_tags(machine_tags(runtime.device))
+            record_machine(recorder, runtime.device, out_dir)
             check_scoring_memory(
                 model, trained.model.image_size, trained.train.eval_batch_size, runtime.device, "batch_size"
             )

@@ -21,20 +21,23 @@ from torch import nn
 
 from btxrd.config import config_hash, run_settings, to_dict
 from btxrd.data.schema import CLASS_NAMES
+from btxrd.data.synth import is_synthetic
 from btxrd.engine import fit, load_checkpoint, save_checkpoint
 from btxrd.engine.checkpoint import ResumePoint, checkpoint_folder, find_resume, remember_run
 from btxrd.engine.fit import FitResult
 from btxrd.errors import ConfigError
 from btxrd.jobs.context import JobContext, job_context
+from btxrd.jobs.machine import record_machine
 from btxrd.jobs.parts import RunData, load_run_data, log_datasets
 from btxrd.jobs.scoring import score_part
 from btxrd.models import build_model
 from btxrd.redaction import redact_config
-from btxrd.runtime.environment import Runtime, job_runtime, machine_tags, seed_everything
+from btxrd.runtime.environment import Runtime, job_runtime, seed_everything
 from btxrd.runtime.provenance import code_version, git_commit, process_start_time
 from btxrd.settings import RunConfig
 from btxrd.tasks import Task, make_task
 from btxrd.tracking import RunRecorder, flatten, job_run, parent_from_env, record_skip, source_tags, tracker_for
+from btxrd.tracking.model_card import SYNTHETIC_TAG
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def train_job(cfg: DictConfig) -> float:
             earlier_run_id=resume.run_id if resume else None,
             abandon_reason=resume.not_resumed if resume else "",
             resumable=True,
+            system_metrics_interval_s=settings.tracking.system_metrics_interval_s,
         ) as recorder:
             remember_run(folder, recorder.run_id)
             continued = resume if resume is not None and not resume.not_resumed else None
@@ -107,6 +111,7 @@ def _job_tags(settings: RunConfig, job: JobContext, commit: str) -> dict[str, st
         "seed": str(settings.seed),
         "trial_params": " ".join(f"{k}={v}" for k, v in job.trial_params.items()),
         "output_dir": str(job.output_dir),
+        SYNTHETIC_TAG: str(is_synthetic(settings.data.root)).lower(),  # the model card warns
         "mlflow.source.git.commit": commit,
         **source_tags("train.py"),
     }
@@ -198,7 +203,7 @@ def _start_run(
     except OSError as exc:
         raise ConfigError(f"cannot write the job's output folder {out_dir} ({exc.strerror or exc})") from None
     strict = seed_everything(settings.seed, settings.train.strict_determinism, runtime.device)
-    recorder.set_tags({**machine_tags(runtime.device), "code_version": version})
+    record_machine(recorder, runtime.device, out_dir, code_version=version)
     if fresh:
         recorder.log_params(
             {

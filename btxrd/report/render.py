@@ -10,6 +10,7 @@ import pandas as pd
 
 from btxrd.report.runs import RunRecord
 from btxrd.report.stats import ALPHA
+from btxrd.runtime.software import ENVIRONMENT_DIGEST_TAG
 
 
 def _value(value: float, low: float = math.nan, high: float = math.nan, digits: int = 3) -> str:
@@ -59,15 +60,22 @@ def machine_line(made: dict[str, str]) -> str:
     )
 
 
+def environment_line(made: dict[str, str]) -> str:
+    """The software of a run: the digest of its package list (``environment/requirements.txt``)."""
+    digest = made.get(ENVIRONMENT_DIGEST_TAG)
+    return f"packages {digest} (each run's environment/requirements.txt)" if digest else "not recorded"
+
+
 def provenance_markdown(command: str, records: list[RunRecord]) -> str:
     """How the numbers were made, so a table copied elsewhere can be regenerated and diffed: the
-    command, the code (commit, and whether it had uncommitted changes), the machine, the dates."""
+    command, the code (commit, and whether it had uncommitted changes), the machine, the software, the dates."""
     made = [r.made_by for r in records if r.made_by]
     lines = [f"- command: `{command}`"]
     if made:
         lines += [
             f"- code: commit {_one_or_each([code_line(m) for m in made])}",
             f"- machine: {_one_or_each([machine_line(m) for m in made])}",
+            f"- environment: {_one_or_each([environment_line(m) for m in made])}",
         ]
     times = [(r.started, r.ended) for r in records if np.isfinite(r.started)]
     if times:

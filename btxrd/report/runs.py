@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from btxrd.runtime.software import ENVIRONMENT_DIGEST_TAG
 from btxrd.settings import EvalConfig
 from btxrd.tasks import Task, task_names, task_type
 from btxrd.tracking import Tracker
@@ -23,7 +24,7 @@ REPLICATE_AXES = (SEED, FOLD)
 # Overrides that say how a sweep runs, not what a job computes: a job skipped or resumed by a
 # rerun with sweep.skip_finished=true is the same configuration as the first run of it.
 HOW_NOT_WHAT = ("sweep.", "tracking.", "paths.", "hydra.")
-PROVENANCE_TAGS = ("mlflow.source.git.commit", "code_version")
+PROVENANCE_TAGS = ("mlflow.source.git.commit", "code_version", ENVIRONMENT_DIGEST_TAG)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from btxrd.jobs.context import is_submitit
 from btxrd.redaction import has_secret, redact_text
 from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
-from btxrd.settings import EvalConfig
+from btxrd.settings import EvalConfig, SweepConfig
 from btxrd.sweep.closing import account_jobs, end_parent, end_without_jobs, wait_for_store
 from btxrd.sweep.launch import check_launcher, describe_sweep, pass_to_jobs, prepare_data, task_overrides
 from btxrd.sweep.progress import SweepProgress, planned_jobs
@@ -59,6 +59,8 @@ class MLflowSweepCallback(Callback):
         self.jobs_outlive_launcher = False  # submitit's jobs do; joblib's workers are killed with the launcher
         self.slurm_folder = ""  # Slurm: submitit's folder of the jobs (with %j), to learn their outcomes
         self.register_as = ""  # sweep.register_best: the registered model's name
+        self.register_alias = ""  # and the alias its new version takes (sweep.model_alias)
+        self.registration_failed = False
         self.progress: SweepProgress | None = None
         self.url = self.how_to_look = ""
 
@@ -80,6 +82,11 @@ class MLflowSweepCallback(Callback):
 
     def _start(self, config: DictConfig) -> None:
         check_launcher(config.hydra.launcher)
+        sweep = typed_settings(OmegaConf.to_container(config.sweep, resolve=True), SweepConfig, "sweep.")
+        if sweep.register_best and config.tracking.enabled and not config.tracking.log_model:
+            raise ConfigError("sweep.register_best=true registers logged models: it needs tracking.log_model=true")
+        self.register_as = sweep.model_name if sweep.register_best else ""
+        self.register_alias = sweep.model_alias or ""
         prepare_data(config)  # first: it overlaps with all that follows, and with the jobs' imports
         self.tracker = tracker_for(config.tracking, config.paths.root)
         if self.tracker is None:
@@ -117,7 +124,6 @@ class MLflowSweepCallback(Callback):
             },
         )
         self.jobs_outlive_launcher = is_submitit(config.hydra.launcher)
-        self.register_as = str(config.sweep.model_name) if config.sweep.register_best else ""
         if is_slurm(config.hydra.launcher):
             self.slurm_folder = str(config.hydra.launcher.submitit_folder)
         env = {PARENT_RUN_ENV: self.parent_id}
@@ -155,6 +161,8 @@ class MLflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish()
+        if self.registration_failed:  # what the sweep was asked to do is not done: exit code 1
+            raise SystemExit(1)
 
     def finish(self) -> None:
         """Close the parent run once: FINISHED only if every child finished; KILLED if this process was stopped."""
@@ -177,9 +185,9 @@ class MLflowSweepCallback(Callback):
             end_without_jobs(tracker, parent_id, stopped_by)
             return
         self._write_report(tracker, parent_id)
-        if self.register_as and not stopped_by:
-            self._register_best(tracker, parent_id)
-        end_parent(tracker, parent_id, outcome, stopped_by, self.how_to_look)
+        registration_error = self._register_best(tracker, parent_id) if self.register_as and not stopped_by else ""
+        self.registration_failed = bool(registration_error)
+        end_parent(tracker, parent_id, outcome, stopped_by, self.how_to_look, registration_error)
 
     def _write_report(self, tracker: Tracker, parent_id: str) -> None:
         """The sweep report, into the sweep folder and the parent run; a failure is said, never raised."""
@@ -193,21 +201,21 @@ class MLflowSweepCallback(Callback):
         except Exception as exc:  # the report must never keep the parent run open
             print(redact_text(f"sweep report failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
 
-    def _register_best(self, tracker: Tracker, parent_id: str) -> None:
-        """sweep.register_best: the best run by validation into the Model Registry; a failure is said, not raised."""
+    def _register_best(self, tracker: Tracker, parent_id: str) -> str:
+        """sweep.register_best: the best run by validation into the Model Registry, with its model card and
+        alias; what went wrong ("" if nothing), said when the parent run ends (never raised: it must end)."""
         from btxrd.tracking.models import register_best
 
         try:
-            registered = register_best(tracker, parent_id, self.register_as)
-        except Exception as exc:  # registering must never keep the parent run open
-            print(f"sweep: registering the best model failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return
+            registered = register_best(tracker, parent_id, self.register_as, self.register_alias)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            return redact_text(f"registering the best model failed: {message.splitlines()[0] if message else ''}")
         if registered is None:
-            print("sweep: no finished run with a logged model to register", file=sys.stderr)
-            return
+            return "sweep.register_best: no finished run has a logged model to register (tracking.log_model=false?)"
         run_name, version = registered
-        tracker.set_tags(parent_id, {"registered_model": f"models:/{self.register_as}/{version}"})
-        print(
-            f"sweep: registered {run_name} (best by validation) as models:/{self.register_as}/{version}",
-            file=sys.stderr,
-        )
+        uri = f"models:/{self.register_as}/{version}"
+        tracker.set_tags(parent_id, {"registered_model": uri})
+        alias = f"; models:/{self.register_as}@{self.register_alias} points at it" if self.register_alias else ""
+        print(f"sweep: registered {run_name} (best by validation) as {uri}{alias}", file=sys.stderr)
+        return ""

@@ -101,10 +101,16 @@ def close_children(
 
 
 def end_parent(
-    tracker: Tracker, parent_id: str, outcome: SweepOutcome, stopped_by: str | None, how_to_look: str
+    tracker: Tracker,
+    parent_id: str,
+    outcome: SweepOutcome,
+    stopped_by: str | None,
+    how_to_look: str,
+    closing_error: str = "",
 ) -> None:
-    """End the parent run (KILLED if the sweep was stopped, FAILED if any job did not finish, else FINISHED)
-    and say so, with every job that did not finish."""
+    """End the parent run (KILLED if the sweep was stopped; FAILED if any job did not finish or a step of
+    the sweep's end failed, ``closing_error`` saying which; else FINISHED) and say so, with every job that
+    did not finish."""
     failed = outcome.failed
     if stopped_by:
         tracker.set_tags(parent_id, {"error": f"stopped by {stopped_by}"})
@@ -118,9 +124,13 @@ def end_parent(
             file=sys.stderr,
         )
     else:
-        tracker.end_run(parent_id, "FAILED" if failed or not outcome.n_runs else "FINISHED")
+        if closing_error:
+            tracker.set_tags(parent_id, {"error": closing_error})
+        tracker.end_run(parent_id, "FAILED" if failed or closing_error or not outcome.n_runs else "FINISHED")
         if failed:
             print(f"sweep: {len(failed)} of {outcome.n_jobs} job(s) failed:", file=sys.stderr)
+        elif closing_error:
+            print(f"error: sweep: all {outcome.n_runs} job(s) finished, but {closing_error}", file=sys.stderr)
         else:
             print(f"sweep: all {outcome.n_runs} job(s) finished; parent run {parent_id}", file=sys.stderr)
     print(f"See the runs side by side: {how_to_look}", file=sys.stderr)

@@ -23,6 +23,7 @@ from btxrd.runtime.process import interrupted, launcher_gone, stop_signal
 from btxrd.tracking.mlflow_store import PROBE_INTERVAL_S, Tracker, active_statuses
 from btxrd.tracking.reach import TrackingUnreachable
 from btxrd.tracking.stale import HOST, PID, STARTED, CloseNote, owner_tags
+from btxrd.tracking.system_metrics import system_metrics
 
 log = logging.getLogger(__name__)
 OUTAGE_TAG = "tracking_outage"  # a run that was cut off from its tracking server says so
@@ -184,13 +185,15 @@ def job_run(
     earlier_run_id: str | None = None,
     abandon_reason: str = "",
     resumable: bool = False,
+    system_metrics_interval_s: float | None = None,
 ) -> Iterator[RunRecorder]:
     """Open the job's run, yield its recorder, close it FINISHED, FAILED or KILLED.
 
     ``earlier_run_id``: the run of an interrupted job of the same configuration. It is continued
     (reopened, moved under ``parent_id``) unless ``abandon_reason`` says why not, in which case it
     is closed KILLED with that reason and a new run is opened. ``resumable``: a stopped job keeps
-    its last checkpoint, and its error says the same command resumes it.
+    its last checkpoint, and its error says the same command resumes it. ``system_metrics_interval_s``:
+    how often the machine's use is sampled into the run (``tracking/system_metrics.py``; None: never).
     """
     if tracker is None:
         yield RunRecorder(None, None)
@@ -206,7 +209,8 @@ def job_run(
     recorder = RunRecorder(tracker, run_id)
     note = CloseNote(output_dir, run_id)
     try:
-        yield recorder
+        with system_metrics(tracker, run_id, system_metrics_interval_s, resumed=run_id == earlier_run_id):
+            yield recorder
     except BaseException as exc:
         error = error_text(exc, resumable)
         recorder.set_tags({"error": error})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from btxrd.data.schema import CLASS_NAMES
 from btxrd.errors import ConfigError
 from btxrd.redaction import move_credentials, redact_text
 from btxrd.tracking.mlflow_store import Tracker
+from btxrd.tracking.model_card import model_card
 from btxrd.tracking.reach import store_full, unreachable
 
 log = logging.getLogger(__name__)
@@ -96,9 +98,10 @@ def _fail_unfinished_models(tracker: Tracker, run_id: str) -> None:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
-def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str] | None:
+def register_best(tracker: Tracker, parent_id: str, name: str, alias: str = "") -> tuple[str, str] | None:
     """Register the logged model of the sweep's best finished run by its validation monitor as a new
-    version of ``name``; (run name, version), or None when no run has a logged model."""
+    version of ``name``, its model card as the description and ``alias`` (if any) pointing at it;
+    (run name, version), or None when no run has a logged model."""
     candidates = []
     for run in tracker.children(parent_id):
         tags, metrics = run.data.tags, run.data.metrics
@@ -113,13 +116,15 @@ def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str
             "no single validation metric picks the best"
         )
     score, monitor, best = max(candidates, key=lambda c: c[0])
+    best = tracker.get_run(best.info.run_id)  # with its dataset inputs, for the card
     client = tracker.client
     try:
         client.get_registered_model(name)
     except Exception:  # not registered yet (MLflow raises its RESOURCE_DOES_NOT_EXIST error)
         client.create_registered_model(name, description="btxrd classifiers: the best run of a sweep by validation")
+    sweep_dir = best.data.tags.get("sweep_dir", "")
     tags = {
-        "sweep_dir": best.data.tags.get("sweep_dir", ""),
+        "sweep_dir": sweep_dir,
         "run_id": best.info.run_id,
         "configuration": best.data.tags.get("overrides", ""),
         f"best_{monitor}": f"{score:.4f}",
@@ -128,9 +133,19 @@ def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str
     for key in sorted(k for k in metrics if k.startswith("test_") and f"{k}_ci_low" in metrics):
         tags[key] = f"{metrics[key]:.4f} [{metrics[f'{key}_ci_low']:.4f}, {metrics[f'{key}_ci_high']:.4f}]"
     model_id = best.data.tags[LOGGED_MODEL_TAG]
+    # The model's own storage, not models:/<id>: MLflow resolves that through the process's global
+    # tracking URI, which a sweep's launcher never set (the version was not registered).
+    logged = client.get_logged_model(model_id)
     version = client.create_model_version(
-        name, source=f"models:/{model_id}", run_id=best.info.run_id, tags=tags, model_id=model_id
+        name,
+        source=logged.artifact_location,
+        run_id=best.info.run_id,
+        tags=tags,
+        model_id=model_id,
+        description=model_card(tracker, best, monitor, score, sweep_dir),
     )
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
     log.info("registered %s as %s version %s (best %s %.4f)", best.info.run_name, name, version.version, monitor, score)
     return best.info.run_name, str(version.version)
 
@@ -154,15 +169,41 @@ def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tupl
     return found[0], Model.load(str(local)).run_id or ""
 
 
-def load_classifier(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
-    """The ``Classifier`` inside a logged or registered model (loaded through MLflow's pyfunc), on ``device``."""
+def load_logged_model(model_uri: str, tracking_uri: str) -> Any:
+    """The logged or registered model at ``model_uri`` as MLflow loads it (a pyfunc model)."""
     import mlflow
 
     uri, credentials = move_credentials(tracking_uri)
     os.environ.update(credentials)
     mlflow.set_tracking_uri(uri)
     try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        return mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MlflowException / OSError: no such model
         raise ConfigError(redact_text(f"{model_uri}: {str(exc).splitlines()[0]}")) from None
-    return loaded.unwrap_python_model().classifier.to(device)
+
+
+def load_classifier(model_uri: str, tracking_uri: str, device: str = "cpu") -> Any:
+    """The ``Classifier`` inside a logged or registered model (loaded through MLflow's pyfunc), on ``device``."""
+    return load_logged_model(model_uri, tracking_uri).unwrap_python_model().classifier.to(device)
+
+
+def logged_model_uri(tracker: Tracker, given: str) -> str:
+    """``given`` as a model URI: a run id (32 hex digits) is its run's logged model; any other text is one."""
+    if not re.fullmatch(r"[0-9a-f]{32}", given):
+        return given
+    run = tracker.find_run(given)
+    if run is None:
+        raise ConfigError(f"{given}: no run with this id in {tracker.shown_uri}")
+    model_id = run.data.tags.get(LOGGED_MODEL_TAG)
+    if not model_id:
+        raise ConfigError(
+            f"run {given} has no logged model (trained with tracking.log_model=false, or not a classifier)"
+        )
+    return f"models:/{model_id}"
+
+
+def log_beside_model(tracker: Tracker, model_id: str, path: Path, folder: str) -> str:
+    """Add the file ``path`` to the logged model's own artifacts (beside its MLmodel), under ``folder``;
+    its artifact URI."""
+    tracker.client.log_model_artifact(model_id, str(path), folder)
+    return f"models:/{model_id}/{folder}/{path.name}"
