@@ -10,7 +10,6 @@ the test metrics with their intervals.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import os
 import re
 from pathlib import Path
@@ -25,7 +24,6 @@ from btxrd.tracking.mlflow_store import Tracker
 from btxrd.tracking.model_card import model_card
 from btxrd.tracking.reach import store_full, unreachable
 
-log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name within its run
 CHECKPOINT = "checkpoint"  # the name of the checkpoint among the model's artifacts
 LOGGED_MODEL_TAG = "logged_model_id"
@@ -146,7 +144,6 @@ def register_best(tracker: Tracker, parent_id: str, name: str, alias: str = "") 
     )
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
-    log.info("registered %s as %s version %s (best %s %.4f)", best.info.run_name, name, version.version, monitor, score)
     return best.info.run_name, str(version.version)
 
 
