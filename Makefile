@@ -74,10 +74,11 @@ gpu-check:  ## (on a GPU machine, ~8 min) the suite on CUDA, the GPU benchmark, 
 mlflow-server: venv postgres  ## a shared MLflow server on 127.0.0.1:5000 (PostgreSQL store in .mlflow-server/)
 	$(PY) -m btxrd.tracking.server --dir .mlflow-server --port $(MLFLOW_PORT)
 
-$(DEMO_DATA)/dataset.xlsx: | venv
+# SYNTHETIC.txt is written last: a dataset without it was cut short, or made before runs said they were synthetic
+$(DEMO_DATA)/SYNTHETIC.txt: | venv
 	$(PY) -m btxrd.data synth $(DEMO_DATA) --n $(DEMO_N) --seed 0 --size 192
 
-demo-data: $(DEMO_DATA)/dataset.xlsx  ## generate the synthetic demo dataset (data/demo)
+demo-data: $(DEMO_DATA)/SYNTHETIC.txt  ## generate the synthetic demo dataset (data/demo)
 
 demo: venv demo-data  ## generate the demo dataset, check it, train the 12-run grid into MLflow
 	$(PY) -m btxrd.data check $(DEMO_DATA)

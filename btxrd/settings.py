@@ -225,19 +225,21 @@ class TrackingConfig:
     connect_timeout_s: float = setting(gt=0)
     http_retries: int = setting(ge=0, le=10)  # MLflow refuses more than 10
     http_timeout_s: int = setting(ge=1)
-    system_metrics_interval_s: float | None = setting(gt=0)
+    system_metrics_interval_s: float | None = setting(ge=1)  # each sample also asks the store for the run
 
 
 def _model_name(name: str) -> str | None:
     """MLflow's rule for a registered model's name."""
-    return "must not be blank, nor hold '/' or ':'" if not name.strip() or set(name) & {"/", ":"} else None
+    if not name.strip() or set(name) & {"/", ":"} or name.strip() in (".", ".."):
+        return "must not be blank, '.' or '..', nor hold '/' or ':'"
+    return None
 
 
 def _model_alias(alias: str) -> str | None:
     """MLflow's rule for an alias, checked before the sweep runs rather than when it registers."""
-    if re.fullmatch(r"[\w-]+", alias) and alias.lower() != "latest" and not re.fullmatch(r"[vV]\d+", alias):
+    if re.fullmatch(r"[\w-]{1,255}", alias) and alias.lower() != "latest" and not re.fullmatch(r"[vV]\d+", alias):
         return None
-    return "letters, digits, '_' and '-' only; not 'latest' nor a version such as 'v3' (MLflow reserves those)"
+    return "1-255 letters, digits, '_' or '-'; not 'latest' nor a version such as 'v3' (MLflow reserves those)"
 
 
 @dataclass

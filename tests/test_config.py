@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
@@ -396,3 +397,23 @@ def test_jobs_get_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> N
     assert environment.threads_per_job(None, 1, 64) == 8  # never more than the machine has
     assert environment.threads_per_job(3, 2) == 3  # a number is taken as it is
     assert concurrent_jobs(OmegaConf.create({"n_jobs": -1}))[0] >= 1
+
+
+MLFLOW_REFUSES = [  # what MLflow would refuse only when the sweep ends, or what would hammer the store
+    ("sweep.model_alias=latest", "sweep.model_alias='latest': 1-255 letters, digits, '_' or '-'; not 'latest'"),
+    ("sweep.model_alias=V3", "sweep.model_alias='V3': "),
+    ("sweep.model_alias='a b'", "sweep.model_alias='a b': "),
+    ("sweep.model_name=team/classifier", "sweep.model_name='team/classifier': must not be blank, '.' or '..'"),
+    ("sweep.model_name=..", "sweep.model_name='..': "),
+    ("tracking.system_metrics_interval_s=0.5", "tracking.system_metrics_interval_s=0.5: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), MLFLOW_REFUSES, ids=[o for o, _ in MLFLOW_REFUSES])
+def test_a_model_name_alias_or_sampling_interval_mlflow_would_refuse_fails_before_any_work(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    cfg = compose_config([f"paths.root={tmp_path / 'work'}", override])
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        train_job(cfg)
+    assert not (tmp_path / "work").exists()

@@ -24,7 +24,7 @@ from btxrd.jobs.train import train_job
 from btxrd.predict.images import image_files, predict_files
 from btxrd.tasks.inference import Classifier
 from btxrd.tracking import PARENT_RUN_ENV, Tracker
-from btxrd.tracking.models import register_best
+from btxrd.tracking.models import point_alias, register_best
 
 from .conftest import PROJECT_ROOT
 from .helpers import compose_config, runs, tiny, write_dicom
@@ -198,8 +198,9 @@ def test_the_best_run_by_validation_is_registered_with_its_card_and_alias_and_ev
     # As in a sweep's launching process, whose global tracking URI points elsewhere: MLflow resolved a
     # models:/<id> source through it, and registering failed ("Logged model with ID ... not found").
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    registered = register_best(tracker, parent, "btxrd-test", alias="champion")
+    registered = register_best(tracker, parent, "btxrd-test")
     assert registered == (best.info.run_name, "1")
+    point_alias(tracker, "btxrd-test", "champion", "1")
     version = tracker.client.get_model_version("btxrd-test", "1")
     assert version.run_id == best.info.run_id and version.tags["run_id"] == best.info.run_id
     assert version.tags["best_val_macro_f1"] == f"{best.data.metrics['best_val_macro_f1']:.4f}"  # chosen by validation
@@ -216,7 +217,8 @@ def test_the_best_run_by_validation_is_registered_with_its_card_and_alias_and_ev
     assert "## Subgroups (test part, macro-F1)" in card and "| centre | 1 |" in card
     assert "## Intended use" in card and "Not a medical device" in card and len(card) <= 5000
     assert tracker.client.get_model_version_by_alias("btxrd-test", "champion").version == 1
-    assert register_best(tracker, parent, "btxrd-test", alias="champion")[1] == "2"  # a second sweep's: the next
+    assert register_best(tracker, parent, "btxrd-test")[1] == "2"  # a second sweep's best: the next version
+    point_alias(tracker, "btxrd-test", "champion", "2")
     assert tracker.client.get_model_version_by_alias("btxrd-test", "champion").version == 2
 
     metrics = evaluate_job(

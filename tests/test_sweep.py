@@ -301,7 +301,7 @@ def test_a_sweep_registers_its_best_model_with_a_card_and_alias_when_artifacts_l
     assert version.version == 1 and version.run_id == best.info.run_id
     assert version.source.startswith(elsewhere.as_uri()) and "## Test results" in version.description
     assert parent.info.status == "FINISHED" and parent.data.tags["registered_model"] == "models:/btxrd-classifier/1"
-    assert "models:/btxrd-classifier@champion points at it" in result.stderr
+    assert "models:/btxrd-classifier@champion now names version 1" in result.stderr
     # Every run: its machine's use over time, and its software
     digests = set()
     for child in children:
@@ -334,3 +334,16 @@ def test_a_registration_that_fails_ends_the_sweep_failed_with_exit_code_1(tmp_pa
     ended = tracker.get_run(parent)
     assert ended.info.status == "FAILED" and ended.data.tags["error"].startswith("registering the best model failed: ")
     assert "error: sweep: all 1 job(s) finished, but registering the best model failed: " in capsys.readouterr().err
+
+    # A sweep in which a job failed registers nothing: the best of the others may not be the sweep's best.
+    parent = tracker.start_run("sweep", {"sweep": "parent"})
+    for job, status in (("0", "FINISHED"), ("1", "FAILED")):
+        child = tracker.start_run(f"job {job}", {**tags, "job_num": job}, parent_id=parent)
+        tracker.log_metrics(child, {"best_val_macro_f1": 0.5})
+        tracker.end_run(child, status)
+    callback.parent_id = parent
+    with pytest.raises(SystemExit):
+        callback.on_multirun_end(config=None)
+    error = tracker.get_run(parent).data.tags["error"]
+    assert error.startswith("sweep.register_best: nothing registered, since 1 job(s) did not finish")
+    assert f"error: sweep: 1 of 2 job(s) finished, but {error}" in capsys.readouterr().err

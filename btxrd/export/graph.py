@@ -46,7 +46,6 @@ def export_onnx(classifier: Classifier, path: Path, source: str) -> None:
     size = classifier.image_size
     example = torch.full((2, size, size), 128, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
             graph,
@@ -76,11 +75,15 @@ def export_onnx(classifier: Classifier, path: Path, source: str) -> None:
     onnx.save(model, str(path))
 
 
-def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 3) of prepared uint8 inputs (N, S, S), computed by onnxruntime on the CPU."""
+def onnx_probabilities(path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Class probabilities (N, 3) of prepared uint8 inputs (N, S, S), computed by onnxruntime on the CPU,
+    ``batch_size`` images at a time."""
     try:
         import onnxruntime
     except ImportError:
         raise ConfigError(MISSING_EXTRA) from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})[0]
+    batches = [
+        np.ascontiguousarray(images[i : i + batch_size], dtype=np.uint8) for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0] for batch in batches])

@@ -1,6 +1,7 @@
-"""What software computed a run: every installed package with its version (what ``pip freeze`` lists,
-read from the package metadata without starting pip), the interpreter, and torch's CUDA, cuDNN and the
-GPU driver; a digest of it all, so two runs or two sweeps can be compared at a glance."""
+"""What software computed a run: every installed package with its version (what ``pip list`` lists, read
+from the package metadata without starting pip), the interpreter, cuDNN and the GPU driver; and a digest of
+the package list and the interpreter's version, so two runs or two sweeps can be compared at a glance
+(the CUDA, cuDNN and driver versions are tags of their own)."""
 
 from __future__ import annotations
 

@@ -76,15 +76,17 @@ class MLflowSweepCallback(Callback):
         try:
             self._start(config)
         except Exception as exc:  # anything: the sweep must not run without its parent
-            message = redact_text(str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}")
-            print(f"error: sweep: {message.splitlines()[0] if message else type(exc).__name__}", file=sys.stderr)
+            print(f"error: sweep: {_first_line(exc)}", file=sys.stderr)
             raise SystemExit(USER_ERROR_EXIT) from None
 
     def _start(self, config: DictConfig) -> None:
         check_launcher(config.hydra.launcher)
         sweep = typed_settings(OmegaConf.to_container(config.sweep, resolve=True), SweepConfig, "sweep.")
-        if sweep.register_best and config.tracking.enabled and not config.tracking.log_model:
-            raise ConfigError("sweep.register_best=true registers logged models: it needs tracking.log_model=true")
+        if sweep.register_best and not (config.tracking.enabled and config.tracking.log_model):
+            raise ConfigError(
+                "sweep.register_best=true registers logged models: it needs tracking.enabled=true and "
+                "tracking.log_model=true"
+            )
         self.register_as = sweep.model_name if sweep.register_best else ""
         self.register_alias = sweep.model_alias or ""
         prepare_data(config)  # first: it overlaps with all that follows, and with the jobs' imports
@@ -185,7 +187,14 @@ class MLflowSweepCallback(Callback):
             end_without_jobs(tracker, parent_id, stopped_by)
             return
         self._write_report(tracker, parent_id)
-        registration_error = self._register_best(tracker, parent_id) if self.register_as and not stopped_by else ""
+        registration_error = ""
+        if self.register_as and not stopped_by:
+            registration_error = (
+                f"sweep.register_best: nothing registered, since {len(outcome.failed)} job(s) did not finish "
+                "(the best of the others may not be the sweep's best)"
+                if outcome.failed
+                else self._register_best(tracker, parent_id)
+            )
         self.registration_failed = bool(registration_error)
         end_parent(tracker, parent_id, outcome, stopped_by, self.how_to_look, registration_error)
 
@@ -204,18 +213,29 @@ class MLflowSweepCallback(Callback):
     def _register_best(self, tracker: Tracker, parent_id: str) -> str:
         """sweep.register_best: the best run by validation into the Model Registry, with its model card and
         alias; what went wrong ("" if nothing), said when the parent run ends (never raised: it must end)."""
-        from btxrd.tracking.models import register_best
+        from btxrd.tracking.models import point_alias, register_best
 
         try:
-            registered = register_best(tracker, parent_id, self.register_as, self.register_alias)
+            registered = register_best(tracker, parent_id, self.register_as)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-            return redact_text(f"registering the best model failed: {message.splitlines()[0] if message else ''}")
+            return f"registering the best model failed: {_first_line(exc)}"
         if registered is None:
-            return "sweep.register_best: no finished run has a logged model to register (tracking.log_model=false?)"
+            return "sweep.register_best: no finished run has a logged model to register"
         run_name, version = registered
         uri = f"models:/{self.register_as}/{version}"
         tracker.set_tags(parent_id, {"registered_model": uri})
-        alias = f"; models:/{self.register_as}@{self.register_alias} points at it" if self.register_alias else ""
-        print(f"sweep: registered {run_name} (best by validation) as {uri}{alias}", file=sys.stderr)
+        print(f"sweep: registered {run_name} (best by validation) as {uri}", file=sys.stderr)
+        if not self.register_alias:
+            return ""
+        try:
+            point_alias(tracker, self.register_as, self.register_alias, version)
+        except Exception as exc:
+            return f"{uri} is registered, but the alias {self.register_alias} was not moved to it: {_first_line(exc)}"
+        print(f"sweep: models:/{self.register_as}@{self.register_alias} now names version {version}", file=sys.stderr)
         return ""
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception as one line, secrets hidden (a ConfigError says it all; others also name their type)."""
+    message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(message.splitlines()[0] if message.strip() else type(exc).__name__)

@@ -127,11 +127,12 @@ def end_parent(
         if closing_error:
             tracker.set_tags(parent_id, {"error": closing_error})
         tracker.end_run(parent_id, "FAILED" if failed or closing_error or not outcome.n_runs else "FINISHED")
+        if closing_error:
+            finished = f"{outcome.n_jobs - len(failed)} of {outcome.n_jobs}" if failed else f"all {outcome.n_runs}"
+            print(f"error: sweep: {finished} job(s) finished, but {closing_error}", file=sys.stderr)
         if failed:
             print(f"sweep: {len(failed)} of {outcome.n_jobs} job(s) failed:", file=sys.stderr)
-        elif closing_error:
-            print(f"error: sweep: all {outcome.n_runs} job(s) finished, but {closing_error}", file=sys.stderr)
-        else:
+        elif not closing_error:
             print(f"sweep: all {outcome.n_runs} job(s) finished; parent run {parent_id}", file=sys.stderr)
     print(f"See the runs side by side: {how_to_look}", file=sys.stderr)
     for overrides, error in failed:

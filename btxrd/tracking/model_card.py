@@ -57,34 +57,45 @@ SYNTHETIC_WARNING = (
 
 def model_card(tracker: Tracker, run: Any, monitor: str, score: float, sweep_dir: str) -> str:
     """The card of ``run`` (an MLflow Run, chosen by its validation ``monitor`` at ``score``), as Markdown
-    that fits a version's description (the subgroup table is left out if it would not)."""
+    that fits a version's description: where it would not, the subgroup table, then the operating points,
+    then the test metrics give way to a pointer to the run (the use and limitations always stay)."""
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    sections = [
+    head = [
         f"# {tags.get('model', params.get('model.name', 'model'))}: the best of a sweep by validation",
-        f"Run `{run.info.run_name}` ({run.info.run_id}) of the sweep `{sweep_dir}`, chosen by its validation "
-        f"`{monitor}` = {score:.4f} (never by a test metric). Code: `{tags.get('code_version', 'unknown')}`.",
-    ]
-    if tags.get(SYNTHETIC_TAG) == "true":
-        sections.append(SYNTHETIC_WARNING)
-    sections += [
+        f"Run `{run.info.run_name}` ({run.info.run_id}) of the sweep `{_shortened(sweep_dir)}`, chosen by its "
+        f"validation `{monitor}` = {score:.4f} (never by a test metric). "
+        f"Code: `{tags.get('code_version', 'unknown')}`.",
+        SYNTHETIC_WARNING if tags.get(SYNTHETIC_TAG) == "true" else "",
         "## Task\n\nOne radiograph in, the probabilities of its three classes out: "
         + ", ".join(f"`{name}`" for name in CLASS_NAMES)
         + " (BTXRD's labels: no tumour, benign, malignant bone tumour); the predicted class is the most "
         "probable, and the malignant decisions follow the operating points below.",
         _data_section(run),
         "## Training\n\n" + _param_table(params, metrics),
-        _metric_section(metrics, params),
-        _operating_points(metrics),
-        "## Intended use\n\n" + INTENDED_USE,
-        "## Limitations\n\n" + "\n".join(f"- {item}" for item in LIMITATIONS),
     ]
-    subgroups = _subgroup_section(tracker, run)
-    card = "\n\n".join(s for s in sections if s)
-    with_subgroups = f"{card}\n\n{subgroups}" if subgroups else card
-    if len(with_subgroups) <= DESCRIPTION_LIMIT:
-        return with_subgroups
-    pointer = f"## Subgroups\n\n{SUBGROUPS_ELSEWHERE}"
-    return f"{card}\n\n{pointer}"[:DESCRIPTION_LIMIT]
+    use = ["## Intended use\n\n" + INTENDED_USE, "## Limitations\n\n" + "\n".join(f"- {i}" for i in LIMITATIONS)]
+    # (section, what replaces it when the card is too long), in the order they give way: last first
+    parts = [
+        (
+            _metric_section(metrics, params),
+            "## Test results\n\nEvery `test_*` metric with its interval: the run's metrics.",
+        ),
+        (_operating_points(metrics), "## Operating points\n\nThe run's `malignant_threshold_at_*` metrics."),
+        (_subgroup_section(tracker, run), f"## Subgroups\n\n{SUBGROUPS_ELSEWHERE}"),
+    ]
+    for kept in range(len(parts), -1, -1):
+        metrics_text, points, subgroups = (
+            full if i < kept else short * bool(full) for i, (full, short) in enumerate(parts)
+        )
+        card = "\n\n".join(s for s in [*head, metrics_text, points, *use, subgroups] if s)
+        if len(card) <= DESCRIPTION_LIMIT:
+            return card
+    return card[: card.rfind("\n", 0, DESCRIPTION_LIMIT)]  # a run name of thousands of characters
+
+
+def _shortened(path: str, keep: int = 200) -> str:
+    """A path's last ``keep`` characters (a folder name can be as long as the filesystem allows)."""
+    return path if len(path) <= keep else "..." + path[-keep:]
 
 
 def _data_section(run: Any) -> str:

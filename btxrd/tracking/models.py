@@ -96,10 +96,10 @@ def _fail_unfinished_models(tracker: Tracker, run_id: str) -> None:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
 
 
-def register_best(tracker: Tracker, parent_id: str, name: str, alias: str = "") -> tuple[str, str] | None:
+def register_best(tracker: Tracker, parent_id: str, name: str) -> tuple[str, str] | None:
     """Register the logged model of the sweep's best finished run by its validation monitor as a new
-    version of ``name``, its model card as the description and ``alias`` (if any) pointing at it;
-    (run name, version), or None when no run has a logged model."""
+    version of ``name``, with its model card as the description; (run name, version), or None when no
+    run has a logged model."""
     candidates = []
     for run in tracker.children(parent_id):
         tags, metrics = run.data.tags, run.data.metrics
@@ -142,9 +142,12 @@ def register_best(tracker: Tracker, parent_id: str, name: str, alias: str = "") 
         model_id=model_id,
         description=model_card(tracker, best, monitor, score, sweep_dir),
     )
-    if alias:
-        client.set_registered_model_alias(name, alias, version.version)
     return best.info.run_name, str(version.version)
+
+
+def point_alias(tracker: Tracker, name: str, alias: str, version: str) -> None:
+    """Make ``models:/<name>@<alias>`` name ``version`` (MLflow moves an alias from the version it named)."""
+    tracker.client.set_registered_model_alias(name, alias, version)
 
 
 def model_checkpoint(tracker: Tracker, model_uri: str, dest: str | Path) -> tuple[Path, str]:
