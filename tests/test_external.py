@@ -80,6 +80,7 @@ def test_optional_columns_become_groups_subgroups_and_boxes(tmp_path: Path) -> N
     assert (table["width"] == 64).all() and (table["label_name"] == "benign").all()
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 @pytest.mark.slow
 def test_the_runs_test_images_as_png_files_score_as_its_own_test_part(synth_root: Path, tmp_path: Path) -> None:
     """A CSV of exactly the run's test images, converted to PNG, scored by evaluate.py as a nested run:

@@ -92,6 +92,7 @@ def test_an_image_cache_that_does_not_fit_is_refused_before_decoding(synth_root:
     assert _temporary_files(small_disk) == [] and not list(small_disk.glob("*.npy"))
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 @pytest.mark.slow
 def test_a_job_whose_checkpoints_do_not_fit_fails_in_one_line(
     synth_root: Path, tmp_path: Path, small_disk: Path

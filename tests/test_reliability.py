@@ -142,6 +142,7 @@ def test_resume_after_sigkill_continues_the_same_run_and_matches(
     assert not last.exists()  # finished: nothing left to resume
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 def test_a_job_stopped_by_sigterm_ends_killed_and_the_same_command_resumes_it_to_the_same_numbers(
     synth_root: Path, tmp_path: Path, _migrated_store: Path, monkeypatch
 ) -> None:
@@ -260,6 +261,7 @@ def test_a_skipped_job_returns_the_earlier_best_value(synth_root: Path, tmp_path
     assert [r.data.tags.get("skipped") for r in runs(tmp_path)].count("true") == 1
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 def test_a_checkpoint_of_other_code_is_not_resumed_silently(synth_root: Path, tmp_path: Path) -> None:
     """Same config, other code (another commit or uncommitted change): auto starts afresh and closes
     the interrupted run; forcing it into a model it does not fit is a one-line error."""

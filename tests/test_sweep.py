@@ -187,6 +187,7 @@ def test_a_sweep_stopped_by_sigterm_closes_every_run_killed(synth_root: Path, tm
     assert "sweep: stopped by SIGTERM; 2 of 2 launched job(s) did not finish." in (tmp_path / "stderr.txt").read_text()
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 def test_a_user_error_ends_in_one_line_and_a_failed_run(synth_root: Path, tmp_path: Path) -> None:
     # The entry point's handling; the messages of every other user error: test_reliability (in-process).
     message = "error: dataset root not found: /no/such/dataset (set data.root)"

@@ -33,6 +33,7 @@ def _job(uri: str, artifact_root: str, parent_id: str, job: int, scratch: str) -
     return run_id
 
 
+@pytest.mark.integration  # 5-13 s: make test-integration (make test's 5 minutes; CI runs both)
 @pytest.mark.slow
 def test_four_concurrent_jobs_on_a_fresh_store_lose_nothing(tmp_path: Path) -> None:
     context = mp.get_context("spawn")  # fresh interpreters, like the joblib launcher's loky workers
