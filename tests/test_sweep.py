@@ -348,3 +348,16 @@ def test_a_registration_that_fails_ends_the_sweep_failed_with_exit_code_1(tmp_pa
     error = tracker.get_run(parent).data.tags["error"]
     assert error.startswith("sweep.register_best: nothing registered, since 1 job(s) did not finish")
     assert f"error: sweep: 1 of 2 job(s) finished, but {error}" in capsys.readouterr().err
+
+
+def test_loky_replacing_a_worker_that_grew_is_not_reported_as_a_leak_and_other_warnings_still_are() -> None:
+    import warnings
+
+    from btxrd.sweep.launch import WORKER_REPLACED, quiet_worker_replacement
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        quiet_worker_replacement()
+        warnings.warn(f"{WORKER_REPLACED}. This can be caused by a too short worker timeout.", stacklevel=1)
+        warnings.warn("a worker crashed", stacklevel=1)
+    assert [str(w.message) for w in said] == ["a worker crashed"]

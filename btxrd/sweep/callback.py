@@ -40,7 +40,14 @@ from btxrd.runtime.process import LAUNCHER_ENV, handle_stop_signals, stop_signal
 from btxrd.runtime.provenance import process_start_time
 from btxrd.settings import EvalConfig, SweepConfig
 from btxrd.sweep.closing import account_jobs, end_parent, end_without_jobs, wait_for_store
-from btxrd.sweep.launch import check_launcher, describe_sweep, pass_to_jobs, prepare_data, task_overrides
+from btxrd.sweep.launch import (
+    check_launcher,
+    describe_sweep,
+    pass_to_jobs,
+    prepare_data,
+    quiet_worker_replacement,
+    task_overrides,
+)
 from btxrd.sweep.progress import SweepProgress, planned_jobs
 from btxrd.sweep.slurm import is_slurm, wait_for_slurm_jobs
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, error_text, is_server, source_tags, tracker_for
@@ -81,6 +88,7 @@ class MLflowSweepCallback(Callback):
 
     def _start(self, config: DictConfig) -> None:
         check_launcher(config.hydra.launcher)
+        quiet_worker_replacement()
         sweep = typed_settings(OmegaConf.to_container(config.sweep, resolve=True), SweepConfig, "sweep.")
         if sweep.register_best and not (config.tracking.enabled and config.tracking.log_model):
             raise ConfigError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -23,6 +24,17 @@ def _quoted(value: str) -> str:
     """A Hydra override value that parses back to ``value`` (backslashes are escaped only before a quote)."""
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
     return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped) + "'"
+
+
+# What loky (the joblib launcher's pool) says when it replaces a worker
+WORKER_REPLACED = "A worker stopped while some jobs were given to the executor"
+
+
+def quiet_worker_replacement() -> None:
+    """With psutil installed (MLflow's system metrics need it), loky replaces a worker whose memory grew
+    300 MB past its first job, as a training job's image cache and model do, and warns of "a too short
+    worker timeout or a memory leak". Neither is the case: the next job starts in a fresh worker."""
+    warnings.filterwarnings("ignore", message=WORKER_REPLACED, category=UserWarning)
 
 
 def check_launcher(launcher: DictConfig) -> None:
