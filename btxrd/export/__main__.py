@@ -103,7 +103,7 @@ def _classifier_of(logged: object, model_uri: str) -> Classifier:
     try:
         classifier = logged.unwrap_python_model().classifier  # type: ignore[attr-defined]
     except Exception:  # another flavour, or a python model of another project
-        raise ConfigError(f"{model_uri}: not a btxrd classifier (no btxrd Classifier inside)") from None
+        classifier = None
     if not isinstance(classifier, Classifier):
         raise ConfigError(f"{model_uri}: not a btxrd classifier (no btxrd Classifier inside)")
     return classifier

@@ -51,6 +51,7 @@ from btxrd.sweep.launch import (
 from btxrd.sweep.progress import SweepProgress, planned_jobs
 from btxrd.sweep.slurm import is_slurm, wait_for_slurm_jobs
 from btxrd.tracking import PARENT_RUN_ENV, TRACKING_URI_ENV, Tracker, error_text, is_server, source_tags, tracker_for
+from btxrd.tracking.reach import first_line
 from btxrd.tracking.stale import close_stale, owner_tags
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class MLflowSweepCallback(Callback):
         try:
             self._start(config)
         except Exception as exc:  # anything: the sweep must not run without its parent
-            print(f"error: sweep: {_first_line(exc)}", file=sys.stderr)
+            print(f"error: sweep: {_exception_line(exc)}", file=sys.stderr)
             raise SystemExit(USER_ERROR_EXIT) from None
 
     def _start(self, config: DictConfig) -> None:
@@ -226,7 +227,7 @@ class MLflowSweepCallback(Callback):
         try:
             registered = register_best(tracker, parent_id, self.register_as)
         except Exception as exc:
-            return f"registering the best model failed: {_first_line(exc)}"
+            return f"registering the best model failed: {_exception_line(exc)}"
         if registered is None:
             return "sweep.register_best: no finished run has a logged model to register"
         run_name, version = registered
@@ -238,12 +239,11 @@ class MLflowSweepCallback(Callback):
         try:
             point_alias(tracker, self.register_as, self.register_alias, version)
         except Exception as exc:
-            return f"{uri} is registered, but the alias {self.register_alias} was not moved to it: {_first_line(exc)}"
+            return f"{uri} is registered, but the alias {self.register_alias} was not moved: {_exception_line(exc)}"
         print(f"sweep: models:/{self.register_as}@{self.register_alias} now names version {version}", file=sys.stderr)
         return ""
 
 
-def _first_line(exc: Exception) -> str:
+def _exception_line(exc: Exception) -> str:
     """An exception as one line, secrets hidden (a ConfigError says it all; others also name their type)."""
-    message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-    return redact_text(message.splitlines()[0] if message.strip() else type(exc).__name__)
+    return first_line(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {first_line(exc)}"
