@@ -160,6 +160,8 @@ def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: P
         "-m",
         *tiny(synth_root, tmp_path, "model.image_size=32", "tracking.log_model=true"),
         "annotations=on,off",
+        "sweep.register_best=true",  # the model card, in the store
+        "tracking.system_metrics_interval_s=1",
         f"tracking.ui_url=http://alice:{PLANTED}@127.0.0.1:5000",
         f"+db.password={PLANTED}",
     ]
@@ -174,6 +176,7 @@ def test_a_sweep_with_a_password_in_its_settings_leaves_it_nowhere(synth_root: P
     assert [c.data.params["db.password"] for c in children] == ["***", "***"]
     assert all(c.data.tags["redacted"].startswith("secrets hidden (***) in db.password") for c in children)
     assert len(list(tmp_path.rglob("MLmodel"))) == 2
+    assert "as models:/btxrd-classifier/1" in said and len(list(tmp_path.rglob("requirements.txt"))) >= 4
 
 
 @pytest.mark.integration  # four entry-point processes waiting out their budget: make test-integration
